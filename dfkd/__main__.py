@@ -1,0 +1,4 @@
+"""`python -m dfkd` runs the command line."""
+from dfkd.cli import main
+
+main()

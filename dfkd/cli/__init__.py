@@ -1,0 +1,23 @@
+"""The `dfkd` command line: a click group; each command module is thin (parse, configure, call, report)."""
+from __future__ import annotations
+
+import click
+
+from dfkd.cli.common import install_warning_filters
+from dfkd.cli.synthesize import synthesize
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="dfkd")
+def main() -> None:
+    """dfkd: data-free knowledge distillation from a CNN teacher into a DearKD vision transformer.
+
+    \b
+    dfkd synthesize   teacher -> labelled synthetic images in HDF5 shards
+    dfkd distill      shards (or real images) -> DearKD student
+    dfkd evaluate     accuracy, teacher fidelity, LPIPS diversity
+    """
+    install_warning_filters()
+
+
+main.add_command(synthesize)

@@ -1,0 +1,102 @@
+"""What every command shares: --config/--json/--quiet, one-line errors with exit codes, progress and output."""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+import warnings
+from typing import Any, Callable, Iterable, Optional
+
+import click
+
+from synth.errors import UserError
+
+EXIT_USAGE = 2
+EXIT_RUNTIME = 1
+
+
+def install_warning_filters() -> None:
+    """Library warnings are noise on a command line: hide them (set DFKD_DEBUG=1 to see them)."""
+    if not os.environ.get("DFKD_DEBUG"):
+        warnings.filterwarnings("ignore")
+
+
+def common_options(func: Callable) -> Callable:
+    """Add --config, --json and --quiet, and turn errors into one line plus an exit code."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                  help="YAML recipe; command-line options override it.")
+    @click.option("--json", "json_mode", is_flag=True, help="Print exactly one JSON object on stdout.")
+    @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages on stderr.")
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as exc:
+            fail(str(exc), EXIT_USAGE)
+        except KeyboardInterrupt:
+            fail("interrupted; rerun the same command to resume", EXIT_RUNTIME)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - a runtime failure: one line, traceback only when debugging
+            if os.environ.get("DFKD_DEBUG"):
+                traceback.print_exc()
+            fail(f"{type(exc).__name__}: {exc}".splitlines()[0], EXIT_RUNTIME)
+
+    return wrapper
+
+
+def fail(message: str, code: int) -> None:
+    """Print `error: message` on stderr and exit with `code`."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Reporter:
+    """Progress on stderr (tqdm) and the final result: a JSON line or human-readable lines on stdout."""
+
+    def __init__(self, json_mode: bool, quiet: bool):
+        self.json_mode, self.quiet = json_mode, quiet
+        self._bar = None
+
+    def message(self, text: str) -> None:
+        """A note on stderr (suppressed by --quiet)."""
+        if not self.quiet:
+            click.echo(text, err=True)
+
+    def bar(self, total: int, unit: str, desc: str):
+        """Start a tqdm bar on stderr (a disabled one under --quiet); returns it."""
+        from tqdm import tqdm
+
+        self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=self.quiet,
+                         dynamic_ncols=True, smoothing=0.1)
+        return self._bar
+
+    def close_bar(self) -> None:
+        """Close the current bar, if any."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def result(self, data: dict, lines: Optional[Iterable[str]] = None) -> None:
+        """Emit the command's result: one JSON object (--json) or the human-readable lines."""
+        if self.json_mode:
+            click.echo(json.dumps(data, default=_jsonable))
+        else:
+            for line in lines if lines is not None else (f"{k}: {v}" for k, v in data.items()):
+                click.echo(line)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return str(value)
+
+
+def overrides(mapping: dict[str, Any]) -> dict[str, Any]:
+    """Drop options the user did not give (None, empty tuples) so the recipe's values stand."""
+    return {k: v for k, v in mapping.items() if v is not None and v != ()}

@@ -1,0 +1,101 @@
+"""`dfkd synthesize`: a CNN teacher -> labelled synthetic images in verified HDF5 shards."""
+from __future__ import annotations
+
+import click
+
+from dfkd.cli.common import Reporter, common_options, overrides
+from dfkd.config import apply_overrides, build, load_recipe
+from synth.engine import Progress, SynthesisConfig
+from synth.engine import synthesize as run_synthesis
+
+EXAMPLE = """
+\b
+Examples:
+  dfkd synthesize --config recipes/df_dearkd_imagenet.yaml --out shards/ --classes 0-99
+  dfkd synthesize --teacher timm:resnet18 --out shards/ --classes 0-3 --per-class 4 \\
+      --classes-per-batch 2 --images-per-class 2 --resolutions 32,64 --iterations 20,20 --device cpu
+  dfkd synthesize --teacher digits-teacher.pt --config recipes/digits.yaml --out shards/
+
+Rerunning the same command resumes an interrupted run; a finished run is left untouched.
+"""
+
+
+@click.command(epilog=EXAMPLE)
+@click.option("--teacher", help="timm:<name>[.<tag>], torchvision:<name>, or a file from `dfkd train-teacher`.")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False),
+              help="Weights file (state_dict, dict with state_dict/model, or .safetensors).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output shard directory.")
+@click.option("--classes", help="Classes to synthesize: all, 0-99, or 1,5,7-9. [default: all]")
+@click.option("--per-class", type=int, help="Images per class in total.")
+@click.option("--classes-per-batch", type=int, help="Classes in one batch (>= 2).")
+@click.option("--images-per-class", type=int, help="Images of each class in one batch (>= 2).")
+@click.option("--units-per-shard", type=int, help="Batches (work units) per shard file.")
+@click.option("--resolutions", help="Stage resolutions, low to high. [default: 112,224]")
+@click.option("--iterations", help="Iterations per stage. [default: 2000,2000]")
+@click.option("--multires", type=click.Choice(["upsample", "pool"]),
+              help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in early stages.")
+@click.option("--lr", type=float, help="Adam learning rate. [default: 0.25]")
+@click.option("--a-ce", type=float, help="Cross-entropy weight. [default: 1]")
+@click.option("--a-bn", type=float, help="BN-statistics weight. [default: 0.05]")
+@click.option("--bn-first", type=float, help="Multiplier of the first BN layer. [default: 10]")
+@click.option("--a-tv", type=float, help="Total-variation prior weight. [default: 1e-4]")
+@click.option("--a-l2", type=float, help="L2 prior weight. [default: 1e-5]")
+@click.option("--a-ep", type=float, help="Intra-divergence weight. [default: 50]")
+@click.option("--ep-margin", type=float, help="Intra-divergence margin m_ep. [default: 0.5]")
+@click.option("--ep-form", type=click.Choice(["saturating", "unbounded"]), help="[default: saturating]")
+@click.option("--a-triplet", type=float, help="Triplet weight. [default: 0.5]")
+@click.option("--triplet-margin", type=float, help="Triplet margin. [default: 0.5]")
+@click.option("--seed", type=int, help="Global seed. [default: 0]")
+@click.option("--threads", type=int, help="CPU threads (part of the config). [default: all cores]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
+@click.option("--compression", type=click.Choice(["none", "lzf", "gzip"]), help="[default: none]")
+@click.option("--logits/--no-logits", default=None, help="Store teacher logits. [default: on]")
+@click.option("--compile/--no-compile", "compile_model", default=None, help="torch.compile the teacher. [default: off]")
+@common_options
+def synthesize(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
+    """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
+    reporter = Reporter(json_mode, quiet)
+    data = apply_overrides(load_recipe(config_path, "synthesize"), overrides({
+        "teacher": options["teacher"], "teacher_weights": options["teacher_weights"],
+        "classes": options["classes"], "per_class": options["per_class"],
+        "classes_per_batch": options["classes_per_batch"], "images_per_class": options["images_per_class"],
+        "units_per_shard": options["units_per_shard"], "seed": options["seed"], "threads": options["threads"],
+        "device": options["device"], "compression": options["compression"], "store_logits": options["logits"],
+        "compile": options["compile_model"],
+        "schedule.resolutions": options["resolutions"], "schedule.iterations": options["iterations"],
+        "schedule.multires": options["multires"], "schedule.lr": options["lr"],
+        "losses.ce": options["a_ce"], "losses.bn": options["a_bn"], "losses.bn_first": options["bn_first"],
+        "losses.tv": options["a_tv"], "losses.l2": options["a_l2"], "losses.ep": options["a_ep"],
+        "losses.ep_margin": options["ep_margin"], "losses.ep_form": options["ep_form"],
+        "losses.triplet": options["a_triplet"], "losses.triplet_margin": options["triplet_margin"],
+    }))
+    config = build(SynthesisConfig, data)
+    progress = Progress(
+        start=lambda total: reporter.bar(total, "img", "synthesize"),
+        advance=lambda n, losses: _advance(reporter, n, losses),
+        message=reporter.message,
+        close=reporter.close_bar,
+    )
+    summary = run_synthesis(config, out, progress)
+    reporter.result(summary, _lines(summary))
+
+
+def _advance(reporter: Reporter, images: int, losses: dict) -> None:
+    bar = reporter._bar
+    if bar is not None:
+        bar.set_postfix(loss=f"{losses.get('total', float('nan')):.3f}", ce=f"{losses.get('ce', float('nan')):.3f}",
+                        refresh=False)
+        bar.update(images)
+
+
+def _lines(summary: dict) -> list[str]:
+    if summary["nothing_to_do"] and not summary["shards_regenerated"]:
+        head = f"nothing to do: all {summary['shards']} shards in {summary['out']} are finished and verified"
+    else:
+        head = (f"wrote {summary['shards_written']} shard(s), kept {summary['shards_skipped']} finished, "
+                f"in {summary['out']} ({summary['seconds']} s)")
+    fidelity = summary.get("fidelity")
+    lines = [head, f"images: {summary.get('images')}  complete: {summary.get('complete')}"]
+    if fidelity is not None:
+        lines.append(f"teacher fidelity (agreement with target labels): {fidelity:.3f}")
+    return lines

@@ -1,0 +1,1 @@
+"""Real data sources: scikit-learn's bundled digits, image folders."""

@@ -1,0 +1,153 @@
+"""Feature taps: teacher stage outputs (logits and features from one forward) and student block tokens.
+
+Teacher stages are the modules named by the model's `feature_info` (timm models and `dfkd train-teacher`
+files); for models without it (torchvision) a probe forward picks, for each feature-map size, the module
+that is outermost (fewest dots in its name; the last such to finish) among those with that output size
+(resnet: relu, layer1..layer4; regnet: stem, block1..block4). Stage index k is the k-th of these,
+shallow to deep; its reduction (stride) is measured at the training resolution.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from synth.errors import UserError
+from synth.teacher import Teacher
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A teacher feature stage at the training resolution: module name, channels, (h, w), reduction."""
+
+    module: str
+    channels: int
+    hw: tuple[int, int]
+    reduction: float
+
+
+def _stage_modules(model: nn.Module, probe: dict[str, torch.Tensor]) -> list[str]:
+    """Module names of the stages: from `feature_info` when the model has it, else one per feature-map size."""
+    info = getattr(model, "feature_info", None)
+    if info:
+        return [d["module"] for d in info]
+    chosen: dict[int, str] = {}
+    for name, out in probe.items():  # completion order: a container finishes after its children
+        size = out.shape[-1]
+        if out.shape[-2] == size > 1 and name.count(".") <= chosen.get(size, name).count("."):
+            chosen[size] = name
+    return [chosen[size] for size in sorted(chosen, reverse=True)]
+
+
+def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+    """Outputs (4-D tensors only) of the named modules, or of all modules, on one zero image, in completion order."""
+    outputs: dict[str, torch.Tensor] = {}
+    wanted = dict(model.named_modules()) if names is None else {n: model.get_submodule(n) for n in names}
+
+    def hook(name: str):
+        def record(module: nn.Module, inputs: tuple, output) -> None:
+            if isinstance(output, torch.Tensor) and output.ndim == 4:
+                outputs.pop(name, None)
+                outputs[name] = output
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in wanted.items() if n]
+    device = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, 3, size, size, device=device))
+    except Exception as exc:  # noqa: BLE001 - too small an input for this teacher
+        raise UserError(f"the teacher cannot run at the student's input size {size} px "
+                        f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+def teacher_stages(teacher: Teacher, size: int) -> list[Stage]:
+    """The teacher's feature stages, shallow to deep, measured on a `size` x `size` input."""
+    names = _stage_modules(teacher.model, {} if getattr(teacher.model, "feature_info", None)
+                           else _probe(teacher.model, size))
+    shapes = _probe(teacher.model, size, names)
+    return [Stage(n, shapes[n].shape[1], tuple(shapes[n].shape[-2:]), size / shapes[n].shape[-1])
+            for n in names if n in shapes]
+
+
+def default_stage(stages: Sequence[Stage], patch_size: int) -> int:
+    """Index of the stage whose reduction matches the patch size; else the nearest in log scale (ties: deeper)."""
+    return min(range(len(stages)), key=lambda i: (abs(math.log2(stages[i].reduction / patch_size)), -i))
+
+
+def default_block(student: nn.Module) -> int:
+    """The last MHCA block; for a student without MHCA, the block at two thirds of the depth (as DearKD-Ti's 8/12)."""
+    num_mhca = getattr(student, "num_mhca", 0)
+    return num_mhca - 1 if num_mhca else max(0, round(2 * len(student.blocks) / 3) - 1)
+
+
+def parse_pairs(pairs: Sequence[str], depth: int, num_stages: int) -> list[tuple[int, int]]:
+    """'block:stage' strings -> (block, stage) index pairs, checked against the student depth and teacher stages."""
+    parsed = []
+    for text in pairs:
+        try:
+            block, stage = (int(v) for v in str(text).split(":"))
+        except ValueError:
+            raise UserError(f"hidden pair '{text}' is not 'block:stage' (e.g. 7:3)") from None
+        if not (0 <= block < depth and 0 <= stage < num_stages):
+            raise UserError(f"hidden pair '{text}': block must be in 0-{depth - 1}, stage in 0-{num_stages - 1}")
+        parsed.append((block, stage))
+    return parsed
+
+
+class TeacherTaps:
+    """Runs the teacher once under no_grad and returns its logits and the tapped stage features."""
+
+    def __init__(self, teacher: Teacher, stages: Sequence[Stage]):
+        self.teacher, self.stages = teacher, list(stages)
+        self._features: dict[str, torch.Tensor] = {}
+        self._handles = [teacher.model.get_submodule(s.module).register_forward_hook(self._hook(s.module))
+                         for s in self.stages]
+
+    def _hook(self, name: str):
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            self._features[name] = output
+        return record
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Teacher logits (fp32) and one fp32 feature map per tapped stage, from one forward on normalised x."""
+        self._features.clear()
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda else nullcontext()
+        with torch.no_grad(), autocast:
+            logits = self.teacher.model(x)
+        return logits.float(), [self._features[s.module].float() for s in self.stages]
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self._handles:
+            handle.remove()
+
+
+class BlockTaps:
+    """Captures the patch tokens (B, L, D) that student blocks output during its normal forward."""
+
+    def __init__(self, student: nn.Module, blocks: Sequence[int]):
+        self.blocks, self.enabled = list(blocks), True
+        self.tokens: dict[int, torch.Tensor] = {}
+        prefix = student.num_prefix_tokens
+        self._handles = [student.blocks[b].register_forward_hook(self._hook(b, prefix)) for b in self.blocks]
+
+    def _hook(self, block: int, prefix: int):
+        def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+            if self.enabled:
+                self.tokens[block] = output[:, prefix:]
+        return record
+
+    def take(self) -> list[torch.Tensor]:
+        """The tokens of the tapped blocks from the last forward (in `blocks` order), then forget them."""
+        tokens = [self.tokens[b] for b in self.blocks]
+        self.tokens = {}
+        return tokens

@@ -1,0 +1,114 @@
+"""Top-1 / top-5 accuracy of a student (or the teacher) on a real labelled image folder."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from torchvision import transforms
+from torchvision.datasets import ImageFolder
+
+from synth.engine import Progress, resolve_device
+from synth.errors import UserError
+from synth.teacher import Teacher
+
+STUDENT_META_KEYS = ("model", "num_classes", "input_size", "mean", "std")
+
+
+@dataclass
+class Classifier:
+    """A model in eval mode with the input size and normalisation it expects."""
+
+    model: torch.nn.Module
+    num_classes: int
+    input_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def load_student(checkpoint: str | Path) -> Classifier:
+    """A student state_dict (`student.pth`) built as the timm model its `student.json` names."""
+    import timm
+
+    import dfkd.models  # noqa: F401  (registers the DearKD students with timm)
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise UserError(f"student checkpoint '{path}' does not exist")
+    meta_path = next((p for p in (path.with_suffix(".json"), path.parent / "student.json") if p.is_file()), None)
+    if meta_path is None:
+        raise UserError(f"no {path.stem}.json or student.json next to '{path}' "
+                        f"(written by dfkd distill: {', '.join(STUDENT_META_KEYS)})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict) or any(key not in meta for key in STUDENT_META_KEYS):
+        raise UserError(f"'{meta_path}' is not a student description (needs {', '.join(STUDENT_META_KEYS)})")
+    if not timm.is_model(meta["model"]):
+        raise UserError(f"'{meta_path}' names unknown model '{meta['model']}'")
+    try:
+        model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(path))
+    except Exception as exc:  # noqa: BLE001 - unreadable or mismatched weights are a user problem
+        raise UserError(f"checkpoint '{path}' does not load into {meta['model']}: {str(exc).splitlines()[0]}") from None
+    return Classifier(model.eval(), int(meta["num_classes"]), int(meta["input_size"]), meta["mean"], meta["std"])
+
+
+def teacher_classifier(teacher: Teacher) -> Classifier:
+    """The teacher as a Classifier (its own input size and normalisation)."""
+    return Classifier(teacher.model, teacher.num_classes, teacher.input_size, teacher.mean, teacher.std)
+
+
+class LabelledFolder(ImageFolder):
+    """ImageFolder whose class ids are the folder names when all are integers, else their sorted order."""
+
+    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        """Class folders and their ids: int(name) when every name is an integer, else the sorted position."""
+        classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
+        if not classes:
+            raise UserError(f"'{directory}' has no class folders (expected <data>/<class>/<image>)")
+        if all(name.isdigit() for name in classes):
+            return classes, {name: int(name) for name in classes}
+        return classes, {name: i for i, name in enumerate(classes)}
+
+
+def image_folder(data: str | Path, input_size: int, mean: Sequence[float], std: Sequence[float],
+                 crop_pct: float = 1.0) -> LabelledFolder:
+    """The labelled folder: shorter side resized to input_size / crop_pct, centre crop, [0, 1], normalised."""
+    if not Path(data).is_dir():
+        raise UserError(f"image folder '{data}' does not exist")
+    transform = transforms.Compose([
+        transforms.Resize(int(round(input_size / crop_pct))), transforms.CenterCrop(input_size),
+        transforms.ToTensor(), transforms.Normalize(mean, std)])
+    try:
+        return LabelledFolder(str(data), transform=transform)
+    except FileNotFoundError as exc:
+        raise UserError(f"image folder '{data}': {str(exc).splitlines()[0]}") from None
+
+
+def accuracy(classifier: Classifier, data: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0,
+             crop_pct: float = 1.0, progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data`."""
+    progress = progress or Progress()
+    dataset = image_folder(data, classifier.input_size, classifier.mean, classifier.std, crop_pct)
+    highest = max(dataset.class_to_idx.values())
+    if highest >= classifier.num_classes:
+        raise UserError(f"'{data}' has class id {highest}, but the model has {classifier.num_classes} classes")
+    device = resolve_device(device)
+    model = classifier.model.to(device)
+    k = min(5, classifier.num_classes)
+    top1 = topk = 0
+    progress.start(len(dataset))
+    with torch.inference_mode():
+        for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+            ranked = model(images.to(device)).topk(k, dim=1).indices.cpu()
+            top1 += (ranked[:, 0] == labels).sum().item()
+            topk += (ranked == labels[:, None]).any(1).sum().item()
+            progress.advance(len(labels), {})
+    progress.close()
+    return {"top1": top1 / len(dataset), "top5": topk / len(dataset), "k": k, "images": len(dataset),
+            "classes": len(dataset.classes)}

@@ -1,0 +1,36 @@
+"""Inspect a shard directory: counts per class, resolution, teacher, config, format version, verify result."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from dfkd.evaluate.grid import class_grid
+from synth.errors import UserError
+from synth.shards import ShardDataset, list_shards, read_manifest, verify
+
+
+def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_class_grid: int = 8,
+                   grid_classes: Optional[Sequence[int]] = None) -> dict[str, Any]:
+    """Describe the shards that verify (and report those that do not); optionally write a class grid PNG."""
+    report = verify(shards)
+    good = [p for p in list_shards(shards) if p.name not in report.problems]
+    if not good:
+        raise UserError(f"no readable shards (shard-XXXXXX.h5) in '{shards}'"
+                        + (f": {report.problems}" if report.problems else ""))
+    dataset = ShardDataset(good)
+    classes, counts = np.unique(dataset.labels, return_counts=True)
+    manifest = read_manifest(shards) or {}
+    result = {
+        "path": str(shards), "format_version": dataset.format_version, "resolution": dataset.resolution,
+        "num_classes": dataset.num_classes, "images": len(dataset), "shards": len(good),
+        "per_class": dict(zip(classes.tolist(), counts.tolist())), "class_names": dataset.class_names,
+        "mean": dataset.mean, "std": dataset.std, "teacher": dataset.teacher, "config": dataset.config,
+        "complete": manifest.get("complete"), "verify": report.as_dict(),
+    }
+    if grid:
+        image = class_grid(good, per_class_grid, grid_classes)
+        image.save(grid)
+        result["grid"] = {"path": str(grid), "width": image.width, "height": image.height}
+    return result

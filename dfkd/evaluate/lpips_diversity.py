@@ -1,0 +1,132 @@
+"""LPIPS diversity: per class, the mean LPIPS (AlexNet, v0.1, inputs in [-1, 1]) over pairs of its images."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synth.engine import Progress, resolve_device
+from synth.errors import UserError
+from synth.shards import ShardDataset
+from synth.teacher import _download_url, read_state_dict
+
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision AlexNet_Weights.IMAGENET1K_V1
+ALEXNET_FILE = ALEXNET_URL.rsplit("/", 1)[1]
+MIN_RESOLUTION = 64
+DEFAULT_PAIRS = 1000
+
+
+def backbone_file(path: Optional[str | Path] = None) -> Path:
+    """The AlexNet backbone: `path`, else the torch hub cache, else torchvision's download (failing fast offline)."""
+    if path:
+        if not Path(path).is_file():
+            raise UserError(f"LPIPS backbone '{path}' does not exist; pass a torchvision AlexNet state_dict ({ALEXNET_FILE})")
+        return Path(path)
+    target = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
+    try:
+        return Path(_download_url(ALEXNET_URL))
+    except UserError:
+        raise UserError(f"the LPIPS AlexNet backbone {ALEXNET_FILE} is not in the torch hub cache and could not be "
+                        f"downloaded from {ALEXNET_URL}; put it at {target} or pass --lpips-backbone FILE") from None
+
+
+def load_lpips(backbone: Optional[str | Path] = None, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """lpips.LPIPS (AlexNet, v0.1) whose AlexNet weights are the backbone file's `features.*`, in eval mode."""
+    path = backbone_file(backbone)
+    state = read_state_dict(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import lpips
+
+        model = lpips.LPIPS(net="alex", version="0.1", pretrained=True, pnet_rand=True, verbose=False)
+    own = model.net.state_dict()  # keys "sliceK.N.weight" hold torchvision's "features.N.weight"
+    source = {name: "features." + name.split(".", 1)[1] for name in own}
+    for name, key in source.items():
+        if key not in state or state[key].shape != own[name].shape:
+            raise UserError(f"'{path}' is not a torchvision AlexNet state_dict (no {key} of shape {tuple(own[name].shape)})")
+    0 and model.net.load_state_dict({name: state[key] for name, key in source.items()})
+    return model.eval().requires_grad_(False).to(device)
+
+
+def unrank_pairs(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Linear pair index -> (i, j) with j < i, in the order (1,0), (2,0), (2,1), (3,0), ..."""
+    k = np.asarray(k, dtype=np.int64)
+    i = ((1 + np.sqrt(1 + 8 * k.astype(np.float64))) // 2).astype(np.int64)
+    i -= i * (i - 1) // 2 > k
+    i += (i + 1) * i // 2 <= k
+    return i, k - i * (i - 1) // 2
+
+
+def sample_pairs(n: int, pairs: Optional[int], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs of n items when there are at most `pairs` (or `pairs` is None), else `pairs` distinct random ones."""
+    total = n * (n - 1) // 2
+    if pairs is None or total <= pairs:
+        return unrank_pairs(np.arange(total))
+    return unrank_pairs(np.sort(rng.choice(total, pairs, replace=False)))
+
+
+def lpips_features(model: torch.nn.Module, images: torch.Tensor, size: int) -> list[torch.Tensor]:
+    """LPIPS' unit-normalised AlexNet activations of uint8 (B, 3, H, W) images, upsampled (bilinear) to `size`."""
+    from lpips import normalize_tensor
+
+    x = images.float() / 127.5 - 1
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return [normalize_tensor(f) for f in model.net(model.scaling_layer(x))]
+
+
+def lpips_from_features(model: torch.nn.Module, a: list[torch.Tensor], b: list[torch.Tensor]) -> torch.Tensor:
+    """LPIPS distance per row between two lists of `lpips_features` (what `model(x0, x1)` computes)."""
+    return sum(lin((fa - fb) ** 2).mean((2, 3)) for lin, fa, fb in zip(model.lins, a, b)).flatten()
+
+
+def lpips_diversity(shards: str | Path, backbone: Optional[str | Path] = None, pairs: Optional[int] = DEFAULT_PAIRS,
+                    seed: int = 0, device: str = "auto", batch_size: int = 64,
+                    progress: Optional[Progress] = None) -> dict[str, Any]:
+    """Per-class mean LPIPS over all pairs (at most `pairs` seeded random ones), the mean over classes, the size used."""
+    progress = progress or Progress()
+    dataset = ShardDataset(shards)
+    device = resolve_device(device)
+    backbone = backbone_file(backbone)
+    model = load_lpips(backbone, device)
+    size = max(dataset.resolution, MIN_RESOLUTION)
+    plans, skipped = {}, []
+    for c in np.unique(dataset.labels).tolist():
+        members = np.flatnonzero(dataset.labels == c)
+        first, second = sample_pairs(len(members), pairs, np.random.default_rng([seed, c]))
+        if not len(first):
+            skipped.append(c)
+            continue
+        used, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
+        inverse = torch.from_numpy(inverse).to(device)
+        plans[c] = (members[used], inverse[:len(first)], inverse[len(first):])
+    if not plans:
+        raise UserError(f"no class in '{shards}' has two images; LPIPS diversity needs pairs")
+    per_class, counts = {}, {}
+    progress.start(sum(len(p[0]) for p in plans.values()))
+    with torch.inference_mode():
+        for c, (indices, first, second) in plans.items():
+            parts = []
+            for start in range(0, len(indices), batch_size):
+                batch = torch.stack([dataset[int(i)][0] for i in indices[start:start + batch_size]]).to(device)
+                parts.append(lpips_features(model, batch, size))
+                progress.advance(len(batch), {})
+            features = [torch.cat(layer) for layer in zip(*parts)]
+            distances = torch.cat([
+                lpips_from_features(model, [f[first[s:s + batch_size]] for f in features],
+                                    [f[second[s:s + batch_size]] for f in features])
+                for s in range(0, len(first), batch_size)])
+            per_class[c], counts[c] = distances.mean().item(), len(first)
+    progress.close()
+    dataset.close()
+    result = {"metric": "lpips-alex-v0.1", "mean": float(np.mean(list(per_class.values()))), "per_class": per_class,
+              "pairs": counts, "resolution": size, "stored_resolution": dataset.resolution,
+              "upsampled": size != dataset.resolution, "images": len(dataset), "skipped_classes": skipped,
+              "backbone": str(backbone)}
+    if dataset.class_names:
+        result["class_names"] = {c: dataset.class_names[c] for c in per_class}
+    return result

@@ -1,0 +1,337 @@
+"""Work units -> inversion -> shards: the unit order, per-unit seeds, resume and the manifest.
+
+Unit order (public: it fixes `sample_ids`). The selected classes, sorted, are cut into G groups of
+`classes_per_batch` consecutive classes; there are R = per_class / images_per_class rounds. Unit u
+is round r = u // G of group g = u % G: it holds the classes of group g, `images_per_class` images
+each, with per-class indices r * images_per_class + i. Inside a unit, position p holds class
+group[p // images_per_class]; its sample id is u * batch + p. Shard k holds units [k*U, (k+1)*U).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import torch
+
+from synth import shards as shard_io
+from synth.errors import UserError
+from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.teacher import Teacher, load_teacher
+
+UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
+
+
+@dataclass
+class SynthesisConfig:
+    """Everything `dfkd synthesize` needs; `identity()` is the part that changes the images."""
+
+    teacher: str = ""
+    teacher_weights: Optional[str] = None
+    classes: Union[str, list[int]] = "all"
+    per_class: int = 8
+    classes_per_batch: int = 8
+    images_per_class: int = 4
+    units_per_shard: int = 16
+    seed: int = 0
+    threads: int = 0
+    losses: LossWeights = field(default_factory=LossWeights)
+    schedule: Schedule = field(default_factory=Schedule)
+    store_logits: bool = True
+    compression: str = "none"
+    device: str = "auto"
+    compile: bool = False
+
+    def validate(self) -> None:
+        """Check settings that need no teacher."""
+        if not self.teacher:
+            raise UserError("no teacher given: pass --teacher timm:<name>, torchvision:<name> or a teacher file")
+        for name in ("classes_per_batch", "images_per_class"):
+            if getattr(self, name) < 2:
+                raise UserError(f"{name} must be >= 2 (the intra-divergence and triplet losses need "
+                                f"two classes and two images of each per batch), not {getattr(self, name)}")
+        if self.per_class < 1 or self.per_class % self.images_per_class:
+            raise UserError(f"per_class {self.per_class} must be a positive multiple of images_per_class "
+                            f"{self.images_per_class}")
+        if self.units_per_shard < 1:
+            raise UserError(f"units_per_shard must be >= 1, not {self.units_per_shard}")
+        if self.compression not in shard_io.COMPRESSIONS:
+            raise UserError(f"compression '{self.compression}' is not one of {', '.join(shard_io.COMPRESSIONS)}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
+        if self.threads < 0:
+            raise UserError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+
+    @property
+    def batch_size(self) -> int:
+        """Images per work unit."""
+        return self.classes_per_batch * self.images_per_class
+
+    def resolved_threads(self) -> int:
+        """The CPU thread count: `threads`, or all cores when 0."""
+        if self.threads:
+            return self.threads
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+    def identity(self, teacher: Teacher, classes: list[int]) -> dict[str, Any]:
+        """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads."""
+        return json.loads(json.dumps({
+            "teacher": self.teacher, "teacher_weights_sha256": teacher.weights_sha256, "classes": classes,
+            "per_class": self.per_class, "classes_per_batch": self.classes_per_batch,
+            "images_per_class": self.images_per_class, "units_per_shard": self.units_per_shard,
+            "seed": self.seed, "threads": self.resolved_threads(), "losses": asdict(self.losses),
+            "schedule": asdict(self.schedule), "unit_order": UNIT_ORDER,
+        }))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One batch of work: its id, the classes it holds and the per-class index of its first image."""
+
+    id: int
+    classes: tuple[int, ...]
+    first_index: int
+    images_per_class: int
+
+    @property
+    def labels(self) -> list[int]:
+        """Target class of every position (class-major)."""
+        return [c for c in self.classes for _ in range(self.images_per_class)]
+
+    def sample_ids(self) -> np.ndarray:
+        """Global ids: unit id * batch + position."""
+        batch = len(self.classes) * self.images_per_class
+        return np.arange(self.id * batch, (self.id + 1) * batch, dtype=np.int64)
+
+
+def parse_classes(spec: Union[str, list[int]], num_classes: int) -> list[int]:
+    """`all`, ranges and lists ("0-99", "1,5,7-9", [1, 5]) -> sorted unique class ids within the teacher's range."""
+    if isinstance(spec, list):
+        ids = [int(v) for v in spec]
+    elif str(spec).strip() == "all":
+        ids = list(range(num_classes))
+    else:
+        ids = []
+        for part in str(spec).split(","):
+            part = part.strip()
+            try:
+                if "-" in part[1:]:
+                    low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
+                    ids.extend(range(int(low), int(high) + 1))
+                else:
+                    ids.append(int(part))
+            except ValueError:
+                raise UserError(f"classes '{spec}' is not 'all', a range like 0-99, or a list like 1,5,7-9") from None
+    bad = [c for c in ids if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"class id {bad[0]} is outside the teacher's range 0-{num_classes - 1}")
+    if not ids:
+        raise UserError(f"classes '{spec}' selects no class")
+    return sorted(set(ids))
+
+
+def plan_units(classes: list[int], per_class: int, classes_per_batch: int, images_per_class: int) -> list[Unit]:
+    """All work units in order (see the module docstring)."""
+    if len(classes) % classes_per_batch:
+        divisors = [d for d in range(2, len(classes) + 1) if len(classes) % d == 0]
+        raise UserError(f"classes_per_batch {classes_per_batch} does not divide the {len(classes)} selected "
+                        f"classes; use one of {divisors[:8]}")
+    groups = [tuple(classes[i:i + classes_per_batch]) for i in range(0, len(classes), classes_per_batch)]
+    rounds = per_class // images_per_class
+    return [Unit(id=r * len(groups) + g, classes=groups[g], first_index=r * images_per_class,
+                 images_per_class=images_per_class)
+            for r in range(rounds) for g in range(len(groups))]
+
+
+def unit_generator(seed: int, unit_id: int) -> torch.Generator:
+    """A CPU generator seeded from (global seed, unit id): the same unit always gets the same random draws."""
+    state = np.random.SeedSequence([seed, unit_id]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` -> cuda when available, else cpu; a CUDA request without CUDA is refused."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device '{name}' requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+@dataclass
+class Progress:
+    """Callbacks the engine reports to (the CLI binds them to tqdm and stderr)."""
+
+    start: Callable[[int], None] = lambda total: None
+    advance: Callable[[int, dict], None] = lambda images, losses: None
+    message: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
+    close: Callable[[], None] = lambda: None
+
+
+def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None,
+               rank: int = 0, world_size: int = 1, barrier: Callable[[], None] = lambda: None) -> dict[str, Any]:
+    """Run (or resume) a synthesis into `out`; returns a summary. Ranks split the shards k % world_size."""
+    progress = progress or Progress()
+    config.validate()
+    started = time.time()
+    torch.set_num_threads(config.resolved_threads())
+    device = resolve_device(config.device)
+    teacher = load_teacher(config.teacher, config.teacher_weights, device)
+    classes = parse_classes(config.classes, teacher.num_classes)
+    units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
+    identity = config.identity(teacher, classes)
+    out = Path(out)
+    num_shards = -(-len(units) // config.units_per_shard)
+    if rank == 0:
+        _prepare_output(out, identity, teacher, num_shards, len(units) * config.batch_size)
+    barrier()
+
+    model = teacher.model
+    cuda = device.type == "cuda"
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+    if config.compile:
+        model = torch.compile(model)
+    todo, skipped, regenerated = [], 0, []
+    for k in range(rank, num_shards, world_size):
+        path = out / shard_io.shard_name(k)
+        if path.exists():
+            problem = shard_io.verify_shard(path)
+            if problem is None:
+                skipped += 1
+                continue
+            progress.message(f"shard {path.name} is damaged ({problem}); regenerating it")
+            path.unlink()
+            regenerated.append(path.name)
+        todo.append(k)
+
+    progress.start(sum(len(units[k * config.units_per_shard:(k + 1) * config.units_per_shard]) for k in todo)
+                   * config.batch_size)
+    log_path = out / "logs" / f"synthesis-rank{rank}.jsonl"
+    log_path.parent.mkdir(exist_ok=True)
+    written = 0
+    try:
+        for k in todo:
+            shard_units = units[k * config.units_per_shard:(k + 1) * config.units_per_shard]
+            results = []
+            for unit in shard_units:
+                unit_start = time.time()
+                labels = torch.tensor(unit.labels, device=device)
+                result = invert_batch(teacher, labels, config.losses, config.schedule,
+                                      unit_generator(config.seed, unit.id), channels_last=cuda,
+                                      autocast_dtype=torch.bfloat16 if cuda else None, model=model)
+                results.append(result)
+                agreement = float((result.logits.argmax(1) == labels.cpu()).float().mean())
+                _append_log(log_path, {"unit": unit.id, "shard": k, "seconds": round(time.time() - unit_start, 3),
+                                       "fidelity": agreement, "losses": result.losses,
+                                       "stage_totals": result.stage_totals})
+                progress.advance(len(labels), result.losses)
+            shard_io.write_shard(
+                out / shard_io.shard_name(k),
+                images=torch.cat([r.images for r in results]).numpy(),
+                labels=np.concatenate([u.labels for u in shard_units]).astype(np.int64),
+                sample_ids=np.concatenate([u.sample_ids() for u in shard_units]),
+                logits=torch.cat([r.logits for r in results]).half().numpy() if config.store_logits else None,
+                num_classes=teacher.num_classes, mean=teacher.mean, std=teacher.std, teacher=teacher.describe(),
+                config=identity, class_names=teacher.class_names, compression=config.compression,
+            )
+            written += 1
+    finally:
+        progress.close()
+    barrier()
+    summary = {"out": str(out), "shards": num_shards, "shards_written": written, "shards_skipped": skipped,
+               "shards_regenerated": regenerated, "nothing_to_do": not todo}
+    if rank == 0:
+        manifest = finalize_manifest(out)
+        summary.update(images=manifest["images"], complete=manifest["complete"],
+                       fidelity=fidelity(out) if config.store_logits else None)
+    summary["seconds"] = round(time.time() - started, 2)
+    return summary
+
+
+def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int) -> None:
+    """Refuse a directory holding a different synthesis, delete stale `.tmp` files, write the manifest."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output '{out}' exists and is not a directory")
+    existing = _existing_identity(out)
+    if existing is not None and existing != identity:
+        there, now = _flatten(existing), _flatten(identity)
+        key = next(k for k in sorted(set(there) | set(now)) if there.get(k) != now.get(k))
+        raise UserError(f"output directory '{out}' holds a different synthesis ({key}: {there.get(key)!r} "
+                        f"there, {now.get(key)!r} now); choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*.tmp"):
+        stale.unlink()
+    manifest = shard_io.read_manifest(out) or {}
+    manifest.update({
+        "format": shard_io.FORMAT, "format_version": shard_io.FORMAT_VERSION, "config": identity,
+        "teacher": teacher.describe(), "num_shards": num_shards, "images_expected": images,
+        "created": manifest.get("created", _now()), "updated": _now(),
+    })
+    manifest.setdefault("shards", [])
+    manifest.setdefault("images", 0)
+    manifest.setdefault("complete", False)
+    shard_io.write_manifest(out, manifest)
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _existing_identity(out: Path) -> Optional[dict]:
+    manifest = shard_io.read_manifest(out) if out.is_dir() else None
+    if manifest and "config" in manifest:
+        return manifest["config"]
+    for path in shard_io.list_shards(out):
+        try:
+            return shard_io.read_shard_config(path)
+        except Exception:  # noqa: BLE001 - a damaged shard is handled (regenerated) later
+            continue
+    return None
+
+
+def finalize_manifest(out: str | Path) -> dict:
+    """Rebuild the manifest's shard list from the verified shards on disk and mark completeness."""
+    out = Path(out)
+    manifest = shard_io.read_manifest(out) or {}
+    good = [p for p in shard_io.list_shards(out) if shard_io.verify_shard(p) is None]
+    manifest["shards"] = [shard_io.shard_summary(p) for p in good]
+    manifest["images"] = sum(s["count"] for s in manifest["shards"])
+    manifest["complete"] = len(good) == manifest.get("num_shards", -1)
+    manifest["updated"] = _now()
+    shard_io.write_manifest(out, manifest)
+    return manifest
+
+
+def fidelity(out: str | Path) -> Optional[float]:
+    """Teacher agreement with the target labels over all shards' stored logits (None without logits)."""
+    import h5py
+
+    hits = total = 0
+    for path in shard_io.list_shards(out):
+        with h5py.File(path, "r") as f:
+            if "teacher_logits" not in f:
+                return None
+            hits += int((f["teacher_logits"][:].argmax(1) == f["labels"][:]).sum())
+            total += len(f["labels"])
+    return hits / total if total else None
+
+
+def _append_log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

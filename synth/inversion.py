@@ -1,0 +1,174 @@
+"""One batch of multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet losses (SPEC §2)."""
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from synth.losses import BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
+from synth.teacher import EmbeddingTap, Teacher
+
+
+@dataclass
+class LossWeights:
+    """Weights of the synthesis objective (paper defaults, fitting ImageNet-scale teachers)."""
+
+    ce: float = 1.0
+    bn: float = 0.05
+    bn_first: float = 10.0
+    tv: float = 1e-4
+    l2: float = 1e-5
+    ep: float = 50.0
+    ep_margin: float = 0.5
+    ep_form: str = "saturating"
+    triplet: float = 0.5
+    triplet_margin: float = 0.5
+
+    def validate(self) -> None:
+        """Refuse an unknown intra-divergence form or negative weights."""
+        from synth.errors import UserError
+
+        if self.ep_form not in ("saturating", "unbounded"):
+            raise UserError(f"losses.ep_form '{self.ep_form}' is not one of saturating, unbounded")
+        for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet"):
+            if getattr(self, name) < 0:
+                raise UserError(f"losses.{name} must be >= 0, not {getattr(self, name)}")
+
+
+@dataclass
+class Schedule:
+    """Resolutions and iterations per stage (low to high), optimiser and augmentation settings."""
+
+    resolutions: tuple[int, ...] = (112, 224)
+    iterations: tuple[int, ...] = (2000, 2000)
+    lr: float = 0.25
+    betas: tuple[float, ...] = (0.5, 0.9)
+    eps: float = 1e-8
+    jitter: float = 30 / 224
+    flip: bool = True
+    multires: str = "upsample"
+
+    def validate(self) -> None:
+        """Check stage lists and option values."""
+        from synth.errors import UserError
+
+        if not self.resolutions or len(self.resolutions) != len(self.iterations):
+            raise UserError(f"schedule.resolutions {list(self.resolutions)} and schedule.iterations "
+                            f"{list(self.iterations)} must list the same number of stages (at least one)")
+        if list(self.resolutions) != sorted(self.resolutions) or min(self.resolutions) < 4:
+            raise UserError(f"schedule.resolutions {list(self.resolutions)} must increase from low to high, each >= 4")
+        if min(self.iterations) < 1:
+            raise UserError(f"schedule.iterations {list(self.iterations)} must each be >= 1")
+        if self.multires not in ("upsample", "pool"):
+            raise UserError(f"schedule.multires '{self.multires}' is not one of upsample, pool")
+        if len(self.betas) != 2:
+            raise UserError(f"schedule.betas must hold two numbers, not {list(self.betas)}")
+
+
+@dataclass
+class InversionResult:
+    """Final images (uint8 NHWC, CPU), teacher logits on them (fp32, CPU), the last iteration's loss terms,
+    and each stage's (first, last) total loss."""
+
+    images: torch.Tensor
+    logits: torch.Tensor
+    losses: dict[str, float]
+    stage_totals: list[tuple[float, float]]
+
+
+def learning_rate(base: float, iteration: int, iterations: int) -> float:
+    """Linear warm-up over min(100, iterations/20) iterations, then cosine to 0 (the reference's lr_cosine_policy)."""
+    warmup = max(1, min(100, iterations // 20))
+    if iteration < warmup:
+        return base * (iteration + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (iteration - warmup) / max(1, iterations - warmup))) * base
+
+
+def jitter_pixels(fraction: float, resolution: int) -> int:
+    """Maximum circular shift at a resolution: round(fraction * r) (30 px at 224 with the default fraction)."""
+    return int(round(fraction * resolution))
+
+
+def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, schedule: Schedule,
+                 generator: torch.Generator, channels_last: bool = False,
+                 autocast_dtype: Optional[torch.dtype] = None, model: Optional[torch.nn.Module] = None
+                 ) -> InversionResult:
+    """Optimise noise into images the teacher classifies as `labels`; random draws come from `generator` (CPU)."""
+    device = labels.device
+    model = model or teacher.model
+    low, high = teacher.pixel_bounds(device)
+    bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first)
+    tap = EmbeddingTap(teacher.classifier)
+    final = schedule.resolutions[-1]
+    start = final if schedule.multires == "pool" else schedule.resolutions[0]
+    x = torch.randn((len(labels), 3, start, start), generator=generator).to(device)
+    terms: dict[str, torch.Tensor] = {}
+    stage_totals: list[tuple[torch.Tensor, torch.Tensor]] = []
+    try:
+        for resolution, iterations in zip(schedule.resolutions, schedule.iterations):
+            if schedule.multires == "upsample" and x.shape[-1] != resolution:
+                x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+            x = torch.max(torch.min(x.detach(), high), low).requires_grad_(True)
+            optimizer = torch.optim.Adam([x], lr=schedule.lr, betas=tuple(schedule.betas), eps=schedule.eps)
+            shifts = jitter_pixels(schedule.jitter, resolution)
+            offsets = torch.randint(-shifts, shifts + 1, (iterations, 2), generator=generator).tolist()
+            flips = (torch.rand(iterations, generator=generator) < 0.5).tolist()
+            for it in range(iterations):
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(schedule.lr, it, iterations)
+                optimizer.zero_grad(set_to_none=True)
+                view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
+                augmented = torch.roll(view, shifts=tuple(offsets[it]), dims=(2, 3))
+                if schedule.flip and flips[it]:
+                    augmented = augmented.flip(3)
+                if channels_last:
+                    augmented = augmented.contiguous(memory_format=torch.channels_last)
+                with _autocast(device, autocast_dtype):
+                    logits = model(augmented)
+                terms = _objective(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights)
+                terms["total"].backward()
+                if it == 0:
+                    first_total = terms["total"].detach()
+                optimizer.step()
+                with torch.no_grad():
+                    x.copy_(torch.max(torch.min(x, high), low))
+            stage_totals.append((first_total, terms["total"].detach()))
+        images = (teacher.denormalize(x.detach()) * 255).round().to(torch.uint8)
+        with torch.no_grad():
+            final_logits = teacher.model(teacher.normalize(images.float() / 255))
+    finally:
+        bn_loss.remove()
+        tap.remove()
+    return InversionResult(
+        images=images.permute(0, 2, 3, 1).contiguous().cpu(),
+        logits=final_logits.float().cpu(),
+        losses={name: float(value.detach()) for name, value in terms.items()},
+        stage_totals=[(float(a), float(b)) for a, b in stage_totals],
+    )
+
+
+def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,
+               bn_loss: BNStatisticsLoss, w: LossWeights) -> dict[str, torch.Tensor]:
+    """All loss terms of one iteration (unweighted) and their weighted total; no host synchronisation."""
+    terms = {"ce": F.cross_entropy(logits, labels), "bn": bn_loss.loss()}
+    if w.tv:
+        terms["tv"] = tv_prior(augmented)
+    if w.l2:
+        terms["l2"] = l2_prior(augmented)
+    if w.ep:
+        terms["ep"] = intra_divergence(embedding, labels, w.ep_margin, w.ep_form)
+    if w.triplet:
+        terms["triplet"] = triplet(embedding, labels, w.triplet_margin)
+    scale = {"ce": w.ce, "bn": w.bn, "tv": w.tv, "l2": w.l2, "ep": w.ep, "triplet": w.triplet}
+    terms["total"] = sum(scale[name] * value for name, value in terms.items())
+    return {name: value.detach() if name != "total" else value for name, value in terms.items()}
+
+
+def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,368 @@
+"""Load a CNN teacher (timm, torchvision or a dfkd teacher file); find its BN layers, normalisation and embedding."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlparse
+
+import torch
+import torch.nn as nn
+
+from synth import small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
+from synth.errors import UserError
+
+TEACHER_FILE_FORMAT = "dfkd-teacher"
+TEACHER_FILE_VERSION = 1
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_FROZEN_BN_NAMES = ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
+
+
+@dataclass
+class Teacher:
+    """A teacher in eval mode with everything synthesis and distillation need to know about it."""
+
+    model: nn.Module
+    spec: str
+    num_classes: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    classifier: nn.Module
+    weights_sha256: str
+    class_names: Optional[list[str]] = None
+    bn_layers: list[nn.Module] = field(default_factory=list)
+
+    def to(self, device: torch.device | str) -> "Teacher":
+        """Move the model to a device (in place) and return self."""
+        self.model.to(device)
+        return self
+
+    def pixel_bounds(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel (low, high) of valid pixels [0, 1] in normalised space, shaped (1, 3, 1, 1)."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return (0 - mean) / std, (1 - mean) / std
+
+    def normalize(self, images01: torch.Tensor) -> torch.Tensor:
+        """Map images in [0, 1] (B, 3, H, W) to the teacher's normalised input space."""
+        mean = torch.tensor(self.mean, device=images01.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images01.device).view(1, 3, 1, 1)
+        return (images01 - mean) / std
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        """Map normalised images back to [0, 1] (clamped)."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x * std + mean).clamp(0, 1)
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description stored in shards and manifests."""
+        return {
+            "spec": self.spec,
+            "num_classes": self.num_classes,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "input_size": self.input_size,
+            "weights_sha256": self.weights_sha256,
+            "bn_layers": len(self.bn_layers),
+        }
+
+
+class EmbeddingTap:
+    """Captures the classifier's input (the pooled penultimate features) on every forward."""
+
+    def __init__(self, classifier: nn.Module):
+        self.value: Optional[torch.Tensor] = None
+        self._handle = classifier.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module: nn.Module, inputs: tuple) -> None:
+        self.value = inputs[0].flatten(1)
+
+    def remove(self) -> None:
+        """Detach the hook."""
+        self._handle.remove()
+
+
+def find_bn_layers(model: nn.Module) -> list[nn.Module]:
+    """All BatchNorm layers with running statistics, in forward-definition order (BatchNormAct2d, SyncBN, frozen BN)."""
+    layers = []
+    for name, module in model.named_modules():
+        is_bn = isinstance(module, (nn.BatchNorm2d, nn.SyncBatchNorm)) or type(module).__name__ in _FROZEN_BN_NAMES
+        if not is_bn:
+            continue
+        if getattr(module, "running_mean", None) is None or getattr(module, "running_var", None) is None:
+            raise UserError(
+                f"BatchNorm layer '{name}' has no running statistics (track_running_stats=False); "
+                "synthesis needs a teacher whose BN layers keep running mean and variance"
+            )
+        layers.append(module)
+    return layers
+
+
+def state_dict_sha256(model: nn.Module) -> str:
+    """sha256 over the model's state_dict (sorted keys, raw tensor bytes): identifies the weights."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read weights from a raw state_dict, a dict holding `state_dict` or `model`, or a .safetensors file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"weights file '{path}' does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user problem
+        raise UserError(f"cannot read weights file '{path}': {str(exc).splitlines()[0]}") from None
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"weights file '{path}' holds no state_dict (expected tensors by name, or a dict with 'state_dict' or 'model')")
+    return {k.removeprefix("module."): v for k, v in obj.items()}
+
+
+def load_teacher(spec: str, weights: Optional[str] = None, device: str | torch.device = "cpu") -> Teacher:
+    """Load `timm:<name>[.<tag>]`, `torchvision:<name>` or a dfkd teacher file, in eval mode, on `device`."""
+    if spec.startswith("timm:"):
+        teacher = _load_timm(spec, weights)
+    elif spec.startswith("torchvision:"):
+        teacher = _load_torchvision(spec, weights)
+    elif Path(spec).is_file():
+        teacher = _load_teacher_file(spec, weights)
+    else:
+        raise UserError(
+            f"teacher '{spec}' is not timm:<name>[.<tag>], torchvision:<name>, or an existing teacher file"
+        )
+    teacher.model.eval().requires_grad_(False)
+    return teacher.to(device)
+
+
+def save_teacher_file(path: str | Path, arch: str, arch_kwargs: dict, model: nn.Module, mean, std,
+                      input_size: int, class_names: Optional[list[str]] = None, extra: Optional[dict] = None) -> None:
+    """Write a teacher file: architecture (a timm name and kwargs), weights, normalisation, class names."""
+    payload = {
+        "format": TEACHER_FILE_FORMAT,
+        "format_version": TEACHER_FILE_VERSION,
+        "arch": arch,
+        "arch_kwargs": dict(arch_kwargs),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        "input_size": int(input_size),
+        "class_names": list(class_names) if class_names else None,
+        "extra": dict(extra or {}),
+    }
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def _finish(model: nn.Module, spec: str, mean, std, input_size: int, classifier_name: str,
+            class_names: Optional[list[str]]) -> Teacher:
+    classifier = model.get_submodule(classifier_name)
+    num_classes = classifier.weight.shape[0]
+    if class_names is not None and len(class_names) != num_classes:
+        class_names = None
+    return Teacher(
+        model=model, spec=spec, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
+        input_size=int(input_size), classifier=classifier, weights_sha256=state_dict_sha256(model),
+        class_names=class_names, bn_layers=find_bn_layers(model),
+    )
+
+
+def _classifier_name(model: nn.Module) -> str:
+    """The name of the last Linear (or 1x1 conv) layer: the classifier whose input is the embedding."""
+    name = None
+    for module_name, module in model.named_modules():
+        if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)):
+            name = module_name
+    if name is None:
+        raise UserError("the teacher has no Linear classifier layer whose input could serve as its embedding")
+    return name
+
+
+def _num_classes_from(state_dict: dict[str, torch.Tensor], classifier_name: str, source: str) -> int:
+    key = f"{classifier_name}.weight"
+    if key not in state_dict:
+        raise UserError(f"weights '{source}' have no classifier weight '{key}'; they do not fit this architecture")
+    return int(state_dict[key].shape[0])
+
+
+def _load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: str, spec: str) -> None:
+    try:
+        model.load_state_dict(state_dict, strict=True)
+    except RuntimeError as exc:
+        missing, unexpected = _key_mismatch(model, state_dict)
+        detail = f"missing {missing[:3]}, unexpected {unexpected[:3]}" if (missing or unexpected) else "tensor shapes differ"
+        raise UserError(f"weights '{source}' do not fit {spec}: {detail}") from exc
+
+
+def _key_mismatch(model: nn.Module, state_dict: dict) -> tuple[list[str], list[str]]:
+    own = set(model.state_dict())
+    return sorted(own - set(state_dict)), sorted(set(state_dict) - own)
+
+
+def _check_bn(model: nn.Module, spec: str) -> None:
+    if not find_bn_layers(model):
+        raise UserError(f"teacher {spec} has no BatchNorm layers; DeepInversion needs BN running statistics to match")
+
+
+def _load_timm(spec: str, weights: Optional[str]) -> Teacher:
+    import timm
+
+    name = spec.removeprefix("timm:")
+    if not timm.is_model(name):
+        raise UserError(f"unknown timm model '{name}' (see timm.list_models(); tags as in 'regnety_160.deit_in1k')")
+    try:
+        cfg = timm.models.get_pretrained_cfg(name)
+    except RuntimeError as exc:
+        raise UserError(f"timm model '{name}': {exc}") from None
+    model = timm.create_model(name, pretrained=False)
+    _check_bn(model, spec)
+    classifier_name = getattr(cfg, "classifier", None) or _classifier_name(model)
+    if weights:
+        state_dict = read_state_dict(weights)
+        num_classes = _num_classes_from(state_dict, classifier_name, weights)
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        _load_strict(model, state_dict, weights, spec)
+    else:
+        model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": _timm_weights_file(name, cfg)})
+    cfg = model.pretrained_cfg
+    class_names = _imagenet_names(model) if model.num_classes == 1000 else None
+    return _finish(model, spec, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
+                   cfg.get("input_size", (3, 224, 224))[-1], classifier_name, class_names)
+
+
+def _imagenet_names(model: nn.Module) -> Optional[list[str]]:
+    try:
+        from timm.data import ImageNetInfo, infer_imagenet_subset
+
+        info = ImageNetInfo(infer_imagenet_subset(model) or "imagenet-1k")
+        return [info.index_to_description(i) for i in range(info.num_classes())]
+    except Exception:  # noqa: BLE001 - class names are optional decoration
+        return None
+
+
+def _timm_weights_file(name: str, cfg: Any) -> str:
+    """Resolve timm weights: the Hugging Face cache, else a download (failing fast offline)."""
+    hub_id = getattr(cfg, "hf_hub_id", None)
+    if cfg is None or not (hub_id or getattr(cfg, "url", None)):
+        raise UserError(f"timm model '{name}' has no pretrained weights; pass --teacher-weights FILE")
+    if hub_id:
+        from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+
+        filenames = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) else ["model.safetensors", "pytorch_model.bin"]
+        for filename in filenames:
+            cached = try_to_load_from_cache(hub_id, filename)
+            if isinstance(cached, str):
+                return cached
+        where = f"{hub_id}/{filenames[0]}"
+        _require_network(constants.ENDPOINT, where, f"the Hugging Face cache ({constants.HF_HUB_CACHE})",
+                         offline=constants.HF_HUB_OFFLINE)
+        try:
+            return hf_hub_download(hub_id, filenames[0])
+        except Exception as exc:  # noqa: BLE001 - any download failure is reported the same way
+            raise UserError(f"could not download {where}: {str(exc).splitlines()[0]}; "
+                            "pass --teacher-weights FILE instead") from None
+    return _download_url(cfg.url)
+
+
+def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
+    import torchvision
+
+    name = spec.removeprefix("torchvision:")
+    if name not in torchvision.models.list_models():
+        raise UserError(f"unknown torchvision model '{name}' (see torchvision.models.list_models())")
+    model = torchvision.models.get_model(name, weights=None)
+    _check_bn(model, spec)
+    classifier_name = _classifier_name(model)
+    class_names = None
+    if weights:
+        state_dict = read_state_dict(weights)
+        source = weights
+    else:
+        try:
+            enum = torchvision.models.get_model_weights(name).DEFAULT
+        except (ValueError, KeyError):
+            raise UserError(f"torchvision model '{name}' has no pretrained weights; pass --teacher-weights FILE") from None
+        state_dict = read_state_dict(_download_url(enum.url))
+        source, class_names = enum.url, enum.meta.get("categories")
+    num_classes = _num_classes_from(state_dict, classifier_name, source)
+    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    _load_strict(model, state_dict, source, spec)
+    return _finish(model, spec, IMAGENET_MEAN, IMAGENET_STD, 224, classifier_name, class_names)
+
+
+def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
+    import timm
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"cannot read teacher file '{path}': {str(exc).splitlines()[0]}") from None
+    if not isinstance(payload, dict) or payload.get("format") != TEACHER_FILE_FORMAT:
+        raise UserError(f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher`)")
+    if payload.get("format_version", 0) > TEACHER_FILE_VERSION:
+        raise UserError(f"teacher file '{path}' has format_version {payload['format_version']}; "
+                        f"this dfkd reads up to {TEACHER_FILE_VERSION}, upgrade dfkd")
+    arch = payload["arch"].removeprefix("timm:")
+    if not timm.is_model(arch):
+        raise UserError(f"teacher file '{path}' names unknown timm architecture '{arch}'")
+    model = timm.create_model(arch, pretrained=False, **payload["arch_kwargs"])
+    _check_bn(model, path)
+    state_dict = read_state_dict(weights) if weights else payload["state_dict"]
+    _load_strict(model, state_dict, weights or path, path)
+    return _finish(model, path, payload["mean"], payload["std"], payload["input_size"],
+                   _classifier_name(model), payload.get("class_names"))
+
+
+def _download_url(url: str) -> str:
+    """A torch-hub-cached URL: the cached file, else a download into the cache (failing fast offline)."""
+    target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+    if target.is_file():
+        return str(target)
+    _require_network(url, os.path.basename(target), str(target.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(target), progress=False)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"could not download {url}: {str(exc).splitlines()[0]}; put the file at {target}") from None
+    return str(target)
+
+
+def _require_network(url: str, what: str, where: str, offline: bool = False, timeout: float = 5.0) -> None:
+    """Fail fast with one line when the download host cannot be reached (DNS and connect, bounded in time)."""
+    host = urlparse(url).hostname or url
+    hint = f"cannot download {what}: {{}}; put it in {where} or pass the weights file with --teacher-weights"
+    if offline:
+        raise UserError(hint.format("offline mode (HF_HUB_OFFLINE) is set"))
+    result: dict[str, Any] = {}
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as exc:
+            result["error"] = exc
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not result.get("ok"):
+        raise UserError(hint.format(f"{host} is unreachable"))
