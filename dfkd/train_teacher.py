@@ -39,14 +39,21 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return hits / len(x)
 
 
-def train_teacher(out: str | Path, dataset: str = "digits", arch: str = "dfkd_cnn_digits", epochs: int = 12,
-                  batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
-                  on_epoch: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Train `arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
+def check_settings(dataset: str, arch: str, epochs: int) -> None:
+    """Refuse an unknown dataset or architecture, or a non-positive epoch count."""
     if dataset not in DATASETS:
         raise UserError(f"dataset '{dataset}' is not one of {', '.join(DATASETS)}")
     if not timm.is_model(arch):
         raise UserError(f"unknown timm architecture '{arch}'")
+    if epochs < 1:
+        raise UserError(f"epochs must be >= 1, not {epochs}")
+
+
+def train_teacher(out: str | Path, dataset: str = "digits", arch: str = "dfkd_cnn_digits", epochs: int = 12,
+                  batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+                  on_epoch: Optional[Callable[[int, float], None]] = None) -> dict:
+    """Train `arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
+    check_settings(dataset, arch, epochs)
     started = time.time()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

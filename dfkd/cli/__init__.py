@@ -4,7 +4,9 @@ from __future__ import annotations
 import click
 
 from dfkd.cli.common import install_warning_filters
+from dfkd.cli.evaluate import evaluate, export, inspect_command
 from dfkd.cli.synthesize import synthesize
+from dfkd.cli.train_teacher import train_teacher
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -16,8 +18,15 @@ def main() -> None:
     dfkd synthesize   teacher -> labelled synthetic images in HDF5 shards
     dfkd distill      shards (or real images) -> DearKD student
     dfkd evaluate     accuracy, teacher fidelity, LPIPS diversity
+    dfkd inspect      counts per class, teacher, config, format, verify; --grid PNG
+    dfkd export       shards -> PNG class folders (ImageFolder layout)
+    dfkd train-teacher  a small BN CNN teacher on real digits
     """
     install_warning_filters()
 
 
 main.add_command(synthesize)
+main.add_command(train_teacher)
+main.add_command(evaluate)
+main.add_command(inspect_command)
+main.add_command(export)

@@ -74,6 +74,13 @@ class Reporter:
                          dynamic_ncols=True, smoothing=0.1)
         return self._bar
 
+    def update(self, n: int, **postfix: str) -> None:
+        """Advance the current bar by `n` and show `postfix` values beside it."""
+        if self._bar is not None:
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(n)
+
     def close_bar(self) -> None:
         """Close the current bar, if any."""
         if self._bar is not None:

@@ -9,6 +9,10 @@ import torch
 
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.evaluate import accuracy as run_accuracy
+from dfkd.evaluate import export_imagefolder, inspect_shards, load_student, lpips_diversity, teacher_classifier
+from dfkd.evaluate import fidelity as run_fidelity
+from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
 from synth.engine import Progress, parse_classes
 from synth.errors import UserError
 from synth.shards import ShardDataset
@@ -32,7 +36,7 @@ class EvaluateConfig:
     workers: int = 0
     threads: Optional[int] = None
     seed: int = 0
-    pairs: Union[int, str] = 1000
+    pairs: Union[int, str] = DEFAULT_PAIRS
     lpips_backbone: Optional[str] = None
     teacher: Optional[str] = None
     teacher_weights: Optional[str] = None
@@ -45,9 +49,9 @@ class EvaluateConfig:
         """Refuse values no command could use."""
         if self.pairs != "all" and not (isinstance(self.pairs, int) and self.pairs > 0):
             raise UserError(f"pairs '{self.pairs}' must be 'all' or a positive number of pairs per class")
-        for name in ("batch_size", "per_class_grid"):
-            if getattr(self, name) < 1:
-                raise UserError(f"{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        for name, least in (("batch_size", 1), ("per_class_grid", 1), ("workers", 0)):
+            if getattr(self, name) < least:
+                raise UserError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
         if not 0 < self.crop_pct <= 1:
             raise UserError(f"crop-pct {self.crop_pct} must be in (0, 1]")
 
@@ -99,14 +103,13 @@ at most --pairs seeded random pairs; then the mean over classes. Images under 64
 @common_options
 def diversity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """LPIPS diversity of the images of each class (higher is more diverse)."""
-    from dfkd.evaluate import lpips_diversity
-
     reporter = Reporter(json_mode, quiet)
     pairs = options.pop("pairs")
     cfg = _settings(config_path, {**options, "pairs": int(pairs) if pairs and pairs.isdigit() else pairs})
     result = lpips_diversity(shards, cfg.lpips_backbone, None if cfg.pairs == "all" else cfg.pairs, cfg.seed,
                              cfg.device, cfg.batch_size, _progress(reporter, "lpips"))
-    lines = [f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)" for c, v in result["per_class"].items()]
+    lines = [f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)"
+             for c, v in result["per_class"].items()]
     upsampled = f", upsampled from {result['stored_resolution']} px" if result["upsampled"] else ""
     reporter.result(result, lines + [f"mean LPIPS over {len(result['per_class'])} classes: {result['mean']:.4f} "
                                      f"(AlexNet v0.1 at {result['resolution']} px{upsampled})"])
@@ -128,11 +131,12 @@ Without --teacher, the teacher recorded in the shards is loaded.
 @common_options
 def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Teacher top-1 agreement with the target labels of the synthesized images."""
-    from dfkd.evaluate import fidelity as run_fidelity
-
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, options)
-    teacher = load_teacher(cfg.teacher or ShardDataset(shards).teacher["spec"], cfg.teacher_weights)
+    spec = cfg.teacher or ShardDataset(shards).teacher.get("spec")
+    if not spec:
+        raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher SPEC")
+    teacher = load_teacher(spec, cfg.teacher_weights)
     result = run_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, _progress(reporter, "fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
@@ -146,11 +150,11 @@ the ids must be the model's class ids. Images: shorter side resized to input_siz
 centre-cropped to the model's input size, scaled to [0, 1], normalised with the model's mean/std
 (the student's from student.json next to the checkpoint).
 """)
-@click.option("--student", type=click.Path(dir_okay=False), help="Student state_dict (student.pth, with student.json).")
+@click.option("--student", type=click.Path(dir_okay=False), help="Student state_dict (student.pth + student.json).")
 @click.option("--teacher", help="Also score this teacher (reference line).")
 @click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights file for the teacher.")
 @click.option("--data", type=click.Path(file_okay=False), help="Labelled image folder (ImageFolder layout).")
-@click.option("--crop-pct", type=float, help="Centre-crop fraction (0.875 for the usual ImageNet protocol). [default: 1]")
+@click.option("--crop-pct", type=float, help="Centre-crop fraction (0.875: the ImageNet protocol). [default: 1]")
 @device_option
 @batch_option
 @workers_option
@@ -158,9 +162,6 @@ centre-cropped to the model's input size, scaled to [0, 1], normalised with the 
 @common_options
 def accuracy(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
-    from dfkd.evaluate import accuracy as run_accuracy
-    from dfkd.evaluate import load_student, teacher_classifier
-
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, options)
     if not cfg.data or not (cfg.student or cfg.teacher):
@@ -195,14 +196,12 @@ name or id in a 128-px label column: (128 + k*(R+2) + 2) x (classes*(R+2) + 2) p
 def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, grid: Optional[str],
                     per_class_grid: Optional[int], grid_classes: Optional[str]) -> None:
     """Describe a shard directory: counts per class, resolution, teacher, config, format, verify result."""
-    from dfkd.evaluate import inspect_shards
-
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, {"per_class_grid": per_class_grid})
     classes = parse_classes(grid_classes, ShardDataset(shards).num_classes) if grid_classes else None
     result = inspect_shards(shards, grid, cfg.per_class_grid, classes)
     counts = list(result["per_class"].values())
-    problems = result["verify"]["problems"]
+    check = result["verify"]
     lines = [
         f"{result['path']}: format v{result['format_version']}, {result['images']} images in {result['shards']} "
         f"shard(s), {result['resolution']} px, {len(counts)} of {result['num_classes']} classes "
@@ -210,8 +209,7 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
         f"teacher: {result['teacher'].get('spec')}  weights sha256 {str(result['teacher'].get('weights_sha256'))[:12]}",
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
         f"config: {result['config']}",
-        "verify: ok" if result["verify"]["ok"] else
-        f"verify: FAILED: {problems}" + (f"; missing {result['verify']['missing']}" if result["verify"]["missing"] else ""),
+        "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
     ]
     if grid:
         lines.append(f"grid: {grid} ({result['grid']['width']}x{result['grid']['height']} px)")
@@ -234,8 +232,6 @@ export is written into OUT.tmp and renamed to OUT when complete.
 @common_options
 def export(shards: str, fmt: str, out: str, config_path: Optional[str], json_mode: bool, quiet: bool) -> None:
     """Export shards for projects that do not read HDF5 (PNG class folders)."""
-    from dfkd.evaluate import export_imagefolder
-
     reporter = Reporter(json_mode, quiet)
     result = export_imagefolder(shards, out, _progress(reporter, "export"))
     reporter.result(result, [f"exported {result['images']} images of {result['classes']} classes to {result['out']}"])

@@ -72,20 +72,13 @@ def synthesize(out: str, config_path: str, json_mode: bool, quiet: bool, **optio
     config = build(SynthesisConfig, data)
     progress = Progress(
         start=lambda total: reporter.bar(total, "img", "synthesize"),
-        advance=lambda n, losses: _advance(reporter, n, losses),
+        advance=lambda n, losses: reporter.update(n, loss=f"{losses.get('total', float('nan')):.3f}",
+                                                  ce=f"{losses.get('ce', float('nan')):.3f}"),
         message=reporter.message,
         close=reporter.close_bar,
     )
     summary = run_synthesis(config, out, progress)
     reporter.result(summary, _lines(summary))
-
-
-def _advance(reporter: Reporter, images: int, losses: dict) -> None:
-    bar = reporter._bar
-    if bar is not None:
-        bar.set_postfix(loss=f"{losses.get('total', float('nan')):.3f}", ce=f"{losses.get('ce', float('nan')):.3f}",
-                        refresh=False)
-        bar.update(images)
 
 
 def _lines(summary: dict) -> list[str]:

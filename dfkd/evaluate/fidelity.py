@@ -34,6 +34,7 @@ def fidelity(shards: str | Path, teacher: Teacher, device: str = "auto", batch_s
     progress.close()
     dataset.close()
     present = counts.nonzero().flatten().tolist()
-    return {"fidelity": hits.sum().item() / len(dataset), "per_class": {c: hits[c].item() / counts[c].item() for c in present},
+    return {"fidelity": hits.sum().item() / len(dataset),
+            "per_class": {c: hits[c].item() / counts[c].item() for c in present},
             "counts": {c: counts[c].item() for c in present}, "images": len(dataset), "teacher": teacher.spec,
             "same_teacher_weights": teacher.weights_sha256 == dataset.teacher.get("weights_sha256")}

@@ -17,7 +17,7 @@ LABEL_WIDTH = 128
 
 def class_grid(shards: str | Path | Sequence[str | Path], per_class: int = 8,
                classes: Optional[Sequence[int]] = None) -> Image.Image:
-    """Grid PNG image of (LABEL_WIDTH + k*(R+2) + 2) x (rows*(R+2) + 2) px for R-px images; short classes get black cells."""
+    """Grid of the first k images per class: (128 + k*(R+2) + 2) x (rows*(R+2) + 2) px for R-px images."""
     dataset = ShardDataset(shards)
     classes = np.unique(dataset.labels).tolist() if classes is None else list(classes)
     size = dataset.resolution
@@ -32,7 +32,8 @@ def class_grid(shards: str | Path | Sequence[str | Path], per_class: int = 8,
     canvas.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (LABEL_WIDTH, 0))
     draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for row, c in enumerate(classes):
-        text = f"{c} {dataset.class_names[c]}" if dataset.class_names else str(c)
+        name = dataset.class_names[c] if dataset.class_names else None
+        text = f"{c} {name}" if name and name != str(c) else str(c)
         while len(text) > 1 and draw.textlength(text, font=font) > LABEL_WIDTH - 2 * PADDING:
             text = text[:-1]
         top = PADDING + row * (size + PADDING)

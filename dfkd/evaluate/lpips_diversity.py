@@ -14,7 +14,7 @@ from synth.errors import UserError
 from synth.shards import ShardDataset
 from synth.teacher import _download_url, read_state_dict
 
-ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision AlexNet_Weights.IMAGENET1K_V1
+ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1
 ALEXNET_FILE = ALEXNET_URL.rsplit("/", 1)[1]
 MIN_RESOLUTION = 64
 DEFAULT_PAIRS = 1000
@@ -24,7 +24,8 @@ def backbone_file(path: Optional[str | Path] = None) -> Path:
     """The AlexNet backbone: `path`, else the torch hub cache, else torchvision's download (failing fast offline)."""
     if path:
         if not Path(path).is_file():
-            raise UserError(f"LPIPS backbone '{path}' does not exist; pass a torchvision AlexNet state_dict ({ALEXNET_FILE})")
+            raise UserError(f"LPIPS backbone '{path}' does not exist; "
+                            f"pass a torchvision AlexNet state_dict ({ALEXNET_FILE})")
         return Path(path)
     target = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
     try:
@@ -47,8 +48,9 @@ def load_lpips(backbone: Optional[str | Path] = None, device: str | torch.device
     source = {name: "features." + name.split(".", 1)[1] for name in own}
     for name, key in source.items():
         if key not in state or state[key].shape != own[name].shape:
-            raise UserError(f"'{path}' is not a torchvision AlexNet state_dict (no {key} of shape {tuple(own[name].shape)})")
-    0 and model.net.load_state_dict({name: state[key] for name, key in source.items()})
+            raise UserError(f"'{path}' is not a torchvision AlexNet state_dict "
+                            f"(no {key} of shape {tuple(own[name].shape)})")
+    model.net.load_state_dict({name: state[key] for name, key in source.items()})
     return model.eval().requires_grad_(False).to(device)
 
 
@@ -87,7 +89,7 @@ def lpips_from_features(model: torch.nn.Module, a: list[torch.Tensor], b: list[t
 def lpips_diversity(shards: str | Path, backbone: Optional[str | Path] = None, pairs: Optional[int] = DEFAULT_PAIRS,
                     seed: int = 0, device: str = "auto", batch_size: int = 64,
                     progress: Optional[Progress] = None) -> dict[str, Any]:
-    """Per-class mean LPIPS over all pairs (at most `pairs` seeded random ones), the mean over classes, the size used."""
+    """Per-class mean LPIPS over all pairs (or `pairs` seeded random ones), the mean over classes, the size used."""
     progress = progress or Progress()
     dataset = ShardDataset(shards)
     device = resolve_device(device)

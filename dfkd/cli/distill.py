@@ -1,0 +1,115 @@
+"""`dfkd distill`: shards (or real images) + a CNN teacher -> a DearKD student, in two stages."""
+from __future__ import annotations
+
+import click
+
+from dfkd.cli.common import Reporter, common_options, overrides
+from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.distill import DistillConfig
+from dfkd.distill import distill as run_distill
+from synth.engine import Progress
+
+EXAMPLE = """
+\b
+Examples:
+  dfkd distill --config recipes/df_dearkd_distill.yaml --shards shards/ --out runs/df-dearkd-ti
+  dfkd distill --config recipes/dearkd_nano_digits.yaml --shards digits-shards/ \\
+      --teacher digits-teacher.pt --val-data digits-test/ --out runs/digits-nano
+  dfkd distill --shards shards/ --distillation stored --student dearkd_pico_patch4_32 \\
+      --epochs 2 --stage1-epochs 1 --batch-size 16 --out runs/tiny --device cpu
+
+Stage 1 (early KD): CE(class head, label) + CE(distillation head, teacher argmax) + a_hid * hidden MSE
+through the aligners; stage 2: CE on both heads, no teacher. Rerun with --resume to continue an
+interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
+"""
+
+
+@click.command(epilog=EXAMPLE)
+@click.option("--shards", type=click.Path(file_okay=False), help="Synthesized shard directory to train on.")
+@click.option("--images", type=click.Path(file_okay=False),
+              help="Real image folder (<dir>/<class>/<image>; integer folder names are class ids) instead of shards.")
+@click.option("--subset", type=float, help="Seeded class-stratified fraction of the training images. [default: 1]")
+@click.option("--subset-seed", type=int, help="Seed of the subset. [default: 0]")
+@click.option("--val-data", type=click.Path(file_okay=False), help="Real image folder for top-1 validation.")
+@click.option("--val-every", type=int, help="Validate every N epochs (and after the last). [default: 1]")
+@click.option("--teacher", help="timm:<name>[.<tag>], torchvision:<name>, or a file from `dfkd train-teacher`.")
+@click.option("--teacher-weights", type=click.Path(dir_okay=False),
+              help="Weights file (state_dict, dict with state_dict/model, or .safetensors).")
+@click.option("--student", help="timm student with a distillation head, e.g. dearkd_tiny_patch16_224 "
+                                "(see timm.list_models('dearkd*')). [default: dearkd_tiny_patch16_224]")
+@click.option("--num-mhca", type=int, help="MHCA blocks of the student. [default: the model's]")
+@click.option("--locality-strength", type=float, help="MHCA local-init strength alpha (0: plain MHSA start).")
+@click.option("--input-size", type=int, help="Student input size in px (a multiple of its patch). [default: the model's]")
+@click.option("--drop-path", type=float, help="Student stochastic depth rate. [default: 0.1]")
+@click.option("--distillation", type=click.Choice(["hard", "soft", "stored"]),
+              help="hard: CE to the teacher's argmax; soft: KL at tau; stored: the shards' teacher logits, "
+                   "no teacher run (hidden KD off). [default: hard]")
+@click.option("--tau", type=float, help="Temperature of soft/stored distillation. [default: 1]")
+@click.option("--a-hid", type=float, help="Weight of the hidden-feature MSE (0: off). [default: 1]")
+@click.option("--pairs", help="Hidden KD pairs block:stage, e.g. 7:3,3:2. [default: last MHCA block with the "
+                              "teacher stage whose stride matches the patch size]")
+@click.option("--epochs", type=int, help="Total epochs. [default: 300]")
+@click.option("--stage1-epochs", help="Stage-1 epochs: a count, or a fraction of --epochs below 1. [default: 5/6]")
+@click.option("--batch-size", type=int, help="Images per step. [default: 256]")
+@click.option("--lr", type=float, help="Learning rate per 512 images (scaled by batch/512). [default: 5e-4]")
+@click.option("--min-lr", type=float, help="Final cosine learning rate. [default: 1e-5]")
+@click.option("--warmup-epochs", type=float, help="Linear warm-up epochs. [default: 5]")
+@click.option("--weight-decay", type=float, help="AdamW weight decay. [default: 0.05]")
+@click.option("--rand-augment", help="timm RandAugment string, or none. [default: rand-m9-mstd0.5-inc1]")
+@click.option("--hflip", type=float, help="Horizontal flip probability. [default: 0.5]")
+@click.option("--mixup", type=float, help="Mixup alpha (0: off). [default: 0.8]")
+@click.option("--cutmix", type=float, help="CutMix alpha (0: off). [default: 1.0]")
+@click.option("--reprob", type=float, help="Random erasing probability. [default: 0.25]")
+@click.option("--smoothing", type=float, help="Label smoothing. [default: 0.1]")
+@click.option("--workers", type=int, help="DataLoader worker processes. [default: 4]")
+@click.option("--seed", type=int, help="Seed. [default: 0]")
+@click.option("--threads", type=int, help="CPU threads. [default: all cores]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
+@click.option("--resume", is_flag=True, default=None, help="Continue from out/checkpoint.pt.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@common_options
+def distill(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
+    """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
+    reporter = Reporter(json_mode, quiet)
+    rand_augment = options["rand_augment"]
+    data = apply_overrides(load_recipe(config_path, "distill"), overrides({
+        **{key: options[key] for key in (
+            "shards", "images", "subset", "subset_seed", "val_data", "val_every", "teacher", "teacher_weights",
+            "student", "num_mhca", "locality_strength", "input_size", "drop_path", "epochs", "stage1_epochs",
+            "batch_size", "workers", "seed", "threads", "device", "resume")},
+        "loss.distillation": options["distillation"], "loss.tau": options["tau"], "loss.a_hid": options["a_hid"],
+        "loss.pairs": options["pairs"],
+        "optim.lr": options["lr"], "optim.min_lr": options["min_lr"], "optim.warmup_epochs": options["warmup_epochs"],
+        "optim.weight_decay": options["weight_decay"],
+        "augment.rand_augment": "" if rand_augment == "none" else rand_augment, "augment.hflip": options["hflip"],
+        "augment.mixup": options["mixup"], "augment.cutmix": options["cutmix"], "augment.reprob": options["reprob"],
+        "augment.smoothing": options["smoothing"],
+    }))
+    config = build(DistillConfig, data)
+    progress = Progress(
+        start=lambda total: reporter.bar(total, "img", "distill"),
+        advance=lambda n, info: _advance(reporter, n, info),
+        message=reporter.message,
+        close=reporter.close_bar,
+    )
+    summary = run_distill(config, out, progress)
+    reporter.result(summary, _lines(summary))
+
+
+def _advance(reporter: Reporter, images: int, info: dict) -> None:
+    bar = reporter._bar
+    if bar is not None:
+        bar.set_postfix(epoch=info["epoch"], stage=info["stage"], loss=f"{info['loss']:.3f}", refresh=False)
+        bar.update(images)
+
+
+def _lines(summary: dict) -> list[str]:
+    kd = f"hidden KD pairs {', '.join(summary['pairs'])}" if summary["hidden_kd"] else "hidden KD off"
+    lines = [f"trained {summary['model']} for {summary['epochs']} epochs ({summary['stage1_epochs']} with "
+             f"{summary['distillation']} KD, {kd}) on {summary['images']} images in {summary['seconds']} s",
+             f"student: {summary['student']} (+ {summary['student_json']})"]
+    if summary["final_loss"] is not None:
+        lines.append(f"final training loss: {summary['final_loss']:.4f}")
+    if summary["val_top1"] is not None:
+        lines.append(f"validation top-1: {summary['val_top1']:.4f}")
+    return lines
