@@ -4,6 +4,8 @@ from __future__ import annotations
 import click
 
 from dfkd.cli.common import install_warning_filters
+from dfkd.cli.demo import demo
+from dfkd.cli.distill import distill
 from dfkd.cli.evaluate import evaluate, export, inspect_command
 from dfkd.cli.synthesize import synthesize
 from dfkd.cli.train_teacher import train_teacher
@@ -21,12 +23,15 @@ def main() -> None:
     dfkd inspect      counts per class, teacher, config, format, verify; --grid PNG
     dfkd export       shards -> PNG class folders (ImageFolder layout)
     dfkd train-teacher  a small BN CNN teacher on real digits
+    dfkd demo         all of it end to end on real digits, with a results table
     """
     install_warning_filters()
 
 
 main.add_command(synthesize)
 main.add_command(train_teacher)
+main.add_command(distill)
 main.add_command(evaluate)
 main.add_command(inspect_command)
 main.add_command(export)
+main.add_command(demo)

@@ -39,7 +39,7 @@ interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, me
                                 "(see timm.list_models('dearkd*')). [default: dearkd_tiny_patch16_224]")
 @click.option("--num-mhca", type=int, help="MHCA blocks of the student. [default: the model's]")
 @click.option("--locality-strength", type=float, help="MHCA local-init strength alpha (0: plain MHSA start).")
-@click.option("--input-size", type=int, help="Student input size in px (a multiple of its patch). [default: the model's]")
+@click.option("--input-size", type=int, help="Student input px, a multiple of its patch. [default: the model's]")
 @click.option("--drop-path", type=float, help="Student stochastic depth rate. [default: 0.1]")
 @click.option("--distillation", type=click.Choice(["hard", "soft", "stored"]),
               help="hard: CE to the teacher's argmax; soft: KL at tau; stored: the shards' teacher logits, "

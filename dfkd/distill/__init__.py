@@ -1,0 +1,6 @@
+"""Two-stage DearKD distillation from a CNN teacher: taps, losses, data, trainer (SPEC sections 3-4)."""
+from dfkd.distill.config import AugmentConfig, DistillConfig, LossConfig, OptimConfig
+from dfkd.distill.losses import DistillationLoss
+from dfkd.distill.trainer import distill
+
+__all__ = ["AugmentConfig", "DistillConfig", "DistillationLoss", "LossConfig", "OptimConfig", "distill"]

@@ -101,8 +101,8 @@ class DistillConfig:
              f"stage1_epochs must be a fraction below 1 or a whole number of epochs up to {self.epochs}, "
              f"not {self.stage1_epochs}"),
             (self.batch_size >= 2, f"batch_size must be >= 2, not {self.batch_size}"),
-            (not (self.augment.mixing and self.batch_size % 2), f"batch_size must be even with Mixup/CutMix on "
-                                                                 f"(timm mixes each image with its mirror), not {self.batch_size}"),
+            (not (self.augment.mixing and self.batch_size % 2),
+             f"batch_size must be even with Mixup/CutMix on (timm mixes image i with -1-i), not {self.batch_size}"),
             (self.val_every >= 1, f"val_every must be >= 1, not {self.val_every}"),
             (self.workers >= 0 and self.threads >= 0, "workers and threads must be >= 0"),
             (self.loss.tau > 0, f"tau must be > 0, not {self.loss.tau}"),
@@ -123,7 +123,6 @@ class DistillConfig:
         """Whether the hidden-feature term is on (needs a teacher forward, so not with stored logits)."""
         return self.loss.distillation != "stored" and self.loss.a_hid > 0 and self.stage1 > 0
 
-    def student_kwargs(self) -> dict:
-        """Keyword arguments that change the student's architecture (recorded in student.json)."""
-        kwargs = {"num_mhca": self.num_mhca, "locality_strength": self.locality_strength, "img_size": self.input_size}
-        return {k: v for k, v in kwargs.items() if v is not None}
+    def model_kwargs(self) -> dict:
+        """timm.create_model keyword arguments that change the student's architecture (kept in student.json)."""
+        return {k: v for k, v in {"num_mhca": self.num_mhca, "img_size": self.input_size}.items() if v is not None}

@@ -30,13 +30,13 @@ class Stage:
     reduction: float
 
 
-def _stage_modules(model: nn.Module, probe: dict[str, torch.Tensor]) -> list[str]:
+def _stage_modules(model: nn.Module, size: int) -> list[str]:
     """Module names of the stages: from `feature_info` when the model has it, else one per feature-map size."""
     info = getattr(model, "feature_info", None)
     if info:
         return [d["module"] for d in info]
     chosen: dict[int, str] = {}
-    for name, out in probe.items():  # completion order: a container finishes after its children
+    for name, out in _probe(model, size).items():  # completion order: a container finishes after its children
         size = out.shape[-1]
         if out.shape[-2] == size > 1 and name.count(".") <= chosen.get(size, name).count("."):
             chosen[size] = name
@@ -71,8 +71,7 @@ def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None) -> d
 
 def teacher_stages(teacher: Teacher, size: int) -> list[Stage]:
     """The teacher's feature stages, shallow to deep, measured on a `size` x `size` input."""
-    names = _stage_modules(teacher.model, {} if getattr(teacher.model, "feature_info", None)
-                           else _probe(teacher.model, size))
+    names = _stage_modules(teacher.model, size)
     shapes = _probe(teacher.model, size, names)
     return [Stage(n, shapes[n].shape[1], tuple(shapes[n].shape[-2:]), size / shapes[n].shape[-1])
             for n in names if n in shapes]

@@ -52,7 +52,8 @@ def load_student(checkpoint: str | Path) -> Classifier:
     if not timm.is_model(meta["model"]):
         raise UserError(f"'{meta_path}' names unknown model '{meta['model']}'")
     try:
-        model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(path))
+        model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(path),
+                                  **meta.get("model_kwargs", {}))
     except Exception as exc:  # noqa: BLE001 - unreadable or mismatched weights are a user problem
         raise UserError(f"checkpoint '{path}' does not load into {meta['model']}: {str(exc).splitlines()[0]}") from None
     return Classifier(model.eval(), int(meta["num_classes"]), int(meta["input_size"]), meta["mean"], meta["std"])

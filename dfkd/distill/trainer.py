@@ -1,0 +1,347 @@
+"""The distillation run: setup, the two-stage epoch loop, validation, checkpoints, resume and the student export.
+
+Resume: `checkpoint.pt` (written atomically at the end of every epoch) holds the student, the aligners, the
+optimiser, the scheduler, the epoch and stage, and the torch / CUDA / numpy / python RNG states; each epoch's
+shuffle order comes from a generator seeded by (seed, epoch). A resumed run therefore repeats the
+uninterrupted one exactly (on CPU at the same thread count).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import timm
+import torch
+import torch.nn as nn
+from torch.utils.data import Dataset
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.scheduler import CosineLRScheduler
+
+from dfkd.distill.config import DistillConfig
+from dfkd.distill.data import (Batch, BatchPrep, eval_transform, make_loader, open_image_folder, open_shards,
+                               set_transform, subset, train_transform)
+from dfkd.distill.losses import DistillationLoss
+from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
+from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
+from synth.engine import Progress, resolve_device
+from synth.errors import UserError
+from synth.teacher import Teacher, load_teacher
+
+CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
+CHECKPOINT_VERSION = 1
+# settings a run may be resumed with changed: they do not change what is trained (threads: up to float rounding)
+RESUME_FREE = ("resume", "workers", "threads", "device", "val_data", "val_every")
+
+
+class Output:
+    """Every file a run writes; only the main process (rank 0 under DDP) writes."""
+
+    def __init__(self, root: str | Path, main: bool = True):
+        self.root, self.main = Path(root), main
+        self.checkpoint = self.root / "checkpoint.pt"
+        self.metrics = self.root / "metrics.jsonl"
+        self.student = self.root / "student.pth"
+        self.student_json = self.root / "student.json"
+
+    def prepare(self, resume: bool) -> Optional[dict]:
+        """The checkpoint to resume from (None: a fresh run); refuses to start over an existing one."""
+        if self.root.exists() and not self.root.is_dir():
+            raise UserError(f"output '{self.root}' exists and is not a directory")
+        if self.checkpoint.is_file() and not resume:
+            raise UserError(f"'{self.checkpoint}' exists; pass --resume to continue it or choose another --out")
+        if not (resume and self.checkpoint.is_file()):
+            if self.main:
+                self.metrics.unlink(missing_ok=True)
+            return None
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("version", 0) > CHECKPOINT_VERSION:
+            raise UserError(f"'{self.checkpoint}' is not a dfkd distill checkpoint this version can read")
+        if self.main and self.metrics.is_file():  # drop records of an epoch that ran after the last checkpoint
+            kept = [line for line in self.metrics.read_text().splitlines()
+                    if line and json.loads(line)["epoch"] <= state["epoch"]]
+            self._atomic_text(self.metrics, "".join(line + "\n" for line in kept))
+        return state
+
+    def save_checkpoint(self, state: dict) -> None:
+        """Write checkpoint.pt atomically (tmp + os.replace), creating the directory on the first write."""
+        if self.main:
+            self.root.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+            torch.save(state, tmp)
+            os.replace(tmp, self.checkpoint)
+
+    def log(self, record: dict) -> None:
+        """Append one JSON line to metrics.jsonl."""
+        if self.main:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def export_student(self, student: nn.Module, info: dict) -> None:
+        """student.pth (a plain state_dict, loadable with timm.create_model(checkpoint_path=...)) and student.json."""
+        if self.main:
+            tmp = self.student.with_name(self.student.name + ".tmp")
+            torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, tmp)
+            os.replace(tmp, self.student)
+            self._atomic_text(self.student_json, json.dumps(info, indent=2) + "\n")
+
+    @staticmethod
+    def _atomic_text(path: Path, text: str) -> None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
+    """The timm student with class and distillation heads, distilled training on; its input size checked."""
+    if not timm.is_model(config.student):
+        raise UserError(f"unknown student '{config.student}'; DearKD students: "
+                        f"{', '.join(timm.list_models('dearkd*'))}")
+    kwargs = dict(config.model_kwargs(), drop_path_rate=config.drop_path)
+    if config.locality_strength is not None:
+        kwargs["locality_strength"] = config.locality_strength
+    try:
+        student = timm.create_model(config.student, num_classes=num_classes, **kwargs)
+    except (TypeError, AssertionError, ValueError) as exc:
+        raise UserError(f"cannot build student '{config.student}' with {kwargs}: {str(exc).splitlines()[0]}") from None
+    if not hasattr(student, "set_distilled_training"):
+        raise UserError(f"student '{config.student}' has no distillation head (use a dearkd_* or *_distilled model)")
+    height, width = student.patch_embed.img_size
+    patch = student.patch_embed.patch_size[0]
+    if height != width or height % patch:
+        raise UserError(f"student input {height}x{width} px cannot be reconciled with square images and its "
+                        f"{patch}-px patch grid; choose an input size that is a multiple of {patch}")
+    student.set_distilled_training(True)
+    return student
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    """The torch, CUDA, numpy and python RNG states (as weights_only-loadable data)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+            "python": random.getstate()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() captured."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(state["python"])
+
+
+def train_step(student: nn.Module, criterion: DistillationLoss, optimizer: torch.optim.Optimizer, batch: Batch,
+               stage: int, block_taps: Optional[BlockTaps] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on a prepared batch (bf16 autocast on CUDA); returns the loss and its parts."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if batch.inputs.is_cuda else nullcontext()
+    with autocast:
+        outputs = student(batch.inputs)
+        tokens = block_taps.take() if block_taps is not None and stage == 1 else ()
+        loss, parts = criterion(batch.inputs, outputs, batch.target, stage, tokens, student.patch_embed.grid_size,
+                                batch.stored_probs)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), parts
+
+
+@torch.no_grad()
+def evaluate(student: nn.Module, loader, prep: BatchPrep) -> float:
+    """Top-1 accuracy of the student (eval mode: mean of its two heads)."""
+    student.eval()
+    hits = total = 0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if prep.device.type == "cuda" else nullcontext()
+    for images, labels, *_ in loader:
+        with autocast:
+            logits = student(prep.normalize(images))
+        hits += int((logits.argmax(1).cpu() == labels).sum())
+        total += len(labels)
+    student.train()
+    return hits / max(total, 1)
+
+
+def _check_resume(saved: dict, config: DistillConfig) -> None:
+    now = asdict(config)
+    for key in sorted(set(saved) | set(now)):
+        if key not in RESUME_FREE and saved.get(key) != now.get(key):
+            raise UserError(f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, "
+                            f"now {key}={now.get(key)!r}; use the same settings or another --out")
+
+
+@dataclass
+class Run:
+    """What a distillation trains with: data, student, aligners, loss, batch step, optimiser and schedule."""
+
+    dataset: Dataset
+    num_classes: int
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    student: nn.Module
+    aligners: nn.ModuleList
+    pairs: list[tuple[int, int]]
+    block_taps: Optional[BlockTaps]
+    criterion: DistillationLoss
+    prep: BatchPrep
+    optimizer: torch.optim.Optimizer
+    scheduler: CosineLRScheduler
+    steps: int
+
+
+def setup(config: DistillConfig, device: torch.device, progress: Optional[Progress] = None) -> Run:
+    """Open the data, load the teacher, build student, aligners, loss, optimiser and schedule; check they fit."""
+    progress = progress or Progress()
+    stored = config.loss.distillation == "stored"
+    teacher: Optional[Teacher] = None if stored else load_teacher(config.teacher, config.teacher_weights, device)
+    if config.shards is not None:
+        dataset = open_shards(config.shards, stored_logits=stored)
+        num_classes, resolution = dataset.num_classes, dataset.resolution
+        if teacher is not None and teacher.num_classes != num_classes:
+            raise UserError(f"teacher {config.teacher} has {teacher.num_classes} classes but the shards in "
+                            f"'{config.shards}' were made for {num_classes}; use the teacher they were made with")
+    else:
+        dataset = open_image_folder(config.images, teacher.num_classes)
+        num_classes, resolution = teacher.num_classes, None
+    dataset = subset(dataset, config.subset, config.subset_seed)
+
+    student = build_student(config, num_classes).to(device)
+    size = student.patch_embed.img_size[0]
+    mean, std = tuple(student.pretrained_cfg["mean"]), tuple(student.pretrained_cfg["std"])
+    if resolution is not None and resolution != size:
+        progress.message(f"resizing {resolution}-px shard images to the student's {size} px")
+    if stored:
+        progress.message("stored distillation: the shards' teacher logits are the targets; no teacher runs, "
+                         "so hidden-feature KD is off")
+    set_transform(dataset, train_transform(size, config.augment, mean))
+    steps = len(dataset) // config.batch_size
+    if steps == 0:
+        raise UserError(f"batch size {config.batch_size} is larger than the {len(dataset)} training images")
+
+    pairs: list[tuple[int, int]] = []
+    taps = block_taps = None
+    aligners = nn.ModuleList()
+    if teacher is not None:
+        stages = teacher_stages(teacher, size)
+        if config.hidden_kd:
+            pairs = parse_pairs(config.loss.pairs, len(student.blocks), len(stages)) if config.loss.pairs \
+                else [(default_block(student), default_stage(stages, student.patch_embed.patch_size[0]))]
+            aligners = nn.ModuleList(Aligner(student.embed_dim, stages[t].channels, stages[t].hw) for _, t in pairs)
+            block_taps = BlockTaps(student, [b for b, _ in pairs])
+        taps = TeacherTaps(teacher, [stages[t] for _, t in pairs])
+    criterion = DistillationLoss(
+        config.loss.distillation, taps, aligners, tau=config.loss.tau, w_cls=config.loss.w_cls,
+        w_dist=config.loss.w_dist, a_hid=config.loss.a_hid,
+        renorm=(mean, std, teacher.mean, teacher.std) if teacher is not None else None).to(device)
+
+    weight_decay = config.optim.weight_decay
+    groups = param_groups_weight_decay(student, weight_decay, no_weight_decay_list=student.no_weight_decay()) \
+        + param_groups_weight_decay(aligners, weight_decay)
+    optimizer = create_optimizer_v2(groups, config.optim.opt, lr=config.optim.lr * config.batch_size / 512,
+                                    weight_decay=weight_decay)
+    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, lr_min=config.optim.min_lr,
+                                  warmup_t=round(config.optim.warmup_epochs * steps),
+                                  warmup_lr_init=config.optim.warmup_lr, t_in_epochs=False)
+    return Run(dataset, num_classes, size, mean, std, student, aligners, pairs, block_taps, criterion,
+               BatchPrep(mean, std, num_classes, config.augment, device, tau=config.loss.tau), optimizer, scheduler,
+               steps)
+
+
+def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress] = None,
+            on_epoch: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
+    """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`."""
+    progress = progress or Progress()
+    config.validate()
+    started = time.time()
+    threads = config.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
+    torch.set_num_threads(threads)
+    device = resolve_device(config.device)
+    output = Output(out)
+    saved = output.prepare(config.resume)
+    if saved is not None:
+        _check_resume(saved["config"], config)
+    elif config.resume:
+        progress.message(f"no checkpoint in '{out}' yet; starting a fresh run")
+    seed_all(config.seed)
+    run = setup(config, device, progress)
+    student, optimizer, scheduler, steps = run.student, run.optimizer, run.scheduler, run.steps
+    start, updates = 0, 0
+    if saved is not None:
+        student.load_state_dict(saved["student"])
+        run.aligners.load_state_dict(saved["aligners"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        start, updates = saved["epoch"], saved["updates"]
+        set_rng_state(saved["rng"])
+        progress.message(f"resuming after epoch {start} of {config.epochs}")
+
+    val_loader = None
+    if config.val_data:
+        cfg = student.pretrained_cfg
+        val_set = open_image_folder(config.val_data, run.num_classes)
+        set_transform(val_set, eval_transform(run.size, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
+        val_loader = make_loader(val_set, config.batch_size, config.workers, train=False, seed=config.seed)
+    progress.start((config.epochs - start) * steps * config.batch_size)
+    record: dict[str, Any] = saved["record"] if saved is not None else {}
+    val_top1 = record.get("val_top1")
+    try:
+        for epoch in range(start, config.epochs):
+            stage = 1 if epoch < config.stage1 else 2
+            if run.block_taps is not None:
+                run.block_taps.enabled = stage == 1
+            loader = make_loader(run.dataset, config.batch_size, config.workers, train=True, seed=config.seed,
+                                 epoch=epoch, pin_memory=device.type == "cuda")
+            sums = torch.zeros(4, device=device)
+            epoch_start, shown = time.time(), 0
+            for step, (images, labels, *logits) in enumerate(loader, 1):
+                batch = run.prep(images, labels, logits[0] if logits else None)
+                loss, parts = train_step(student, run.criterion, optimizer, batch, stage, run.block_taps)
+                updates += 1
+                scheduler.step_update(updates)
+                sums += torch.stack([loss, parts["cls"], parts["dist"], parts["hid"]])
+                if step % 10 == 0 or step == steps:
+                    progress.advance((step - shown) * config.batch_size,
+                                     {"epoch": epoch + 1, "stage": stage, "loss": float(sums[0]) / step})
+                    shown = step
+            seconds = time.time() - epoch_start
+            means = (sums / steps).tolist()
+            record = {"epoch": epoch + 1, "stage": stage, "loss": means[0], "cls": means[1], "dist": means[2],
+                      "hid": means[3], "lr": optimizer.param_groups[0]["lr"],
+                      "img_s": round(steps * config.batch_size / seconds, 2), "seconds": round(seconds, 2)}
+            if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
+                val_top1 = record["val_top1"] = evaluate(student, val_loader, run.prep)
+            output.save_checkpoint({
+                "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch + 1, "stage": stage,
+                "updates": updates, "student": student.state_dict(), "aligners": run.aligners.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "record": record, "config": asdict(config)})
+            output.log(record)
+            if on_epoch is not None:
+                on_epoch(record)
+    finally:
+        progress.close()
+    output.export_student(student, {
+        "model": config.student, "num_classes": run.num_classes, "input_size": run.size, "mean": list(run.mean),
+        "std": list(run.std), "epochs": config.epochs, "model_kwargs": config.model_kwargs()})
+    return {"out": str(out), "student": str(output.student), "student_json": str(output.student_json),
+            "checkpoint": str(output.checkpoint), "metrics": str(output.metrics), "model": config.student,
+            "num_classes": run.num_classes, "images": len(run.dataset), "epochs": config.epochs,
+            "stage1_epochs": config.stage1, "distillation": config.loss.distillation, "hidden_kd": bool(run.pairs),
+            "pairs": [f"{b}:{t}" for b, t in run.pairs], "final_loss": record.get("loss"), "val_top1": val_top1,
+            "seconds": round(time.time() - started, 2)}
