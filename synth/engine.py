@@ -5,6 +5,11 @@ Unit order (public: it fixes `sample_ids`). The selected classes, sorted, are cu
 is round r = u // G of group g = u % G: it holds the classes of group g, `images_per_class` images
 each, with per-class indices r * images_per_class + i. Inside a unit, position p holds class
 group[p // images_per_class]; its sample id is u * batch + p. Shard k holds units [k*U, (k+1)*U).
+
+Ranks (torchrun, see `synth.distributed`): rank r writes shards k with k % world_size == r and nothing else;
+rank 0 alone checks the config against the output directory, deletes stale `.tmp` files and writes the
+manifest. Each unit's result depends only on (config, unit id), so the shards are the same for any number
+of processes.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from synth import shards as shard_io
+from synth.distributed import Ranks
 from synth.errors import UserError
 from synth.inversion import LossWeights, Schedule, invert_batch
 from synth.teacher import Teacher, load_teacher
@@ -76,7 +82,7 @@ class SynthesisConfig:
         """The CPU thread count: `threads`, or all cores when 0."""
         if self.threads:
             return self.threads
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return _cores()
 
     def identity(self, teacher: Teacher, classes: list[int]) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads."""
@@ -174,47 +180,86 @@ class Progress:
 
 
 def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None,
-               rank: int = 0, world_size: int = 1, barrier: Callable[[], None] = lambda: None) -> dict[str, Any]:
-    """Run (or resume) a synthesis into `out`; returns a summary. Ranks split the shards k % world_size."""
-    progress = progress or Progress()
-    config.validate()
-    started = time.time()
-    torch.set_num_threads(config.resolved_threads())
-    device = resolve_device(config.device)
-    teacher = load_teacher(config.teacher, config.teacher_weights, device)
-    classes = parse_classes(config.classes, teacher.num_classes)
-    units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
-    identity = config.identity(teacher, classes)
-    out = Path(out)
-    num_shards = -(-len(units) // config.units_per_shard)
-    if rank == 0:
-        _prepare_output(out, identity, teacher, num_shards, len(units) * config.batch_size)
-    barrier()
+               ranks: Optional[Ranks] = None) -> dict[str, Any]:
+    """Run (or resume) a synthesis into `out`; returns a summary covering every rank's shards.
 
+    With `ranks` (from `synth.distributed.init()` under torchrun) rank r does shards k with k % world_size == r;
+    rank 0 alone checks the config against `out`, deletes stale `.tmp` files and writes the manifest.
+    """
+    progress = progress or Progress()
+    ranks = ranks or Ranks()
+    started = time.time()
+    out = Path(out)
+
+    # 1. Every rank loads the teacher and works out the config; all must succeed and agree.
+    error = None
+    try:
+        config.validate()
+        threads = config.resolved_threads()
+        torch.set_num_threads(threads)  # on every rank, whatever torchrun put in OMP_NUM_THREADS
+        device = _rank_device(config.device, ranks)
+        teacher = load_teacher(config.teacher, config.teacher_weights, device)
+        classes = parse_classes(config.classes, teacher.num_classes)
+        units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
+        identity = config.identity(teacher, classes)
+    except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised
+        error = exc
+    ranks.check_all(error)
+    if ranks.distributed:  # e.g. another node's teacher file, or --threads 0 on machines with other core counts
+        try:
+            _check_same_identity(ranks.all_gather(identity))
+        except UserError as exc:
+            error = exc
+        ranks.check_all(error)
+    num_shards = -(-len(units) // config.units_per_shard)
+
+    # 2. Rank 0 alone checks the output directory, removes stale temporary files and writes the manifest.
+    error = None
+    if ranks.rank == 0:
+        try:
+            _prepare_output(out, identity, teacher, num_shards, len(units) * config.batch_size)
+            cores = _cores()
+            if ranks.local_world_size * threads > cores:
+                progress.message(f"note: {ranks.local_world_size} process(es) x {threads} threads exceed this "
+                                 f"machine's {cores} cores; --threads (part of the config) sets the count")
+        except Exception as exc:  # noqa: BLE001
+            error = exc
+    ranks.check_all(error)
+
+    # 3. Every rank verifies its own finished shards (damaged ones are deleted and redone).
+    error = None
+    try:
+        if not (out / shard_io.MANIFEST).is_file():
+            raise UserError(f"rank {ranks.rank} does not see {out / shard_io.MANIFEST} written by rank 0: "
+                            "--out must be a directory every node shares")
+        log_path = out / "logs" / f"synthesis-rank{ranks.rank}.jsonl"
+        log_path.parent.mkdir(exist_ok=True)
+        mine = _RankResult()
+        todo = []
+        for k in range(ranks.rank, num_shards, ranks.world_size):
+            path = out / shard_io.shard_name(k)
+            if path.exists():
+                problem = shard_io.verify_shard(path)
+                if problem is None:
+                    mine.add_existing(path)
+                    continue
+                progress.message(f"shard {path.name} is damaged ({problem}); regenerating it")
+                path.unlink()
+                mine.damaged[path.name] = problem
+            todo.append(k)
+    except Exception as exc:  # noqa: BLE001
+        error = exc
+    ranks.check_all(error)
+
+    # 4. Synthesis: no collective until every rank has finished its shards.
     model = teacher.model
     cuda = device.type == "cuda"
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     if config.compile:
         model = torch.compile(model)
-    todo, skipped, regenerated = [], 0, []
-    for k in range(rank, num_shards, world_size):
-        path = out / shard_io.shard_name(k)
-        if path.exists():
-            problem = shard_io.verify_shard(path)
-            if problem is None:
-                skipped += 1
-                continue
-            progress.message(f"shard {path.name} is damaged ({problem}); regenerating it")
-            path.unlink()
-            regenerated.append(path.name)
-        todo.append(k)
-
     progress.start(sum(len(units[k * config.units_per_shard:(k + 1) * config.units_per_shard]) for k in todo)
                    * config.batch_size)
-    log_path = out / "logs" / f"synthesis-rank{rank}.jsonl"
-    log_path.parent.mkdir(exist_ok=True)
-    written = 0
     try:
         for k in todo:
             shard_units = units[k * config.units_per_shard:(k + 1) * config.units_per_shard]
@@ -227,31 +272,103 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                                       autocast_dtype=torch.bfloat16 if cuda else None, model=model)
                 results.append(result)
                 agreement = float((result.logits.argmax(1) == labels.cpu()).float().mean())
-                _append_log(log_path, {"unit": unit.id, "shard": k, "seconds": round(time.time() - unit_start, 3),
-                                       "fidelity": agreement, "losses": result.losses,
-                                       "stage_totals": result.stage_totals})
+                _append_log(log_path, {"unit": unit.id, "shard": k, "rank": ranks.rank,
+                                       "threads": torch.get_num_threads(),
+                                       "seconds": round(time.time() - unit_start, 3), "fidelity": agreement,
+                                       "losses": result.losses, "stage_totals": result.stage_totals})
                 progress.advance(len(labels), result.losses)
-            shard_io.write_shard(
-                out / shard_io.shard_name(k),
-                images=torch.cat([r.images for r in results]).numpy(),
-                labels=np.concatenate([u.labels for u in shard_units]).astype(np.int64),
-                sample_ids=np.concatenate([u.sample_ids() for u in shard_units]),
-                logits=torch.cat([r.logits for r in results]).half().numpy() if config.store_logits else None,
+            labels = np.concatenate([u.labels for u in shard_units]).astype(np.int64)
+            logits = torch.cat([r.logits for r in results]).half().numpy() if config.store_logits else None
+            path = out / shard_io.shard_name(k)
+            digest = shard_io.write_shard(
+                path, images=torch.cat([r.images for r in results]).numpy(), labels=labels,
+                sample_ids=np.concatenate([u.sample_ids() for u in shard_units]), logits=logits,
                 num_classes=teacher.num_classes, mean=teacher.mean, std=teacher.std, teacher=teacher.describe(),
                 config=identity, class_names=teacher.class_names, compression=config.compression,
             )
-            written += 1
+            mine.add_written(path.name, digest, labels, logits)
     finally:
         progress.close()
-    barrier()
-    summary = {"out": str(out), "shards": num_shards, "shards_written": written, "shards_skipped": skipped,
-               "shards_regenerated": regenerated, "nothing_to_do": not todo}
-    if rank == 0:
-        manifest = finalize_manifest(out)
-        summary.update(images=manifest["images"], complete=manifest["complete"],
-                       fidelity=fidelity(out) if config.store_logits else None)
-    summary["seconds"] = round(time.time() - started, 2)
-    return summary
+
+    # 5. Wait for every rank; rank 0 indexes all shards in the manifest; the summary covers every rank.
+    gathered: list[_RankResult] = ranks.all_gather(mine)
+    shards = sorted((s for r in gathered for s in r.shards), key=lambda s: s["file"])
+    images = sum(s["count"] for s in shards)
+    damaged = {name: problem for r in gathered for name, problem in r.damaged.items()}
+    if ranks.rank == 0:
+        manifest = shard_io.read_manifest(out) or {}
+        manifest.update(shards=shards, images=images, complete=len(shards) == num_shards, updated=_now())
+        shard_io.write_manifest(out, manifest)
+    total = sum(r.total for r in gathered)
+    with_logits = config.store_logits and all(r.has_logits for r in gathered)
+    return {
+        "out": str(out), "shards": num_shards, "shards_written": sum(r.written for r in gathered),
+        "shards_skipped": sum(r.skipped for r in gathered), "shards_regenerated": sorted(damaged),
+        "damaged": dict(sorted(damaged.items())), "nothing_to_do": not any(r.written for r in gathered),
+        "images": images, "complete": len(shards) == num_shards,
+        "fidelity": sum(r.hits for r in gathered) / total if with_logits and total else None,
+        "processes": ranks.world_size, "seconds": round(time.time() - started, 2),
+    }
+
+
+@dataclass
+class _RankResult:
+    """What one rank reports at the end: its shards (as listed in the manifest), counts and teacher agreement."""
+
+    shards: list = field(default_factory=list)
+    damaged: dict = field(default_factory=dict)
+    written: int = 0
+    skipped: int = 0
+    hits: int = 0
+    total: int = 0
+    has_logits: bool = True
+
+    def add_existing(self, path: Path) -> None:
+        import h5py
+
+        self.shards.append(shard_io.shard_summary(path))
+        self.skipped += 1
+        with h5py.File(path, "r") as f:
+            self._count(f["labels"][:], f["teacher_logits"][:] if "teacher_logits" in f else None)
+
+    def add_written(self, name: str, digest: str, labels: np.ndarray, logits: Optional[np.ndarray]) -> None:
+        self.shards.append({"file": name, "count": int(len(labels)), "digest": digest})
+        self.written += 1
+        self._count(labels, logits)
+
+    def _count(self, labels: np.ndarray, logits: Optional[np.ndarray]) -> None:
+        if logits is None:  # the same fp16 logits that are stored: fresh and resumed runs count alike
+            self.has_logits = False
+            return
+        self.hits += int((logits.argmax(1) == labels).sum())
+        self.total += len(labels)
+
+
+def _rank_device(name: str, ranks: Ranks) -> torch.device:
+    """The device of this rank: under torchrun `cuda`/`auto` mean cuda:LOCAL_RANK."""
+    device = resolve_device(name)
+    if device.type == "cuda" and ranks.distributed:
+        if device.index is not None:
+            raise UserError(f"device '{name}' names one GPU, but under torchrun each rank takes cuda:LOCAL_RANK; "
+                            "use --device cuda")
+        device = torch.device("cuda", ranks.local_rank)
+    return device
+
+
+def _check_same_identity(identities: list[dict]) -> None:
+    """Every rank must synthesize the same thing (same teacher weights, classes, threads, ...) as rank 0."""
+    first = _flatten(identities[0])
+    for rank, identity in enumerate(identities[1:], start=1):
+        flat = _flatten(identity)
+        key = next((k for k in sorted(set(first) | set(flat)) if first.get(k) != flat.get(k)), None)
+        if key is not None:
+            raise UserError(f"rank {rank} computes a different config than rank 0 ({key}: {flat.get(key)!r} "
+                            f"there, {first.get(key)!r} on rank 0); give every node the same files and "
+                            "an explicit --threads")
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int) -> None:
@@ -299,33 +416,6 @@ def _existing_identity(out: Path) -> Optional[dict]:
         except Exception:  # noqa: BLE001 - a damaged shard is handled (regenerated) later
             continue
     return None
-
-
-def finalize_manifest(out: str | Path) -> dict:
-    """Rebuild the manifest's shard list from the verified shards on disk and mark completeness."""
-    out = Path(out)
-    manifest = shard_io.read_manifest(out) or {}
-    good = [p for p in shard_io.list_shards(out) if shard_io.verify_shard(p) is None]
-    manifest["shards"] = [shard_io.shard_summary(p) for p in good]
-    manifest["images"] = sum(s["count"] for s in manifest["shards"])
-    manifest["complete"] = len(good) == manifest.get("num_shards", -1)
-    manifest["updated"] = _now()
-    shard_io.write_manifest(out, manifest)
-    return manifest
-
-
-def fidelity(out: str | Path) -> Optional[float]:
-    """Teacher agreement with the target labels over all shards' stored logits (None without logits)."""
-    import h5py
-
-    hits = total = 0
-    for path in shard_io.list_shards(out):
-        with h5py.File(path, "r") as f:
-            if "teacher_logits" not in f:
-                return None
-            hits += int((f["teacher_logits"][:].argmax(1) == f["labels"][:]).sum())
-            total += len(f["labels"])
-    return hits / total if total else None
 
 
 def _append_log(path: Path, record: dict) -> None:

@@ -14,7 +14,8 @@ from dfkd.cli.distill import distill as distill_command
 from dfkd.config import build, load_recipe
 from dfkd.data.digits import load_digits_split, write_image_folder
 from dfkd.distill import AugmentConfig, DistillConfig, DistillationLoss, OptimConfig, distill
-from dfkd.distill.data import BatchPrep, IdImageFolder, labels_of, open_image_folder, subset, train_transform
+from dfkd.data.image_folder import LabelledFolder, open_image_folder
+from dfkd.distill.data import BatchPrep, labels_of, subset, train_transform
 from dfkd.distill.losses import teacher_affine
 from dfkd.distill.taps import BlockTaps, Stage, TeacherTaps, default_stage, teacher_stages
 from dfkd.models import Aligner
@@ -203,7 +204,7 @@ def test_torchvision_stages_by_probe():
 def test_image_folder_ids_and_seeded_stratified_subset(digits_folders):
     train, _ = digits_folders
     dataset = open_image_folder(train, 10)
-    assert isinstance(dataset, IdImageFolder) and dataset.class_to_idx["7"] == 7 and len(dataset) == 1400
+    assert isinstance(dataset, LabelledFolder) and dataset.class_to_idx["7"] == 7 and len(dataset) == 1400
     labels = labels_of(dataset)
     small = subset(dataset, 0.1, seed=3)
     expected = sum(max(1, round(0.1 * n)) for n in np.bincount(labels))

@@ -1,6 +1,5 @@
 """The synthesis engine and `dfkd synthesize`: unit order, quality on a real teacher, resume, refusals."""
 import json
-import os
 import subprocess
 import sys
 import time

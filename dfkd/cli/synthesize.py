@@ -5,6 +5,7 @@ import click
 
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
+from synth import distributed
 from synth.engine import Progress, SynthesisConfig
 from synth.engine import synthesize as run_synthesis
 
@@ -17,6 +18,10 @@ Examples:
   dfkd synthesize --teacher digits-teacher.pt --config recipes/digits.yaml --out shards/
 
 Rerunning the same command resumes an interrupted run; a finished run is left untouched.
+
+\b
+Scale out with torchrun (shards are split across processes; the result is the same):
+  torchrun --nproc_per_node 4 -m dfkd synthesize --config recipes/df_dearkd_imagenet.yaml --out shards/
 """
 
 
@@ -70,25 +75,40 @@ def synthesize(out: str, config_path: str, json_mode: bool, quiet: bool, **optio
         "losses.triplet": options["a_triplet"], "losses.triplet_margin": options["triplet_margin"],
     }))
     config = build(SynthesisConfig, data)
-    progress = Progress(
-        start=lambda total: reporter.bar(total, "img", "synthesize"),
+    ranks = distributed.init(config.device)
+    summary = run_synthesis(config, out, _progress(reporter, ranks), ranks)
+    ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
+    if ranks.rank == 0:
+        reporter.result(summary, _lines(summary))
+
+
+def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
+    """Rank 0 shows the progress bar (of its own share); other ranks only print notes, tagged with their rank."""
+    if ranks.rank != 0:
+        return Progress(message=lambda text: reporter.message(f"[rank {ranks.rank}] {text}"))
+    desc = "synthesize" if not ranks.distributed else f"synthesize (rank 0 of {ranks.world_size})"
+    return Progress(
+        start=lambda total: reporter.bar(total, "img", desc),
         advance=lambda n, losses: reporter.update(n, loss=f"{losses.get('total', float('nan')):.3f}",
                                                   ce=f"{losses.get('ce', float('nan')):.3f}"),
         message=reporter.message,
         close=reporter.close_bar,
     )
-    summary = run_synthesis(config, out, progress)
-    reporter.result(summary, _lines(summary))
 
 
 def _lines(summary: dict) -> list[str]:
     if summary["nothing_to_do"] and not summary["shards_regenerated"]:
         head = f"nothing to do: all {summary['shards']} shards in {summary['out']} are finished and verified"
     else:
+        processes = summary.get("processes", 1)
         head = (f"wrote {summary['shards_written']} shard(s), kept {summary['shards_skipped']} finished, "
-                f"in {summary['out']} ({summary['seconds']} s)")
+                f"in {summary['out']} ({summary['seconds']} s"
+                f"{f', {processes} processes' if processes > 1 else ''})")
     fidelity = summary.get("fidelity")
     lines = [head, f"images: {summary.get('images')}  complete: {summary.get('complete')}"]
+    if summary.get("damaged"):
+        lines.append("regenerated damaged shard(s): " + ", ".join(
+            f"{name} ({problem})" for name, problem in summary["damaged"].items()))
     if fidelity is not None:
         lines.append(f"teacher fidelity (agreement with target labels): {fidelity:.3f}")
     return lines

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -13,22 +13,10 @@ from timm.data import Mixup, auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.mixup import mixup_target
 from torch.utils.data import DataLoader, Dataset, Subset
-from torchvision.datasets import ImageFolder
 
 from dfkd.distill.config import AugmentConfig
 from synth.errors import UserError
 from synth.shards import ShardDataset
-
-
-class IdImageFolder(ImageFolder):
-    """torchvision ImageFolder where integer folder names are the class ids ('7' -> 7), not sorted positions."""
-
-    def find_classes(self, directory: Union[str, Path]) -> tuple[list[str], dict[str, int]]:
-        """Class folder names and their ids: int(name) when every name is an integer, else sorted order."""
-        classes, mapping = super().find_classes(directory)
-        if all(name.isdigit() for name in classes):
-            mapping = {name: int(name) for name in classes}
-        return classes, mapping
 
 
 def open_shards(root: str, stored_logits: bool = False) -> ShardDataset:
@@ -42,20 +30,6 @@ def open_shards(root: str, stored_logits: bool = False) -> ShardDataset:
     if height != width:
         raise UserError(f"shards in '{root}' hold {height}x{width} images; distillation needs square images")
     dataset.as_pil = True
-    return dataset
-
-
-def open_image_folder(root: str, num_classes: int) -> IdImageFolder:
-    """A real image folder (`<root>/<class>/<image>`) whose class ids must lie below `num_classes`."""
-    if not Path(root).is_dir():
-        raise UserError(f"image folder '{root}' does not exist")
-    try:
-        dataset = IdImageFolder(root)
-    except (FileNotFoundError, RuntimeError) as exc:
-        raise UserError(f"image folder '{root}': {str(exc).splitlines()[0]}") from None
-    top = max(dataset.class_to_idx.values())
-    if top >= num_classes:
-        raise UserError(f"image folder '{root}' has class id {top}, outside the teacher's {num_classes} classes")
     return dataset
 
 

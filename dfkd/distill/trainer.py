@@ -24,8 +24,9 @@ from torch.utils.data import Dataset
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
+from dfkd.data.image_folder import open_image_folder
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.data import (Batch, BatchPrep, eval_transform, make_loader, open_image_folder, open_shards,
+from dfkd.distill.data import (Batch, BatchPrep, eval_transform, make_loader, open_shards,
                                set_transform, subset, train_transform)
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages

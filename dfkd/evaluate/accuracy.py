@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -10,8 +9,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
-from torchvision.datasets import ImageFolder
 
+from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from synth.engine import Progress, resolve_device
 from synth.errors import UserError
 from synth.teacher import Teacher
@@ -64,41 +63,19 @@ def teacher_classifier(teacher: Teacher) -> Classifier:
     return Classifier(teacher.model, teacher.num_classes, teacher.input_size, teacher.mean, teacher.std)
 
 
-class LabelledFolder(ImageFolder):
-    """ImageFolder whose class ids are the folder names when all are integers, else their sorted order."""
-
-    def find_classes(self, directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        """Class folders and their ids: int(name) when every name is an integer, else the sorted position."""
-        classes = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir())
-        if not classes:
-            raise UserError(f"'{directory}' has no class folders (expected <data>/<class>/<image>)")
-        if all(name.isdigit() for name in classes):
-            return classes, {name: int(name) for name in classes}
-        return classes, {name: i for i, name in enumerate(classes)}
-
-
-def image_folder(data: str | Path, input_size: int, mean: Sequence[float], std: Sequence[float],
-                 crop_pct: float = 1.0) -> LabelledFolder:
+def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0) -> LabelledFolder:
     """The labelled folder: shorter side resized to input_size / crop_pct, centre crop, [0, 1], normalised."""
-    if not Path(data).is_dir():
-        raise UserError(f"image folder '{data}' does not exist")
     transform = transforms.Compose([
-        transforms.Resize(int(round(input_size / crop_pct))), transforms.CenterCrop(input_size),
-        transforms.ToTensor(), transforms.Normalize(mean, std)])
-    try:
-        return LabelledFolder(str(data), transform=transform)
-    except FileNotFoundError as exc:
-        raise UserError(f"image folder '{data}': {str(exc).splitlines()[0]}") from None
+        transforms.Resize(int(round(classifier.input_size / crop_pct))), transforms.CenterCrop(classifier.input_size),
+        transforms.ToTensor(), transforms.Normalize(classifier.mean, classifier.std)])
+    return open_image_folder(data, classifier.num_classes, transform)
 
 
 def accuracy(classifier: Classifier, data: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0,
              crop_pct: float = 1.0, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data`."""
     progress = progress or Progress()
-    dataset = image_folder(data, classifier.input_size, classifier.mean, classifier.std, crop_pct)
-    highest = max(dataset.class_to_idx.values())
-    if highest >= classifier.num_classes:
-        raise UserError(f"'{data}' has class id {highest}, but the model has {classifier.num_classes} classes")
+    dataset = image_folder(data, classifier, crop_pct)
     device = resolve_device(device)
     model = classifier.model.to(device)
     k = min(5, classifier.num_classes)
