@@ -66,6 +66,16 @@ class Ranks:
         """True when there are other ranks to talk to."""
         return self.world_size > 1
 
+    def local_device(self, device: torch.device) -> torch.device:
+        """This rank's device: under torchrun a CUDA device means cuda:LOCAL_RANK (naming one GPU, cuda:N, is refused
+        there: every rank would take the same one); CPU, or one process, keeps `device` as it is."""
+        if device.type != "cuda" or not self.distributed:
+            return device
+        if device.index is not None:
+            raise UserError(f"device '{device}' names one GPU, but under torchrun each rank takes cuda:LOCAL_RANK; "
+                            "use --device cuda")
+        return torch.device("cuda", self.local_rank)
+
     def barrier(self) -> None:
         """Wait until every rank gets here."""
         if self.distributed:

@@ -7,6 +7,7 @@ from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.distill import DistillConfig
 from dfkd.distill import distill as run_distill
+from synth import distributed
 from synth.engine import Progress
 
 EXAMPLE = """
@@ -21,6 +22,12 @@ Examples:
 Stage 1 (early KD): CE(class head, label) + CE(distillation head, teacher argmax) + a_hid * hidden MSE
 through the aligners; stage 2: CE on both heads, no teacher. Rerun with --resume to continue an
 interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
+
+\b
+Scale out with torchrun (DistributedDataParallel; --batch-size is per process, lr scales with the
+effective batch = batch size x processes):
+  torchrun --nproc_per_node 4 -m dfkd distill --config recipes/df_dearkd_distill.yaml --shards shards/ \\
+      --batch-size 256 --out runs/df
 """
 
 
@@ -50,8 +57,10 @@ interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, me
                               "teacher stage whose stride matches the patch size]")
 @click.option("--epochs", type=int, help="Total epochs. [default: 300]")
 @click.option("--stage1-epochs", help="Stage-1 epochs: a count, or a fraction of --epochs below 1. [default: 5/6]")
-@click.option("--batch-size", type=int, help="Images per step. [default: 256]")
-@click.option("--lr", type=float, help="Learning rate per 512 images (scaled by batch/512). [default: 5e-4]")
+@click.option("--batch-size", type=int, help="Images per step and process (under torchrun the effective batch is "
+                                             "this x the number of processes). [default: 256]")
+@click.option("--lr", type=float, help="Learning rate per 512 images (scaled by effective batch/512). "
+                                       "[default: 5e-4]")
 @click.option("--min-lr", type=float, help="Final cosine learning rate. [default: 1e-5]")
 @click.option("--warmup-epochs", type=float, help="Linear warm-up epochs. [default: 5]")
 @click.option("--weight-decay", type=float, help="AdamW weight decay. [default: 0.05]")
@@ -86,14 +95,24 @@ def distill(out: str, config_path: str, json_mode: bool, quiet: bool, **options)
         "augment.smoothing": options["smoothing"],
     }))
     config = build(DistillConfig, data)
-    progress = Progress(
-        start=lambda total: reporter.bar(total, "img", "distill"),
+    ranks = distributed.init(config.device)
+    summary = run_distill(config, out, _progress(reporter, ranks), ranks=ranks)
+    ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
+    if ranks.rank == 0:
+        reporter.result(summary, _lines(summary))
+
+
+def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
+    """Rank 0 shows the progress bar (images of all ranks) and the notes; other ranks print only their errors."""
+    if ranks.rank != 0:
+        return Progress(message=lambda text: None)
+    desc = "distill" if not ranks.distributed else f"distill ({ranks.world_size} processes)"
+    return Progress(
+        start=lambda total: reporter.bar(total, "img", desc),
         advance=lambda n, info: _advance(reporter, n, info),
         message=reporter.message,
         close=reporter.close_bar,
     )
-    summary = run_distill(config, out, progress)
-    reporter.result(summary, _lines(summary))
 
 
 def _advance(reporter: Reporter, images: int, info: dict) -> None:
@@ -108,6 +127,9 @@ def _lines(summary: dict) -> list[str]:
     lines = [f"trained {summary['model']} for {summary['epochs']} epochs ({summary['stage1_epochs']} with "
              f"{summary['distillation']} KD, {kd}) on {summary['images']} images in {summary['seconds']} s",
              f"student: {summary['student']} (+ {summary['student_json']})"]
+    if summary["world_size"] > 1:
+        lines.append(f"{summary['world_size']} processes x batch {summary['batch_size']} = effective batch "
+                     f"{summary['effective_batch']}, lr {summary['lr']:.3g}")
     if summary["final_loss"] is not None:
         lines.append(f"final training loss: {summary['final_loss']:.4f}")
     if summary["val_top1"] is not None:

@@ -12,7 +12,7 @@ from PIL import Image
 from timm.data import Mixup, auto_augment, create_transform
 from timm.data.random_erasing import RandomErasing
 from timm.data.mixup import mixup_target
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dfkd.distill.config import AugmentConfig
 from synth.errors import UserError
@@ -80,21 +80,35 @@ def eval_transform(size: int, crop_pct: float, interpolation: str):
                             normalize=False)
 
 
-def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator seeded from (seed, epoch): the epoch's order and worker seeds do not depend on earlier epochs."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(2, dtype=np.uint32)
+def epoch_generator(seed: int, epoch: int, rank: Optional[int] = None) -> torch.Generator:
+    """A generator seeded from (seed, epoch), and the rank under DDP: the epoch's order and worker seeds do not
+    depend on earlier epochs, and each process's workers draw their own augmentations."""
+    entropy = [seed, epoch] if rank is None else [seed, epoch, rank]
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, seed: int = 0, epoch: int = 0,
-                pin_memory: bool = False) -> DataLoader:
-    """The one place where loaders and their samplers are made (a DistributedSampler belongs here under DDP).
+                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+    """The one place where loaders and their samplers are made; `batch_size` is per process.
 
     Training loaders shuffle with a per-epoch generator and drop the last incomplete batch (Mixup needs even
-    batches).
+    batches). Under DDP (world_size > 1) training takes this rank's share of a DistributedSampler permutation
+    (seeded by seed + epoch through `set_epoch`, the same on every rank; the tail is dropped so every rank takes
+    the same number of steps), and validation takes images rank, rank + world_size, ... (no padding: each image
+    is counted once when the ranks' hits are summed).
     """
-    return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                      generator=epoch_generator(seed, epoch), pin_memory=pin_memory)
+    if world_size == 1:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
+                          generator=epoch_generator(seed, epoch), pin_memory=pin_memory)
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = range(rank, len(dataset), world_size)
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
+                      generator=epoch_generator(seed, epoch, rank), pin_memory=pin_memory)
 
 
 @dataclass

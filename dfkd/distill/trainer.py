@@ -4,9 +4,17 @@ Resume: `checkpoint.pt` (written atomically at the end of every epoch) holds the
 optimiser, the scheduler, the epoch and stage, and the torch / CUDA / numpy / python RNG states; each epoch's
 shuffle order comes from a generator seeded by (seed, epoch). A resumed run therefore repeats the
 uninterrupted one exactly (on CPU at the same thread count).
+
+Under torchrun (`ranks` from synth.distributed.init) the student and the aligners train inside one
+DistributedDataParallel wrapper (`Distiller`; the teacher stays outside, under no_grad); each process takes
+`batch_size` images of its DistributedSampler share per step, so the effective batch is batch_size x world_size
+and lr = base lr x effective batch / 512. Every rank keeps its own RNG stream (augmentations, Mixup, drop path)
+and the checkpoint holds each rank's RNG state, so a resume with the same number of processes is exact too.
+Rank 0 alone writes files; every rank reads the checkpoint on --resume.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -20,6 +28,7 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -31,6 +40,7 @@ from dfkd.distill.data import (Batch, BatchPrep, eval_transform, make_loader, op
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
+from synth.distributed import Ranks
 from synth.engine import Progress, resolve_device
 from synth.errors import UserError
 from synth.teacher import Teacher, load_teacher
@@ -148,15 +158,46 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+class Distiller(nn.Module):
+    """The student and the loss (which holds the aligners) as one module whose forward returns the loss, so under
+    DDP one wrapper all-reduces the gradients of the student and of the aligners. The teacher is no submodule
+    (TeacherTaps is a plain object): it stays outside DDP, under no_grad."""
+
+    def __init__(self, student: nn.Module, criterion: DistillationLoss, block_taps: Optional[BlockTaps] = None):
+        super().__init__()
+        self.student, self.criterion, self.block_taps = student, criterion, block_taps
+
+    def forward(self, inputs: torch.Tensor, target: torch.Tensor, stage: int,
+                stored_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Total loss and its detached parts on one prepared batch."""
+        outputs = self.student(inputs)
+        tokens = self.block_taps.take() if self.block_taps is not None and stage == 1 else ()
+        return self.criterion(inputs, outputs, target, stage, tokens, self.student.patch_embed.grid_size,
+                              stored_probs)
+
+
+def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) -> nn.Module:
+    """The module a stage trains through. The aligners learn in stage 1 only; in stage 2 they are frozen. Under
+    DDP each stage gets its own wrapper over the parameters that learn in it, so every parameter it holds gets a
+    gradient at every step: no `find_unused_parameters` graph search per step, and DDP's check stays strict."""
+    for p in model.criterion.aligners.parameters():
+        p.requires_grad_(stage == 1)
+    if not ranks.distributed:
+        return model
+    # broadcast_buffers off: the students' buffers are constants (relative positions; no BN running statistics)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   broadcast_buffers=False)
+
+
 def train_step(student: nn.Module, criterion: DistillationLoss, optimizer: torch.optim.Optimizer, batch: Batch,
-               stage: int, block_taps: Optional[BlockTaps] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step on a prepared batch (bf16 autocast on CUDA); returns the loss and its parts."""
+               stage: int, block_taps: Optional[BlockTaps] = None,
+               model: Optional[nn.Module] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step on a prepared batch (bf16 autocast on CUDA); returns the loss and its parts. `model`
+    (a Distiller of this student and criterion, or its DDP wrapper) runs the forward when given."""
+    model = model if model is not None else Distiller(student, criterion, block_taps)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if batch.inputs.is_cuda else nullcontext()
     with autocast:
-        outputs = student(batch.inputs)
-        tokens = block_taps.take() if block_taps is not None and stage == 1 else ()
-        loss, parts = criterion(batch.inputs, outputs, batch.target, stage, tokens, student.patch_embed.grid_size,
-                                batch.stored_probs)
+        loss, parts = model(batch.inputs, batch.target, stage, batch.stored_probs)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -164,8 +205,9 @@ def train_step(student: nn.Module, criterion: DistillationLoss, optimizer: torch
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, loader, prep: BatchPrep) -> float:
-    """Top-1 accuracy of the student (eval mode: mean of its two heads)."""
+def evaluate(student: nn.Module, loader, prep: BatchPrep, ranks: Optional[Ranks] = None) -> float:
+    """Top-1 accuracy of the student (eval mode: mean of its two heads). Under DDP each rank runs the plain
+    student (no collective inside) on its share of the images, then the ranks' hits and counts are summed."""
     student.eval()
     hits = total = 0
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if prep.device.type == "cuda" else nullcontext()
@@ -175,6 +217,8 @@ def evaluate(student: nn.Module, loader, prep: BatchPrep) -> float:
         hits += int((logits.argmax(1).cpu() == labels).sum())
         total += len(labels)
     student.train()
+    if ranks is not None and ranks.distributed:
+        hits, total = (sum(v) for v in zip(*ranks.all_gather((hits, total))))
     return hits / max(total, 1)
 
 
@@ -184,6 +228,31 @@ def _check_resume(saved: dict, config: DistillConfig) -> None:
         if key not in RESUME_FREE and saved.get(key) != now.get(key):
             raise UserError(f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, "
                             f"now {key}={now.get(key)!r}; use the same settings or another --out")
+
+
+def _check_world(state: dict, world_size: int, batch_size: int) -> None:
+    """A checkpoint resumes only with the number of processes it was made with (that fixes the effective batch,
+    the learning rate, the steps per epoch and each rank's share of the data and RNG states)."""
+    saved = state.get("world_size", 1)
+    if saved != world_size:
+        raise UserError(f"cannot resume: the checkpoint was made with {saved} process(es) (effective batch "
+                        f"{saved * batch_size}), now {world_size}; launch the same number of processes "
+                        "or use another --out")
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict's names, dtypes, shapes and bytes, in its order: equal weights, equal digest."""
+    digest = hashlib.sha256()
+    for key, value in state.items():
+        value = value.detach().cpu().contiguous()
+        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """The seed of rank `rank`'s own RNG stream under DDP."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
 
 
 @dataclass
@@ -204,10 +273,14 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: CosineLRScheduler
     steps: int
+    model: Distiller
+    effective_batch: int
 
 
-def setup(config: DistillConfig, device: torch.device, progress: Optional[Progress] = None) -> Run:
-    """Open the data, load the teacher, build student, aligners, loss, optimiser and schedule; check they fit."""
+def setup(config: DistillConfig, device: torch.device, progress: Optional[Progress] = None,
+          world_size: int = 1) -> Run:
+    """Open the data, load the teacher, build student, aligners, loss, optimiser and schedule; check they fit.
+    Each of `world_size` DDP processes takes config.batch_size images per step; lr and steps per epoch follow."""
     progress = progress or Progress()
     stored = config.loss.distillation == "stored"
     teacher: Optional[Teacher] = None if stored else load_teacher(config.teacher, config.teacher_weights, device)
@@ -231,9 +304,12 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
         progress.message("stored distillation: the shards' teacher logits are the targets; no teacher runs, "
                          "so hidden-feature KD is off")
     set_transform(dataset, train_transform(size, config.augment, mean))
-    steps = len(dataset) // config.batch_size
+    effective_batch = config.batch_size * world_size
+    steps = len(dataset) // world_size // config.batch_size  # each rank's DistributedSampler share drops the tail
     if steps == 0:
-        raise UserError(f"batch size {config.batch_size} is larger than the {len(dataset)} training images")
+        raise UserError(f"batch size {config.batch_size} is larger than the {len(dataset)} training images"
+                        if world_size == 1 else f"batch size {config.batch_size} per process x {world_size} "
+                        f"processes is larger than the {len(dataset)} training images")
 
     pairs: list[tuple[int, int]] = []
     taps = block_taps = None
@@ -254,89 +330,132 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
     weight_decay = config.optim.weight_decay
     groups = param_groups_weight_decay(student, weight_decay, no_weight_decay_list=student.no_weight_decay()) \
         + param_groups_weight_decay(aligners, weight_decay)
-    optimizer = create_optimizer_v2(groups, config.optim.opt, lr=config.optim.lr * config.batch_size / 512,
+    optimizer = create_optimizer_v2(groups, config.optim.opt, lr=config.optim.lr * effective_batch / 512,
                                     weight_decay=weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, lr_min=config.optim.min_lr,
                                   warmup_t=round(config.optim.warmup_epochs * steps),
                                   warmup_lr_init=config.optim.warmup_lr, t_in_epochs=False)
     return Run(dataset, num_classes, size, mean, std, student, aligners, pairs, block_taps, criterion,
                BatchPrep(mean, std, num_classes, config.augment, device, tau=config.loss.tau), optimizer, scheduler,
-               steps)
+               steps, Distiller(student, criterion, block_taps), effective_batch)
 
 
 def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress] = None,
-            on_epoch: Optional[Callable[[dict], None]] = None) -> dict[str, Any]:
-    """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`."""
-    progress = progress or Progress()
-    config.validate()
-    started = time.time()
-    threads = config.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count())
-    torch.set_num_threads(threads)
-    device = resolve_device(config.device)
-    output = Output(out)
-    saved = output.prepare(config.resume)
-    if saved is not None:
-        _check_resume(saved["config"], config)
-    elif config.resume:
-        progress.message(f"no checkpoint in '{out}' yet; starting a fresh run")
-    seed_all(config.seed)
-    run = setup(config, device, progress)
-    student, optimizer, scheduler, steps = run.student, run.optimizer, run.scheduler, run.steps
-    start, updates = 0, 0
-    if saved is not None:
-        student.load_state_dict(saved["student"])
-        run.aligners.load_state_dict(saved["aligners"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        start, updates = saved["epoch"], saved["updates"]
-        set_rng_state(saved["rng"])
-        progress.message(f"resuming after epoch {start} of {config.epochs}")
+            on_epoch: Optional[Callable[[dict], None]] = None, ranks: Optional[Ranks] = None) -> dict[str, Any]:
+    """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`.
 
-    val_loader = None
-    if config.val_data:
-        cfg = student.pretrained_cfg
-        val_set = open_image_folder(config.val_data, run.num_classes)
-        set_transform(val_set, eval_transform(run.size, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
-        val_loader = make_loader(val_set, config.batch_size, config.workers, train=False, seed=config.seed)
-    progress.start((config.epochs - start) * steps * config.batch_size)
+    Under torchrun pass `ranks` (synth.distributed.init): DistributedDataParallel over ranks.world_size processes;
+    every rank returns the summary, rank 0 alone writes files (and should alone report).
+    """
+    progress = progress or Progress()
+    ranks = ranks or Ranks()
+    started = time.time()
+    # 1. Every rank checks the settings, reads the checkpoint and builds the run; all must succeed.
+    error = None
+    try:
+        config.validate()
+        threads = config.threads or _cores()
+        torch.set_num_threads(threads)
+        device = ranks.local_device(resolve_device(config.device))
+        output = Output(out, main=ranks.rank == 0)
+        saved = output.prepare(config.resume)
+        if saved is not None:
+            _check_resume(saved["config"], config)
+            _check_world(saved, ranks.world_size, config.batch_size)
+        elif config.resume:
+            progress.message(f"no checkpoint in '{out}' yet; starting a fresh run")
+        if ranks.distributed and ranks.local_world_size * threads > _cores():
+            progress.message(f"note: {ranks.local_world_size} processes x {threads} threads exceed this machine's "
+                             f"{_cores()} cores; set --threads")
+        seed_all(config.seed)
+        run = setup(config, device, progress, ranks.world_size)
+        student, optimizer, scheduler, steps = run.student, run.optimizer, run.scheduler, run.steps
+        if ranks.distributed:  # the same initial weights on every rank; then each its own augmentations, drop path
+            seed_all(_rank_seed(config.seed, ranks.rank))
+        start, updates = 0, 0
+        if saved is not None:
+            student.load_state_dict(saved["student"])
+            run.aligners.load_state_dict(saved["aligners"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            start, updates = saved["epoch"], saved["updates"]
+            set_rng_state(saved["rng_ranks"][ranks.rank] if ranks.distributed else saved["rng"])
+            progress.message(f"resuming after epoch {start} of {config.epochs}")
+
+        val_loader = None
+        if config.val_data:
+            cfg = student.pretrained_cfg
+            val_set = open_image_folder(config.val_data, run.num_classes)
+            set_transform(val_set, eval_transform(run.size, cfg.get("crop_pct", 1.0),
+                                                  cfg.get("interpolation", "bicubic")))
+            val_loader = make_loader(val_set, config.batch_size, config.workers, train=False, seed=config.seed,
+                                     rank=ranks.rank, world_size=ranks.world_size)
+    except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised
+        error = exc
+    ranks.check_all(error)
+    if ranks.distributed:  # e.g. an --out that is not shared: rank 0 would resume while another rank starts afresh
+        error = None
+        seen = ranks.all_gather(start)
+        if any(epoch != seen[0] for epoch in seen):
+            error = UserError(f"the ranks see different checkpoints in '{out}' (epochs {seen}); --out must be a "
+                              "directory every node shares")
+        ranks.check_all(error)
+
+    effective = run.effective_batch
+    progress.start((config.epochs - start) * steps * effective)
     record: dict[str, Any] = saved["record"] if saved is not None else {}
     val_top1 = record.get("val_top1")
+    model, model_stage = None, 0
     try:
         for epoch in range(start, config.epochs):
             stage = 1 if epoch < config.stage1 else 2
             if run.block_taps is not None:
                 run.block_taps.enabled = stage == 1
+            if stage != model_stage:
+                model = None  # let the previous stage's DDP wrapper go before the next one is made
+                model, model_stage = for_stage(run.model, stage, ranks, device), stage
             loader = make_loader(run.dataset, config.batch_size, config.workers, train=True, seed=config.seed,
-                                 epoch=epoch, pin_memory=device.type == "cuda")
+                                 epoch=epoch, pin_memory=device.type == "cuda", rank=ranks.rank,
+                                 world_size=ranks.world_size)
             sums = torch.zeros(4, device=device)
             epoch_start, shown = time.time(), 0
             for step, (images, labels, *logits) in enumerate(loader, 1):
                 batch = run.prep(images, labels, logits[0] if logits else None)
-                loss, parts = train_step(student, run.criterion, optimizer, batch, stage, run.block_taps)
+                loss, parts = train_step(student, run.criterion, optimizer, batch, stage, run.block_taps, model)
                 updates += 1
                 scheduler.step_update(updates)
                 sums += torch.stack([loss, parts["cls"], parts["dist"], parts["hid"]])
                 if step % 10 == 0 or step == steps:
-                    progress.advance((step - shown) * config.batch_size,
+                    progress.advance((step - shown) * effective,
                                      {"epoch": epoch + 1, "stage": stage, "loss": float(sums[0]) / step})
                     shown = step
             seconds = time.time() - epoch_start
             means = (sums / steps).tolist()
+            if ranks.distributed:  # the mean over every rank's batches
+                means = [sum(values) / ranks.world_size for values in zip(*ranks.all_gather(means))]
             record = {"epoch": epoch + 1, "stage": stage, "loss": means[0], "cls": means[1], "dist": means[2],
                       "hid": means[3], "lr": optimizer.param_groups[0]["lr"],
-                      "img_s": round(steps * config.batch_size / seconds, 2), "seconds": round(seconds, 2)}
+                      "img_s": round(steps * effective / seconds, 2), "seconds": round(seconds, 2)}
             if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                val_top1 = record["val_top1"] = evaluate(student, val_loader, run.prep)
+                val_top1 = record["val_top1"] = evaluate(student, val_loader, run.prep, ranks)
+            rng = {"rng": rng_state()}
+            if ranks.distributed:  # each rank's own stream, for an exact resume
+                rng["rng_ranks"] = ranks.all_gather(rng["rng"])
             output.save_checkpoint({
                 "format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch + 1, "stage": stage,
                 "updates": updates, "student": student.state_dict(), "aligners": run.aligners.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "record": record, "config": asdict(config)})
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **rng,
+                "world_size": ranks.world_size, "record": record, "config": asdict(config)})
             output.log(record)
             if on_epoch is not None:
                 on_epoch(record)
     finally:
         progress.close()
+    model = None
+    hashes = ranks.all_gather(state_sha256(student.state_dict()))
+    if any(h != hashes[0] for h in hashes):  # DDP keeps the replicas equal; anything else is a bug, not a result
+        raise RuntimeError(f"the processes ended with different student weights (sha256 {hashes}); "
+                           "student.pth was not written")
     output.export_student(student, {
         "model": config.student, "num_classes": run.num_classes, "input_size": run.size, "mean": list(run.mean),
         "std": list(run.std), "epochs": config.epochs, "model_kwargs": config.model_kwargs()})
@@ -345,4 +464,10 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
             "num_classes": run.num_classes, "images": len(run.dataset), "epochs": config.epochs,
             "stage1_epochs": config.stage1, "distillation": config.loss.distillation, "hidden_kd": bool(run.pairs),
             "pairs": [f"{b}:{t}" for b, t in run.pairs], "final_loss": record.get("loss"), "val_top1": val_top1,
+            "world_size": ranks.world_size, "batch_size": config.batch_size, "effective_batch": effective,
+            "lr": config.optim.lr * effective / 512, "weights_sha256": hashes,
             "seconds": round(time.time() - started, 2)}
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
