@@ -197,7 +197,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         config.validate()
         threads = config.resolved_threads()
         torch.set_num_threads(threads)  # on every rank, whatever torchrun put in OMP_NUM_THREADS
-        device = _rank_device(config.device, ranks)
+        device = ranks.local_device(resolve_device(config.device))
         teacher = load_teacher(config.teacher, config.teacher_weights, device)
         classes = parse_classes(config.classes, teacher.num_classes)
         units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
@@ -342,17 +342,6 @@ class _RankResult:
             return
         self.hits += int((logits.argmax(1) == labels).sum())
         self.total += len(labels)
-
-
-def _rank_device(name: str, ranks: Ranks) -> torch.device:
-    """The device of this rank: under torchrun `cuda`/`auto` mean cuda:LOCAL_RANK."""
-    device = resolve_device(name)
-    if device.type == "cuda" and ranks.distributed:
-        if device.index is not None:
-            raise UserError(f"device '{name}' names one GPU, but under torchrun each rank takes cuda:LOCAL_RANK; "
-                            "use --device cuda")
-        device = torch.device("cuda", ranks.local_rank)
-    return device
 
 
 def _check_same_identity(identities: list[dict]) -> None:
