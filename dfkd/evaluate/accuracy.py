@@ -13,6 +13,7 @@ from torchvision import transforms
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from synth.engine import Progress, resolve_device
 from synth.errors import UserError
+from synth.shards import ShardDataset
 from synth.teacher import Teacher
 
 STUDENT_META_KEYS = ("model", "num_classes", "input_size", "mean", "std")
@@ -74,8 +75,22 @@ def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0
 def accuracy(classifier: Classifier, data: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0,
              crop_pct: float = 1.0, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data`."""
-    progress = progress or Progress()
     dataset = image_folder(data, classifier, crop_pct)
+    return {**_topk(classifier, dataset, device, batch_size, workers, progress), "classes": len(dataset.classes)}
+
+
+def shard_accuracy(classifier: Classifier, shards: str | Path, device: str = "auto",
+                   batch_size: int = 64) -> dict[str, Any]:
+    """Top-1 / top-5 of `classifier` against the target labels of synthesized shards (how well it fits them)."""
+    normalize = transforms.Normalize(classifier.mean, classifier.std)
+    resize = transforms.Resize(classifier.input_size, antialias=True)
+    dataset = ShardDataset(shards, transform=lambda image: normalize(resize(image).float() / 255))
+    return _topk(classifier, dataset, device, batch_size, 0, None)
+
+
+def _topk(classifier: Classifier, dataset, device: str, batch_size: int, workers: int,
+          progress: Optional[Progress]) -> dict[str, Any]:
+    progress = progress or Progress()
     device = resolve_device(device)
     model = classifier.model.to(device)
     k = min(5, classifier.num_classes)
@@ -88,5 +103,4 @@ def accuracy(classifier: Classifier, data: str | Path, device: str = "auto", bat
             topk += (ranked == labels[:, None]).any(1).sum().item()
             progress.advance(len(labels), {})
     progress.close()
-    return {"top1": top1 / len(dataset), "top5": topk / len(dataset), "k": k, "images": len(dataset),
-            "classes": len(dataset.classes)}
+    return {"top1": top1 / len(dataset), "top5": topk / len(dataset), "k": k, "images": len(dataset)}
