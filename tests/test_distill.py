@@ -359,3 +359,14 @@ def test_recipes_are_valid_distill_settings(name):
     config = build(DistillConfig, load_recipe(str(Path(__file__).parents[1] / "recipes" / name), "distill"))
     assert (config.epochs, config.stage1) in {(300, 250), (1000, 800), (60, 50)}
     assert config.subset == {"10": 0.1, "25": 0.25, "50": 0.5}.get(name.removesuffix(".yaml")[-2:], 1.0)
+
+
+def test_grayscale_augmentation_makes_channels_equal():
+    from PIL import Image
+
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8))
+    config = AugmentConfig(rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0, grayscale=1.0)
+    out = train_transform(32, config, (0.5,) * 3)(image)
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2])
+    colour = train_transform(32, replace(config, grayscale=0.0), (0.5,) * 3)(image)
+    assert not torch.equal(colour[0], colour[1])

@@ -40,6 +40,7 @@ class AugmentConfig:
     color_jitter: float = 0.3  # timm applies it only without RandAugment
     scale: tuple[float, float] = (0.08, 1.0)
     hflip: float = 0.5
+    grayscale: float = 0.0  # probability of a grayscale copy (helps when the teacher's data were grayscale)
     interpolation: str = "bicubic"
     mixup: float = 0.8
     cutmix: float = 1.0

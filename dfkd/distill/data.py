@@ -67,7 +67,8 @@ def train_transform(size: int, augment: AugmentConfig, mean: Sequence[float]):
     """PIL image -> augmented uint8 CHW tensor at `size` (random resized crop, flip, RandAugment / colour jitter)."""
     transform = create_transform(size, is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
                                  color_jitter=augment.color_jitter or None, auto_augment=augment.rand_augment or None,
-                                 interpolation=augment.interpolation, mean=tuple(mean), normalize=False)
+                                 interpolation=augment.interpolation, mean=tuple(mean), normalize=False,
+                                 grayscale_prob=augment.grayscale)
     for op in (op for t in transform.transforms for op in getattr(t, "ops", ())):
         if op.name.startswith("Posterize"):  # inc1 keeps 0 bits at magnitude 10, which m9-mstd0.5 reaches
             op.aug_fn = _posterize
