@@ -252,12 +252,9 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     ranks.check_all(error)
 
     # 4. Synthesis: no collective until every rank has finished its shards.
-    model = teacher.model
     cuda = device.type == "cuda"
     if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    if config.compile:
-        model = torch.compile(model)
+        teacher.model.to(memory_format=torch.channels_last)
     progress.start(sum(len(units[k * config.units_per_shard:(k + 1) * config.units_per_shard]) for k in todo)
                    * config.batch_size)
     try:
@@ -269,7 +266,8 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                 labels = torch.tensor(unit.labels, device=device)
                 result = invert_batch(teacher, labels, config.losses, config.schedule,
                                       unit_generator(config.seed, unit.id), channels_last=cuda,
-                                      autocast_dtype=torch.bfloat16 if cuda else None, model=model)
+                                      autocast_dtype=torch.bfloat16 if cuda else None,
+                                      compile=config.compile)
                 results.append(result)
                 agreement = float((result.logits.argmax(1) == labels.cpu()).float().mean())
                 _append_log(log_path, {"unit": unit.id, "shard": k, "rank": ranks.rank,

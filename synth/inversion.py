@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -95,14 +96,21 @@ def jitter_pixels(fraction: float, resolution: int) -> int:
 
 def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, schedule: Schedule,
                  generator: torch.Generator, channels_last: bool = False,
-                 autocast_dtype: Optional[torch.dtype] = None, model: Optional[torch.nn.Module] = None
-                 ) -> InversionResult:
-    """Optimise noise into images the teacher classifies as `labels`; random draws come from `generator` (CPU)."""
+                 autocast_dtype: Optional[torch.dtype] = None, model: Optional[torch.nn.Module] = None,
+                 compile: bool | str = False) -> InversionResult:
+    """Optimise noise into images the teacher classifies as `labels`; random draws come from `generator` (CPU).
+
+    `compile`: False (eager), True (torch.compile the per-iteration step: teacher forward, BN hooks and all
+    losses, forward and backward), or a torch.compile mode ("reduce-overhead" adds CUDA graphs,
+    "max-autotune") or backend name ("aot_eager", for tests). Augmentation and the Adam step stay eager. If
+    compilation fails the batch runs eagerly (one warning). A `model` that is already `torch.compile`d is used
+    as given."""
     device = labels.device
-    model = model or teacher.model
+    model = teacher.model if model is None else model  # not `or`: a compiled module has no truth value
     low, high = teacher.pixel_bounds(device)
     bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first)
     tap = EmbeddingTap(teacher.classifier)
+    step = _compiled_step(compile)
     final = schedule.resolutions[-1]
     start = final if schedule.multires == "pool" else schedule.resolutions[0]
     x = torch.randn((len(labels), 3, start, start), generator=generator).to(device)
@@ -112,43 +120,89 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
         for resolution, iterations in zip(schedule.resolutions, schedule.iterations):
             if schedule.multires == "upsample" and x.shape[-1] != resolution:
                 x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-            x = torch.max(torch.min(x.detach(), high), low).requires_grad_(True)
-            optimizer = torch.optim.Adam([x], lr=schedule.lr, betas=tuple(schedule.betas), eps=schedule.eps)
+            x = x.detach().clamp(min=low, max=high).requires_grad_(True)
+            optimizer = _adam(x, schedule)
             shifts = jitter_pixels(schedule.jitter, resolution)
             offsets = torch.randint(-shifts, shifts + 1, (iterations, 2), generator=generator).tolist()
             flips = (torch.rand(iterations, generator=generator) < 0.5).tolist()
             for it in range(iterations):
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(schedule.lr, it, iterations)
-                optimizer.zero_grad(set_to_none=True)
+                optimizer.param_groups[0]["lr"] = learning_rate(schedule.lr, it, iterations)
+                x.grad = None
                 view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
                 augmented = torch.roll(view, shifts=tuple(offsets[it]), dims=(2, 3))
                 if schedule.flip and flips[it]:
                     augmented = augmented.flip(3)
                 if channels_last:
                     augmented = augmented.contiguous(memory_format=torch.channels_last)
-                with _autocast(device, autocast_dtype):
-                    logits = model(augmented)
-                terms = _objective(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights)
+                if step is not None:
+                    try:
+                        terms = step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype)
+                    except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
+                        warnings.warn(f"torch.compile of the inversion step failed, running eagerly: "
+                                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                        step = None
+                        _COMPILED[_compile_key(compile)] = None  # later batches go eager without retrying
+                if step is None:
+                    terms = _step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype)
                 terms["total"].backward()
                 if it == 0:
-                    first_total = terms["total"].detach()
+                    first_total = terms["total"].detach().clone()  # clone: CUDA-graph outputs are reused
                 optimizer.step()
                 with torch.no_grad():
-                    x.copy_(torch.max(torch.min(x, high), low))
-            stage_totals.append((first_total, terms["total"].detach()))
-        images = (teacher.denormalize(x.detach()) * 255).round().to(torch.uint8)
-        with torch.no_grad():
-            final_logits = teacher.model(teacher.normalize(images.float() / 255))
+                    x.clamp_(min=low, max=high)
+            stage_totals.append((first_total, terms["total"].detach().clone()))
     finally:
         bn_loss.remove()
         tap.remove()
+    images = (teacher.denormalize(x.detach()) * 255).round().to(torch.uint8)
+    with torch.no_grad():
+        final_logits = teacher.model(teacher.normalize(images.float() / 255))
     return InversionResult(
         images=images.permute(0, 2, 3, 1).contiguous().cpu(),
         logits=final_logits.float().cpu(),
         losses={name: float(value.detach()) for name, value in terms.items()},
         stage_totals=[(float(a), float(b)) for a, b in stage_totals],
     )
+
+
+def _adam(x: torch.Tensor, schedule: Schedule) -> torch.optim.Optimizer:
+    """Adam over the one image tensor: the fused kernel (one pass instead of about ten) where this torch has it."""
+    kwargs = dict(lr=schedule.lr, betas=tuple(schedule.betas), eps=schedule.eps)
+    try:
+        return torch.optim.Adam([x], fused=True, **kwargs)
+    except (RuntimeError, TypeError, ValueError):
+        return torch.optim.Adam([x], foreach=x.device.type == "cuda", **kwargs)
+
+
+def _step(model: torch.nn.Module, augmented: torch.Tensor, labels: torch.Tensor, bn_loss: BNStatisticsLoss,
+          tap: EmbeddingTap, weights: LossWeights, autocast_dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
+    """One teacher forward (BN hooks and embedding tap fire) and the objective: what `compile` compiles."""
+    with _autocast(augmented.device, autocast_dtype):
+        logits = model(augmented)
+    return _objective(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights)
+
+
+_COMPILED: dict[str, Optional[Callable]] = {}
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def _compiled_step(option: bool | str) -> Optional[Callable]:
+    """The compiled `_step` for a compile option (cached per option, so batches reuse the compiled graphs)."""
+    if not option:
+        return None
+    key = _compile_key(option)
+    if key not in _COMPILED:
+        try:
+            kwargs = {"mode": key} if key in _COMPILE_MODES else {"backend": key}
+            _COMPILED[key] = torch.compile(_step, dynamic=False, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - torch.compile unsupported here
+            warnings.warn(f"torch.compile is unavailable, running eagerly: {type(exc).__name__}: {exc}")
+            _COMPILED[key] = None
+    return _COMPILED[key]
+
+
+def _compile_key(option: bool | str) -> str:
+    return "default" if option is True else str(option)
 
 
 def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,

@@ -8,10 +8,65 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
+def channel_stats(x: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean and biased variance of `x` (N, C, ...) over all dims but 1, stacked (2, C), in fp32.
+
+    One read of `x` for the statistics and one fused multiply-add for the gradient, where autograd through
+    `torch.var_mean` costs about 20x more on CPU. Works on bf16 inputs without an fp32 copy."""
+    return _ChannelStats.apply(x)
+
+
+def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
+    """fp32 for fp32 and lower precisions (bf16 and fp16 inputs are read without a copy), else x's own dtype."""
+    return x.dtype if x.dtype == torch.float64 else torch.float32
+
+
+class _ChannelStats(torch.autograd.Function):
+    """mean_c = S1/M, var_c = S2/M - mean_c^2 from fp32 sums; backward d/dx = (g_mean + 2 g_var (x - mean)) / M."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        count = x.numel() // x.shape[1]
+        acc = _accumulation_dtype(x)
+        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+            dims = (0, 2, 3)  # channels innermost: one vectorised reduction over everything else
+            s1 = x.sum(dims, dtype=acc)
+            s2 = torch.linalg.vector_norm(x, 2, dims, dtype=acc).square()
+        else:
+            # Contiguous inner (spatial) reductions first, then over the batch: the CPU reduction kernels are
+            # ~5x faster along the contiguous dimension than across strided (0, 2, 3).
+            inner = tuple(range(2, x.dim()))
+            if inner:
+                s1 = x.sum(inner, dtype=acc).sum(0)
+                s2 = torch.linalg.vector_norm(x, 2, inner, dtype=acc).square().sum(0)
+            else:
+                s1 = x.sum(0, dtype=acc)
+                s2 = torch.linalg.vector_norm(x, 2, 0, dtype=acc).square()
+        mean = s1 / count
+        # E[x^2] - mean^2: the absolute error is about 1e-7 * (mean^2 + var), far below what the loss resolves.
+        var = (s2 / count - mean * mean).clamp_min(0)
+        ctx.save_for_backward(x, mean)
+        return torch.stack((mean, var))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        x, mean = ctx.saved_tensors
+        count = x.numel() // x.shape[1]
+        scale = grad[1] * (2.0 / count)
+        shift = grad[0] / count - scale * mean
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        # shift + x * scale in the statistics' precision: with bf16 x, bf16 products cancel badly where x ~ mean.
+        return torch.addcmul(shift.view(shape), x, scale.view(shape)).to(x.dtype)
+
+
+def _running_stats(layer: nn.Module) -> torch.Tensor:
+    return torch.stack((layer.running_mean.float(), layer.running_var.float()))
+
+
 def bn_stat_distance(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor) -> torch.Tensor:
     """||mu(x) - mu^||_2 + ||var(x) - var^||_2 over (N, H, W), biased variance, computed in fp32."""
-    var, mean = torch.var_mean(x.float(), dim=(0, 2, 3), correction=0)
-    return torch.linalg.vector_norm(mean - running_mean.float()) + torch.linalg.vector_norm(var - running_var.float())
+    running = torch.stack((running_mean.float(), running_var.float()))
+    return torch.linalg.vector_norm(channel_stats(x) - running, dim=1).sum()
 
 
 class BNStatisticsLoss:
@@ -20,11 +75,16 @@ class BNStatisticsLoss:
     def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0):
         self.first_multiplier = first_multiplier
         self._terms: list[Optional[torch.Tensor]] = [None] * len(bn_layers)
+        # (running_mean; running_var) in fp32 per layer, built once: eval-mode BN never updates them.
+        self._running = [_running_stats(layer) for layer in bn_layers]
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(bn_layers)]
 
     def _hook(self, index: int):
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            self._terms[index] = bn_stat_distance(inputs[0], module.running_mean, module.running_var)
+            running = self._running[index]
+            if running.device != inputs[0].device:  # the teacher moved after the hooks were set
+                running = self._running[index] = _running_stats(module)
+            self._terms[index] = torch.linalg.vector_norm(channel_stats(inputs[0]) - running, dim=1).sum()
         return hook
 
     def loss(self) -> torch.Tensor:
@@ -32,7 +92,8 @@ class BNStatisticsLoss:
         terms = self._terms
         if any(t is None for t in terms):
             raise RuntimeError("BNStatisticsLoss.loss() called before a forward pass reached every BN layer")
-        return self.first_multiplier * terms[0] + sum(terms[1:], torch.zeros_like(terms[0]))
+        stacked = torch.stack(terms)  # type: ignore[arg-type]
+        return stacked.sum() + (self.first_multiplier - 1.0) * stacked[0]
 
     def remove(self) -> None:
         """Detach all hooks."""
@@ -41,13 +102,43 @@ class BNStatisticsLoss:
 
 
 def tv_prior(x: torch.Tensor) -> torch.Tensor:
-    """Sum over four neighbour directions (horizontal, vertical, both diagonals) of the Frobenius norm of differences."""
-    return (
-        torch.linalg.vector_norm(x[:, :, :, :-1] - x[:, :, :, 1:])
-        + torch.linalg.vector_norm(x[:, :, :-1, :] - x[:, :, 1:, :])
-        + torch.linalg.vector_norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:])
-        + torch.linalg.vector_norm(x[:, :, :-1, :-1] - x[:, :, 1:, 1:])
-    )
+    """Sum over four neighbour directions (horizontal, vertical, both diagonals) of the Frobenius norm of differences.
+
+    A hand-written backward (one zero-filled gradient, two strided adds per direction) costs about a fifth of
+    autograd's (slice, subtract and norm backward with a zero-filled full-size tensor per slice)."""
+    return _TotalVariation.apply(x)
+
+
+# (minuend, subtrahend) slices over (H, W) of the four neighbour differences: horizontal, vertical, two diagonals.
+_TV_SLICES = (
+    ((slice(None), slice(None, -1)), (slice(None), slice(1, None))),
+    ((slice(None, -1), slice(None)), (slice(1, None), slice(None))),
+    ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+    ((slice(None, -1), slice(None, -1)), (slice(1, None), slice(1, None))),
+)
+
+
+class _TotalVariation(torch.autograd.Function):
+    """R_TV = sum_k ||x[a_k] - x[b_k]||; d/dx adds d_k / ||d_k|| at a_k and subtracts it at b_k (0 where d_k = 0)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        diffs = [x[..., a[0], a[1]] - x[..., b[0], b[1]] for a, b in _TV_SLICES]
+        norms = torch.stack([torch.linalg.vector_norm(d, dtype=_accumulation_dtype(x)) for d in diffs])
+        ctx.save_for_backward(norms, *diffs)
+        ctx.shape = x.shape
+        return norms.sum().to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        norms, *diffs = ctx.saved_tensors
+        scale = torch.where(norms > 0, grad / norms, torch.zeros_like(norms)).to(diffs[0].dtype)
+        out = diffs[0].new_zeros(ctx.shape)
+        for (a, b), d, s in zip(_TV_SLICES, diffs, scale.unbind()):
+            step = d * s
+            out[..., a[0], a[1]] += step
+            out[..., b[0], b[1]] -= step
+        return out
 
 
 def l2_prior(x: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.h5$")
 COMPRESSIONS = ("none", "lzf", "gzip")
-_CHUNK_BYTES = 64 * 1024
 
 
 def shard_name(index: int) -> str:
@@ -64,11 +63,10 @@ def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray, sample
     digest = content_digest(images, labels, sample_ids, logits)
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    per_chunk = max(1, min(n, _CHUNK_BYTES // (height * width * 3)))
     options = {} if compression == "none" else {"compression": compression}
     try:
         with h5py.File(tmp, "w", track_order=False) as f:
-            f.create_dataset("images", data=images, chunks=(per_chunk, height, width, 3), **options)
+            f.create_dataset("images", data=images, chunks=(1, height, width, 3), **options)
             f.create_dataset("labels", data=labels.astype(np.int64))
             f.create_dataset("sample_ids", data=sample_ids.astype(np.int64))
             if logits is not None:
@@ -226,7 +224,7 @@ class ShardDataset(Dataset):
         self.labels = np.concatenate(labels)
         self.sample_ids = np.concatenate(ids)
         self._offsets = np.cumsum([0] + counts).tolist()
-        self._files: dict[int, h5py.File] = {}
+        self._files: dict[int, tuple[h5py.File, h5py.Dataset, Optional[h5py.Dataset]]] = {}
         self._pid = os.getpid()
 
     def _read_attrs(self, f: h5py.File) -> None:
@@ -244,11 +242,14 @@ class ShardDataset(Dataset):
     def __len__(self) -> int:
         return self._offsets[-1]
 
-    def _file(self, shard: int) -> h5py.File:
+    def _open(self, shard: int) -> tuple[h5py.File, h5py.Dataset, Optional[h5py.Dataset]]:
+        """This process's (file, images, logits) handles of a shard; dataset objects are cached because the
+        name lookup costs far more than reading one image."""
         if os.getpid() != self._pid:  # forked into a worker: never share the parent's handles
             self._files, self._pid = {}, os.getpid()
         if shard not in self._files:
-            self._files[shard] = h5py.File(self.paths[shard], "r")
+            f = h5py.File(self.paths[shard], "r")
+            self._files[shard] = (f, f["images"], f["teacher_logits"] if self.return_logits else None)
         return self._files[shard]
 
     def __getitem__(self, index: int):
@@ -258,8 +259,8 @@ class ShardDataset(Dataset):
             raise IndexError(index)
         shard = bisect.bisect_right(self._offsets, index) - 1
         local = index - self._offsets[shard]
-        f = self._file(shard)
-        array = f["images"][local]
+        _, images, logits = self._open(shard)
+        array = images[local]
         if self.as_pil:
             from PIL import Image
 
@@ -270,7 +271,7 @@ class ShardDataset(Dataset):
             image = self.transform(image)
         label = int(self.labels[index])
         if self.return_logits:
-            return image, label, torch.from_numpy(f["teacher_logits"][local].astype(np.float32))
+            return image, label, torch.from_numpy(logits[local].astype(np.float32))
         return image, label
 
     def __getstate__(self) -> dict:
@@ -280,6 +281,6 @@ class ShardDataset(Dataset):
 
     def close(self) -> None:
         """Close the open file handles of this process."""
-        for handle in self._files.values():
+        for handle, _, _ in self._files.values():
             handle.close()
         self._files = {}

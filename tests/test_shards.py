@@ -27,7 +27,7 @@ def test_plain_h5py_round_trip(tmp_path):
     images, labels, ids, logits = _write(tmp_path, 0, compression="lzf")
     with h5py.File(tmp_path / "shard-000000.h5", "r") as f:
         assert f["images"].dtype == np.uint8 and f["images"].shape == (6, 8, 8, 3)
-        assert f["images"].chunks[1:] == (8, 8, 3) and f["images"].compression == "lzf"
+        assert f["images"].chunks == (1, 8, 8, 3) and f["images"].compression == "lzf"
         np.testing.assert_array_equal(f["images"][:], images)
         assert f["labels"].dtype == np.int64 and f["sample_ids"].dtype == np.int64
         np.testing.assert_array_equal(f["labels"][:], labels)
