@@ -66,6 +66,8 @@ effective batch = batch size x processes):
 @click.option("--weight-decay", type=float, help="AdamW weight decay. [default: 0.05]")
 @click.option("--rand-augment", help="timm RandAugment string, or none. [default: rand-m9-mstd0.5-inc1]")
 @click.option("--hflip", type=float, help="Horizontal flip probability. [default: 0.5]")
+@click.option("--grayscale", type=float, help="Probability of a grayscale copy (teachers of grayscale data). "
+                                              "[default: 0]")
 @click.option("--mixup", type=float, help="Mixup alpha (0: off). [default: 0.8]")
 @click.option("--cutmix", type=float, help="CutMix alpha (0: off). [default: 1.0]")
 @click.option("--reprob", type=float, help="Random erasing probability. [default: 0.25]")
@@ -91,6 +93,7 @@ def distill(out: str, config_path: str, json_mode: bool, quiet: bool, **options)
         "optim.lr": options["lr"], "optim.min_lr": options["min_lr"], "optim.warmup_epochs": options["warmup_epochs"],
         "optim.weight_decay": options["weight_decay"],
         "augment.rand_augment": "" if rand_augment == "none" else rand_augment, "augment.hflip": options["hflip"],
+        "augment.grayscale": options["grayscale"],
         "augment.mixup": options["mixup"], "augment.cutmix": options["cutmix"], "augment.reprob": options["reprob"],
         "augment.smoothing": options["smoothing"],
     }))
