@@ -9,7 +9,7 @@ from synth.engine import Progress
 EXAMPLE = """
 \b
 Examples:
-  dfkd demo                      # about 10 minutes on 2 CPU cores; results in ./dfkd-demo
+  dfkd demo                      # about 6 minutes on 2 CPU cores; results in ./dfkd-demo
   dfkd demo --fast --out /tmp/d  # a minute: the same steps at toy scale
   dfkd demo --json               # one JSON object with teacher_accuracy, student_accuracy, fidelity, ...
 
