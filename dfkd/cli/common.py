@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import click
 
+from synth.engine import Progress
 from synth.errors import UserError
 
 EXIT_USAGE = 2
@@ -80,6 +81,13 @@ class Reporter:
             if postfix:
                 self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(n)
+
+    def progress(self, desc: str, unit: str = "img",
+                 postfix: Callable[[dict], dict] = lambda info: {}) -> Progress:
+        """A synth Progress driving this reporter's bar; `postfix` picks what each update shows beside it."""
+        return Progress(start=lambda total: self.bar(total, unit, desc),
+                        advance=lambda n, info: self.update(n, **postfix(info)),
+                        message=self.message, close=self.close_bar)
 
     def close_bar(self) -> None:
         """Close the current bar, if any."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 import click
 
 from dfkd.cli.common import Reporter, common_options
-from synth.engine import Progress
 
 EXAMPLE = """
 \b
@@ -32,13 +31,9 @@ def demo(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: s
 
     reporter = Reporter(json_mode, quiet)
 
-    def progress_for(step: str) -> Progress:
-        return Progress(start=lambda total: reporter.bar(total, "img", step),
-                        advance=lambda n, info: reporter.update(n, **_postfix(info)),
-                        message=reporter.message, close=reporter.close_bar)
-
     reporter.message(f"dfkd demo: teacher -> synthesize -> distill -> evaluate, in {out}")
-    result = run_demo(out, config_path, fast, threads, lpips_backbone, progress_for)
+    result = run_demo(out, config_path, fast, threads, lpips_backbone,
+                      lambda step: reporter.progress(step, postfix=_postfix))
     reporter.result(result, results_table(result) + [f"image grid: {result['grid']}"])
 
 

@@ -110,19 +110,8 @@ def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     if ranks.rank != 0:
         return Progress(message=lambda text: None)
     desc = "distill" if not ranks.distributed else f"distill ({ranks.world_size} processes)"
-    return Progress(
-        start=lambda total: reporter.bar(total, "img", desc),
-        advance=lambda n, info: _advance(reporter, n, info),
-        message=reporter.message,
-        close=reporter.close_bar,
-    )
-
-
-def _advance(reporter: Reporter, images: int, info: dict) -> None:
-    bar = reporter._bar
-    if bar is not None:
-        bar.set_postfix(epoch=info["epoch"], stage=info["stage"], loss=f"{info['loss']:.3f}", refresh=False)
-        bar.update(images)
+    return reporter.progress(desc, postfix=lambda info: {"epoch": info["epoch"], "stage": info["stage"],
+                                                         "loss": f"{info['loss']:.3f}"})
 
 
 def _lines(summary: dict) -> list[str]:

@@ -13,7 +13,7 @@ from dfkd.evaluate import accuracy as run_accuracy
 from dfkd.evaluate import export_imagefolder, inspect_shards, load_student, lpips_diversity, teacher_classifier
 from dfkd.evaluate import fidelity as run_fidelity
 from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
-from synth.engine import Progress, parse_classes
+from synth.engine import parse_classes
 from synth.errors import UserError
 from synth.shards import ShardDataset
 from synth.teacher import load_teacher
@@ -63,12 +63,6 @@ def _settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
     return cfg
 
 
-def _progress(reporter: Reporter, desc: str, unit: str = "img") -> Progress:
-    bars = []
-    return Progress(start=lambda total: bars.append(reporter.bar(total, unit, desc)),
-                    advance=lambda n, _losses: bars[-1].update(n), message=reporter.message, close=reporter.close_bar)
-
-
 def _class_label(result: dict, c: int) -> str:
     name = (result.get("class_names") or {}).get(c)
     return f"{c} ({name})" if name else str(c)
@@ -107,7 +101,7 @@ def diversity(shards: str, config_path: Optional[str], json_mode: bool, quiet: b
     pairs = options.pop("pairs")
     cfg = _settings(config_path, {**options, "pairs": int(pairs) if pairs and pairs.isdigit() else pairs})
     result = lpips_diversity(shards, cfg.lpips_backbone, None if cfg.pairs == "all" else cfg.pairs, cfg.seed,
-                             cfg.device, cfg.batch_size, _progress(reporter, "lpips"))
+                             cfg.device, cfg.batch_size, reporter.progress("lpips"))
     lines = [f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)"
              for c, v in result["per_class"].items()]
     upsampled = f", upsampled from {result['stored_resolution']} px" if result["upsampled"] else ""
@@ -137,7 +131,7 @@ def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bo
     if not spec:
         raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher SPEC")
     teacher = load_teacher(spec, cfg.teacher_weights)
-    result = run_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, _progress(reporter, "fidelity"))
+    result = run_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
 
@@ -174,7 +168,7 @@ def accuracy(config_path: Optional[str], json_mode: bool, quiet: bool, **options
     result = {"data": cfg.data}
     for role, classifier in models.items():
         result[role] = run_accuracy(classifier, cfg.data, cfg.device, cfg.batch_size, cfg.workers, cfg.crop_pct,
-                                    _progress(reporter, role))
+                                    reporter.progress(role))
     reporter.result(result, [f"{role}: top-1 {result[role]['top1']:.2%}  top-{result[role]['k']} "
                              f"{result[role]['top5']:.2%}  ({result[role]['images']} images)" for role in models])
 
@@ -233,5 +227,5 @@ export is written into OUT.tmp and renamed to OUT when complete.
 def export(shards: str, fmt: str, out: str, config_path: Optional[str], json_mode: bool, quiet: bool) -> None:
     """Export shards for projects that do not read HDF5 (PNG class folders)."""
     reporter = Reporter(json_mode, quiet)
-    result = export_imagefolder(shards, out, _progress(reporter, "export"))
+    result = export_imagefolder(shards, out, reporter.progress("export"))
     reporter.result(result, [f"exported {result['images']} images of {result['classes']} classes to {result['out']}"])

@@ -87,13 +87,8 @@ def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     if ranks.rank != 0:
         return Progress(message=lambda text: reporter.message(f"[rank {ranks.rank}] {text}"))
     desc = "synthesize" if not ranks.distributed else f"synthesize (rank 0 of {ranks.world_size})"
-    return Progress(
-        start=lambda total: reporter.bar(total, "img", desc),
-        advance=lambda n, losses: reporter.update(n, loss=f"{losses.get('total', float('nan')):.3f}",
-                                                  ce=f"{losses.get('ce', float('nan')):.3f}"),
-        message=reporter.message,
-        close=reporter.close_bar,
-    )
+    return reporter.progress(desc, postfix=lambda losses: {"loss": f"{losses['total']:.3f}",
+                                                           "ce": f"{losses['ce']:.3f}"})
 
 
 def _lines(summary: dict) -> list[str]:
