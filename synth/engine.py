@@ -80,9 +80,7 @@ class SynthesisConfig:
 
     def resolved_threads(self) -> int:
         """The CPU thread count: `threads`, or all cores when 0."""
-        if self.threads:
-            return self.threads
-        return _cores()
+        return self.threads or available_cores()
 
     def identity(self, teacher: Teacher, classes: list[int]) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads."""
@@ -218,7 +216,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     if ranks.rank == 0:
         try:
             _prepare_output(out, identity, teacher, num_shards, len(units) * config.batch_size)
-            cores = _cores()
+            cores = available_cores()
             if ranks.local_world_size * threads > cores:
                 progress.message(f"note: {ranks.local_world_size} process(es) x {threads} threads exceed this "
                                  f"machine's {cores} cores; --threads (part of the config) sets the count")
@@ -239,9 +237,9 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         for k in range(ranks.rank, num_shards, ranks.world_size):
             path = out / shard_io.shard_name(k)
             if path.exists():
-                problem = shard_io.verify_shard(path)
+                shard, problem = shard_io.load_verified(path)
                 if problem is None:
-                    mine.add_existing(path)
+                    mine.add_existing(shard)
                     continue
                 progress.message(f"shard {path.name} is damaged ({problem}); regenerating it")
                 path.unlink()
@@ -321,13 +319,10 @@ class _RankResult:
     total: int = 0
     has_logits: bool = True
 
-    def add_existing(self, path: Path) -> None:
-        import h5py
-
-        self.shards.append(shard_io.shard_summary(path))
+    def add_existing(self, shard: shard_io.VerifiedShard) -> None:
+        self.shards.append(shard.summary())
         self.skipped += 1
-        with h5py.File(path, "r") as f:
-            self._count(f["labels"][:], f["teacher_logits"][:] if "teacher_logits" in f else None)
+        self._count(shard.labels, shard.logits)
 
     def add_written(self, name: str, digest: str, labels: np.ndarray, logits: Optional[np.ndarray]) -> None:
         self.shards.append({"file": name, "count": int(len(labels)), "digest": digest})
@@ -344,17 +339,17 @@ class _RankResult:
 
 def _check_same_identity(identities: list[dict]) -> None:
     """Every rank must synthesize the same thing (same teacher weights, classes, threads, ...) as rank 0."""
-    first = _flatten(identities[0])
     for rank, identity in enumerate(identities[1:], start=1):
-        flat = _flatten(identity)
-        key = next((k for k in sorted(set(first) | set(flat)) if first.get(k) != flat.get(k)), None)
-        if key is not None:
-            raise UserError(f"rank {rank} computes a different config than rank 0 ({key}: {flat.get(key)!r} "
-                            f"there, {first.get(key)!r} on rank 0); give every node the same files and "
+        difference = _first_difference(identity, identities[0])
+        if difference is not None:
+            key, there, first = difference
+            raise UserError(f"rank {rank} computes a different config than rank 0 ({key}: {there!r} "
+                            f"there, {first!r} on rank 0); give every node the same files and "
                             "an explicit --threads")
 
 
-def _cores() -> int:
+def available_cores() -> int:
+    """CPU cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
@@ -363,11 +358,11 @@ def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}' exists and is not a directory")
     existing = _existing_identity(out)
-    if existing is not None and existing != identity:
-        there, now = _flatten(existing), _flatten(identity)
-        key = next(k for k in sorted(set(there) | set(now)) if there.get(k) != now.get(k))
-        raise UserError(f"output directory '{out}' holds a different synthesis ({key}: {there.get(key)!r} "
-                        f"there, {now.get(key)!r} now); choose another --out or delete it")
+    difference = _first_difference(existing, identity) if existing is not None else None
+    if difference is not None:
+        key, there, now = difference
+        raise UserError(f"output directory '{out}' holds a different synthesis ({key}: {there!r} "
+                        f"there, {now!r} now); choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.tmp"):
         stale.unlink()
@@ -381,6 +376,13 @@ def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int
     manifest.setdefault("images", 0)
     manifest.setdefault("complete", False)
     shard_io.write_manifest(out, manifest)
+
+
+def _first_difference(a: dict, b: dict) -> Optional[tuple[str, Any, Any]]:
+    """(dotted key, value in a, value in b) of the first setting where two nested configs differ, or None."""
+    flat_a, flat_b = _flatten(a), _flatten(b)
+    key = next((k for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)), None)
+    return None if key is None else (key, flat_a.get(key), flat_b.get(key))
 
 
 def _flatten(data: dict, prefix: str = "") -> dict:

@@ -109,30 +109,45 @@ def _check_version(path: Path, attrs: Any) -> None:
                         f"{FORMAT_VERSION}, upgrade dfkd")
 
 
-def verify_shard(path: str | Path) -> Optional[str]:
-    """None if the shard opens, has the v1 layout and its content matches its digest; else what is wrong."""
+@dataclass
+class VerifiedShard:
+    """A shard whose content matched its digest: its manifest entry, labels and (optional) teacher logits."""
+
+    file: str
+    digest: str
+    labels: np.ndarray
+    logits: Optional[np.ndarray]
+
+    def summary(self) -> dict[str, Any]:
+        """Name, count and digest, as listed in the manifest."""
+        return {"file": self.file, "count": int(len(self.labels)), "digest": self.digest}
+
+
+def load_verified(path: str | Path) -> tuple[Optional[VerifiedShard], Optional[str]]:
+    """(the shard, None) if it opens, has the v1 layout and matches its digest; else (None, what is wrong).
+    One read of the file serves both the check and what resume and verify need from it."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
             _check_version(path, f.attrs)
-            n = len(f["labels"])
+            labels = f["labels"][:]
             logits = f["teacher_logits"][:] if "teacher_logits" in f else None
+            n = len(labels)
             if len(f["images"]) != n or len(f["sample_ids"]) != n or (logits is not None and len(logits) != n):
-                return "dataset lengths differ"
-            actual = content_digest(f["images"][:], f["labels"][:], f["sample_ids"][:], logits)
-            if actual != f.attrs.get("digest"):
-                return "content does not match its digest"
+                return None, "dataset lengths differ"
+            digest = str(f.attrs.get("digest"))
+            if content_digest(f["images"][:], labels, f["sample_ids"][:], logits) != digest:
+                return None, "content does not match its digest"
     except UserError as exc:
-        return str(exc)
+        return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any read failure means a damaged shard
-        return f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    return None
+        return None, f"unreadable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+    return VerifiedShard(path.name, digest, labels, logits), None
 
 
-def shard_summary(path: str | Path) -> dict[str, Any]:
-    """Name, count and digest of a (verified) shard, as listed in the manifest."""
-    with h5py.File(path, "r") as f:
-        return {"file": Path(path).name, "count": int(len(f["labels"])), "digest": str(f.attrs["digest"])}
+def verify_shard(path: str | Path) -> Optional[str]:
+    """None if the shard opens, has the v1 layout and its content matches its digest; else what is wrong."""
+    return load_verified(path)[1]
 
 
 def read_shard_config(path: str | Path) -> dict:
@@ -186,16 +201,17 @@ def verify(root: str | Path) -> VerifyReport:
     if not root.is_dir():
         raise UserError(f"shard directory '{root}' does not exist")
     report = VerifyReport()
-    for path in list_shards(root):
-        problem = verify_shard(path)
+    paths = list_shards(root)
+    for path in paths:
+        shard, problem = load_verified(path)
         report.shards += 1
         if problem:
             report.problems[path.name] = problem
         else:
-            report.images += shard_summary(path)["count"]
+            report.images += len(shard.labels)
     manifest = read_manifest(root)
     if manifest:
-        present = {p.name for p in list_shards(root)}
+        present = {p.name for p in paths}
         expected = [shard_name(i) for i in range(int(manifest.get("num_shards", 0)))]
         report.missing = [name for name in expected if name not in present]
     return report

@@ -13,7 +13,6 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
-from synth import small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
 from synth.errors import UserError
 
 TEACHER_FILE_FORMAT = "dfkd-teacher"

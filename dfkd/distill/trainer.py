@@ -41,7 +41,7 @@ from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
 from synth.distributed import Ranks
-from synth.engine import Progress, resolve_device
+from synth.engine import Progress, available_cores, resolve_device
 from synth.errors import UserError
 from synth.teacher import Teacher, load_teacher
 
@@ -354,7 +354,7 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
     error = None
     try:
         config.validate()
-        threads = config.threads or _cores()
+        threads = config.threads or available_cores()
         torch.set_num_threads(threads)
         device = ranks.local_device(resolve_device(config.device))
         output = Output(out, main=ranks.rank == 0)
@@ -364,9 +364,9 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
             _check_world(saved, ranks.world_size, config.batch_size)
         elif config.resume:
             progress.message(f"no checkpoint in '{out}' yet; starting a fresh run")
-        if ranks.distributed and ranks.local_world_size * threads > _cores():
+        if ranks.distributed and ranks.local_world_size * threads > available_cores():
             progress.message(f"note: {ranks.local_world_size} processes x {threads} threads exceed this machine's "
-                             f"{_cores()} cores; set --threads")
+                             f"{available_cores()} cores; set --threads")
         seed_all(config.seed)
         run = setup(config, device, progress, ranks.world_size)
         student, optimizer, scheduler, steps = run.student, run.optimizer, run.scheduler, run.steps
@@ -469,5 +469,3 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
             "seconds": round(time.time() - started, 2)}
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
