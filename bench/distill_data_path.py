@@ -53,7 +53,7 @@ def throughput(run, batches, steps: int, warmup: int) -> float:
     """img/s of `steps` training steps on the batches an iterator yields, after `warmup` untimed steps."""
     def step() -> int:
         images, labels, *_ = next(batches)
-        train_step(run.student, run.criterion, run.optimizer, run.prep(images, labels), 1, run.block_taps)
+        train_step(run.model, run.optimizer, run.prep(images, labels), 1)
         return len(images)
 
     for _ in range(warmup):

@@ -104,12 +104,13 @@ def find_bn_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def state_dict_sha256(model: nn.Module) -> str:
-    """sha256 over the model's state_dict (sorted keys, raw tensor bytes): identifies the weights."""
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state_dict's names, dtypes, shapes and raw bytes (sorted by name): identifies the weights."""
     digest = hashlib.sha256()
-    for key, tensor in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    for key, tensor in sorted(state.items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{key}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -180,7 +181,7 @@ def _finish(model: nn.Module, spec: str, mean, std, input_size: int, classifier_
         class_names = None
     return Teacher(
         model=model, spec=spec, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-        input_size=int(input_size), classifier=classifier, weights_sha256=state_dict_sha256(model),
+        input_size=int(input_size), classifier=classifier, weights_sha256=state_dict_sha256(model.state_dict()),
         class_names=class_names, bn_layers=find_bn_layers(model),
     )
 

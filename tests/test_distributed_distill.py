@@ -68,9 +68,9 @@ def runs(random_teacher, tmp_path_factory):
 
 
 def _sha256_file(path: Path) -> str:
-    from dfkd.distill.trainer import state_sha256
+    from synth.teacher import state_dict_sha256
 
-    return state_sha256(torch.load(path, weights_only=True))
+    return state_dict_sha256(torch.load(path, weights_only=True))
 
 
 def test_ranks_end_with_the_same_weights_and_only_rank_0_writes(runs):

@@ -14,7 +14,6 @@ Rank 0 alone writes files; every rank reads the checkpoint on --resume.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -43,7 +42,7 @@ from dfkd.models import Aligner  # importing dfkd.models registers the DearKD st
 from synth.distributed import Ranks
 from synth.engine import Progress, available_cores, resolve_device
 from synth.errors import UserError
-from synth.teacher import Teacher, load_teacher
+from synth.teacher import Teacher, load_teacher, state_dict_sha256
 
 CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -189,12 +188,10 @@ def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) 
                                    broadcast_buffers=False)
 
 
-def train_step(student: nn.Module, criterion: DistillationLoss, optimizer: torch.optim.Optimizer, batch: Batch,
-               stage: int, block_taps: Optional[BlockTaps] = None,
-               model: Optional[nn.Module] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """One optimiser step on a prepared batch (bf16 autocast on CUDA); returns the loss and its parts. `model`
-    (a Distiller of this student and criterion, or its DDP wrapper) runs the forward when given."""
-    model = model if model is not None else Distiller(student, criterion, block_taps)
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
+               stage: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """One optimiser step of `model` (a Distiller or its DDP wrapper) on a prepared batch (bf16 autocast on CUDA);
+    returns the loss and its parts, detached (no host sync)."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if batch.inputs.is_cuda else nullcontext()
     with autocast:
         loss, parts = model(batch.inputs, batch.target, stage, batch.stored_probs)
@@ -238,16 +235,6 @@ def _check_world(state: dict, world_size: int, batch_size: int) -> None:
         raise UserError(f"cannot resume: the checkpoint was made with {saved} process(es) (effective batch "
                         f"{saved * batch_size}), now {world_size}; launch the same number of processes "
                         "or use another --out")
-
-
-def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over a state_dict's names, dtypes, shapes and bytes, in its order: equal weights, equal digest."""
-    digest = hashlib.sha256()
-    for key, value in state.items():
-        value = value.detach().cpu().contiguous()
-        digest.update(f"{key}:{value.dtype}:{tuple(value.shape)};".encode())
-        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def _rank_seed(seed: int, rank: int) -> int:
@@ -421,7 +408,7 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
             epoch_start, shown = time.time(), 0
             for step, (images, labels, *logits) in enumerate(loader, 1):
                 batch = run.prep(images, labels, logits[0] if logits else None)
-                loss, parts = train_step(student, run.criterion, optimizer, batch, stage, run.block_taps, model)
+                loss, parts = train_step(model, optimizer, batch, stage)
                 updates += 1
                 scheduler.step_update(updates)
                 sums += torch.stack([loss, parts["cls"], parts["dist"], parts["hid"]])
@@ -452,7 +439,7 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
     finally:
         progress.close()
     model = None
-    hashes = ranks.all_gather(state_sha256(student.state_dict()))
+    hashes = ranks.all_gather(state_dict_sha256(student.state_dict()))
     if any(h != hashes[0] for h in hashes):  # DDP keeps the replicas equal; anything else is a bug, not a result
         raise RuntimeError(f"the processes ended with different student weights (sha256 {hashes}); "
                            "student.pth was not written")
