@@ -19,15 +19,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.data.digits import load_digits_split, write_image_folder
+from dfkd.config import load_recipe
+from dfkd.data.digits import write_image_folder
+from dfkd.demo import prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, lpips_diversity, teacher_classifier
 from dfkd.evaluate.embedding_diversity import embedding_diversity
-from dfkd.train_teacher import train_teacher
 from synth.engine import SynthesisConfig, synthesize
-from synth.teacher import load_teacher
 
 SYNTHESIS_VARIANTS = {
     "df_dearkd": {},
@@ -51,28 +50,18 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     common = {"threads": args.threads} if args.threads else {}
-    teacher_file = out / "teacher.pt"
-    if not teacher_file.is_file():
-        train_teacher(teacher_file, **load_recipe(args.recipe, "train_teacher"))
-    teacher = load_teacher(str(teacher_file))
-    split = load_digits_split(seed=int(load_recipe(args.recipe, "train_teacher").get("seed", 0)))
-    real_test = out / "real-test"
-    if not real_test.is_dir():
-        write_image_folder(split.test_images, split.test_labels, real_test)
+    digits = prepare_digits(out, args.recipe)
+    teacher, teacher_file, split, real_test = digits.teacher, digits.teacher_file, digits.split, digits.real_test
     rows = [{"row": "teacher (real training digits)", "accuracy": accuracy(teacher_classifier(teacher), real_test,
                                                                          device="cpu")["top1"]}]
 
-    distill_base = load_recipe(args.recipe, "distill")
-    if args.epochs:
-        distill_base = apply_overrides(distill_base, {"epochs": args.epochs,
-                                                      "stage1_epochs": round(args.epochs * 5 / 6)})
+    epochs = {"epochs": args.epochs, "stage1_epochs": round(args.epochs * 5 / 6)} if args.epochs else {}
 
     def run_student(name: str, source: dict, overrides: dict) -> float:
         started = time.time()
-        config = build(DistillConfig, apply_overrides(distill_base, {
-            **source, "teacher": str(teacher_file), "device": "cpu", "resume": True, **common, **overrides}))
+        config = recipe_config(DistillConfig, args.recipe, "distill", {
+            **source, "teacher": str(teacher_file), "resume": True, **common, **epochs, **overrides})
         result = distill(config, out / "students" / name)
         top1 = accuracy(load_student(result["student"]), real_test, device="cpu")["top1"]
         print(f"{name}: {top1:.4f} ({time.time() - started:.0f} s)", flush=True)
@@ -80,8 +69,8 @@ def main() -> None:
 
     for variant, losses in SYNTHESIS_VARIANTS.items():
         shards = out / "shards" / variant
-        config = build(SynthesisConfig, apply_overrides(load_recipe(args.recipe, "synthesize"), {
-            "teacher": str(teacher_file), "device": "cpu", **common, **losses}))
+        config = recipe_config(SynthesisConfig, args.recipe, "synthesize",
+                               {"teacher": str(teacher_file), **common, **losses})
         started = time.time()
         summary = synthesize(config, shards)
         print(f"synthesized {variant}: fidelity {summary['fidelity']:.3f} ({time.time() - started:.0f} s)", flush=True)
@@ -105,7 +94,7 @@ def main() -> None:
 
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     print(f"\n# digits quality, {time.strftime('%Y-%m-%d')}, recipe {args.recipe}, "
-          f"{args.epochs or distill_base.get('epochs')} epochs")
+          f"{args.epochs or load_recipe(args.recipe, 'distill').get('epochs')} epochs")
     print("| data | student | teacher fidelity | embedding diversity | LPIPS | real held-out accuracy |")
     print("|---|---|---|---|---|---|")
     for r in rows:

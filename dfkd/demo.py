@@ -6,13 +6,14 @@ verified shards, the distillation checkpoint), so an interrupted demo resumes.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.data.digits import load_digits_split, write_image_folder
+from dfkd.data.digits import DigitsSplit, load_digits_split, write_image_folder
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, class_grid, load_student, teacher_classifier
@@ -21,7 +22,9 @@ from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
 from synth.engine import Progress, SynthesisConfig, synthesize
 from synth.errors import UserError
-from synth.teacher import load_teacher
+from synth.teacher import Teacher, load_teacher
+
+T = TypeVar("T")
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -34,40 +37,60 @@ def default_recipe(fast: bool) -> Path:
     return path
 
 
+@dataclass
+class DigitsSetup:
+    """A trained digits teacher (its file and the loaded model), its data split and the held-out image folder."""
+
+    teacher_file: Path
+    teacher: Teacher
+    split: DigitsSplit
+    real_test: Path
+
+
+def prepare_digits(out: Path, recipe: str) -> DigitsSetup:
+    """Train the recipe's teacher (unless `out/teacher.pt` exists) and write the held-out real digits folder."""
+    settings = load_recipe(recipe, "train_teacher")
+    out.mkdir(parents=True, exist_ok=True)
+    teacher_file = out / "teacher.pt"
+    if not teacher_file.is_file():
+        train_teacher(teacher_file, **settings)
+    split = load_digits_split(seed=int(settings.get("seed", 0)))
+    real_test = out / "real-test"
+    if not real_test.is_dir():
+        write_image_folder(split.test_images, split.test_labels, real_test)
+    return DigitsSetup(teacher_file, load_teacher(str(teacher_file)), split, real_test)
+
+
+def recipe_config(kind: type[T], recipe: str, section: str, settings: dict[str, Any]) -> T:
+    """The recipe's `section` as a validated `kind` config, with `settings` overriding it (CPU device)."""
+    return build(kind, apply_overrides(load_recipe(recipe, section), {"device": "cpu", **settings}))
+
+
 def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, threads: int = 0,
              lpips_backbone: Optional[str] = None,
              progress_for: Callable[[str], Progress] = lambda step: Progress()) -> dict[str, Any]:
     """Run every step (reusing finished ones) and return the results table as a dict."""
     recipe = str(recipe or default_recipe(fast))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     common = {"threads": threads} if threads else {}
     if threads:
         torch.set_num_threads(threads)
 
     started = time.time()
-    teacher_file = out / "teacher.pt"
-    if not teacher_file.is_file():
-        settings = load_recipe(recipe, "train_teacher")
-        train_teacher(teacher_file, **settings)
-    teacher = load_teacher(str(teacher_file))
-    split = load_digits_split(seed=int(load_recipe(recipe, "train_teacher").get("seed", 0)))
-    real_test = out / "real-test"
-    if not real_test.is_dir():
-        write_image_folder(split.test_images, split.test_labels, real_test)
+    digits = prepare_digits(out, recipe)
+    teacher, real_test = digits.teacher, digits.real_test
     seconds["teacher"] = time.time() - started
 
     started = time.time()
-    synth_config = build(SynthesisConfig, apply_overrides(load_recipe(recipe, "synthesize"),
-                                                          {"teacher": str(teacher_file), "device": "cpu", **common}))
+    synth_config = recipe_config(SynthesisConfig, recipe, "synthesize", {"teacher": str(digits.teacher_file), **common})
     synthesis = synthesize(synth_config, out / "shards", progress_for("synthesize"))
     seconds["synthesize"] = time.time() - started
 
     started = time.time()
-    distill_config = build(DistillConfig, apply_overrides(load_recipe(recipe, "distill"), {
-        "shards": str(out / "shards"), "teacher": str(teacher_file), "val_data": str(real_test),
-        "device": "cpu", "resume": True, **common}))
+    distill_config = recipe_config(DistillConfig, recipe, "distill", {
+        "shards": str(out / "shards"), "teacher": str(digits.teacher_file), "val_data": str(real_test),
+        "resume": True, **common})
     distillation = distill(distill_config, out / "student", progress_for("distill"))
     seconds["distill"] = time.time() - started
 
