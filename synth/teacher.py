@@ -20,6 +20,7 @@ TEACHER_FILE_VERSION = 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _FROZEN_BN_NAMES = ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
+WEIGHTS_OPTION = "pass the weights file with --teacher-weights"
 
 
 @dataclass
@@ -273,14 +274,14 @@ def _timm_weights_file(name: str, cfg: Any) -> str:
             if isinstance(cached, str):
                 return cached
         where = f"{hub_id}/{filenames[0]}"
-        _require_network(constants.ENDPOINT, where, f"the Hugging Face cache ({constants.HF_HUB_CACHE})",
+        _require_network(constants.ENDPOINT, where, f"in the Hugging Face cache ({constants.HF_HUB_CACHE})",
                          offline=constants.HF_HUB_OFFLINE)
         try:
             return hf_hub_download(hub_id, filenames[0])
         except Exception as exc:  # noqa: BLE001 - any download failure is reported the same way
             raise UserError(f"could not download {where}: {str(exc).splitlines()[0]}; "
                             "pass --teacher-weights FILE instead") from None
-    return _download_url(cfg.url)
+    return hub_cached_download(cfg.url)
 
 
 def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
@@ -301,7 +302,7 @@ def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
             enum = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError):
             raise UserError(f"torchvision model '{name}' has no pretrained weights; pass --teacher-weights FILE") from None
-        state_dict = read_state_dict(_download_url(enum.url))
+        state_dict = read_state_dict(hub_cached_download(enum.url))
         source, class_names = enum.url, enum.meta.get("categories")
     num_classes = _num_classes_from(state_dict, classifier_name, source)
     model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
@@ -332,24 +333,27 @@ def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
                    _classifier_name(model), payload.get("class_names"))
 
 
-def _download_url(url: str) -> str:
-    """A torch-hub-cached URL: the cached file, else a download into the cache (failing fast offline)."""
+def hub_cached_download(url: str, alternative: str = WEIGHTS_OPTION) -> str:
+    """A torch-hub-cached URL: the cached file, else a download into the cache. Offline it fails fast with one line
+    naming the file, the path it belongs at, and `alternative` (the option that names a local file instead)."""
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if target.is_file():
         return str(target)
-    _require_network(url, os.path.basename(target), str(target.parent))
+    _require_network(url, target.name, f"at {target}", alternative)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(target), progress=False)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"could not download {url}: {str(exc).splitlines()[0]}; put the file at {target}") from None
+        raise UserError(f"could not download {url}: {str(exc).splitlines()[0]}; put the file at {target} "
+                        f"or {alternative}") from None
     return str(target)
 
 
-def _require_network(url: str, what: str, where: str, offline: bool = False, timeout: float = 5.0) -> None:
+def _require_network(url: str, what: str, where: str, alternative: str = WEIGHTS_OPTION, offline: bool = False,
+                     timeout: float = 5.0) -> None:
     """Fail fast with one line when the download host cannot be reached (DNS and connect, bounded in time)."""
     host = urlparse(url).hostname or url
-    hint = f"cannot download {what}: {{}}; put it in {where} or pass the weights file with --teacher-weights"
+    hint = f"cannot download {what}: {{}}; put it {where} or {alternative}"
     if offline:
         raise UserError(hint.format("offline mode (HF_HUB_OFFLINE) is set"))
     result: dict[str, Any] = {}

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from synth.engine import Progress, resolve_device
 from synth.errors import UserError
 from synth.shards import ShardDataset
-from synth.teacher import _download_url, read_state_dict
+from synth.teacher import hub_cached_download, read_state_dict
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1
 ALEXNET_FILE = ALEXNET_URL.rsplit("/", 1)[1]
@@ -27,12 +27,7 @@ def backbone_file(path: Optional[str | Path] = None) -> Path:
             raise UserError(f"LPIPS backbone '{path}' does not exist; "
                             f"pass a torchvision AlexNet state_dict ({ALEXNET_FILE})")
         return Path(path)
-    target = Path(torch.hub.get_dir()) / "checkpoints" / ALEXNET_FILE
-    try:
-        return Path(_download_url(ALEXNET_URL))
-    except UserError:
-        raise UserError(f"the LPIPS AlexNet backbone {ALEXNET_FILE} is not in the torch hub cache and could not be "
-                        f"downloaded from {ALEXNET_URL}; put it at {target} or pass --lpips-backbone FILE") from None
+    return Path(hub_cached_download(ALEXNET_URL, "pass the torchvision AlexNet weights with --lpips-backbone FILE"))
 
 
 def load_lpips(backbone: Optional[str | Path] = None, device: str | torch.device = "cpu") -> torch.nn.Module:
