@@ -26,6 +26,7 @@ import torch
 
 from synth import shards as shard_io
 from synth.distributed import Ranks
+from synth.competitor import Competitor, load_competitor
 from synth.errors import UserError
 from synth.inversion import LossWeights, Schedule, invert_batch
 from synth.teacher import Teacher, load_teacher
@@ -52,6 +53,7 @@ class SynthesisConfig:
     compression: str = "none"
     device: str = "auto"
     compile: bool = False
+    student: Optional[str] = None  # Adaptive DeepInversion: the frozen student (student.pth) that losses.adi competes with
 
     def validate(self) -> None:
         """Check settings that need no teacher."""
@@ -72,6 +74,9 @@ class SynthesisConfig:
             raise UserError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
         if self.threads < 0:
             raise UserError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+        if bool(self.student) != (self.losses.adi > 0):
+            raise UserError("the competition term needs both a student (--student runs/x/student.pth) and a weight "
+                            f"(--a-adi > 0); got student {self.student!r} and a_adi {self.losses.adi}")
 
     @property
     def batch_size(self) -> int:
@@ -82,9 +87,11 @@ class SynthesisConfig:
         """The CPU thread count: `threads`, or all cores when 0."""
         return self.threads or available_cores()
 
-    def identity(self, teacher: Teacher, classes: list[int]) -> dict[str, Any]:
-        """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads."""
-        return json.loads(json.dumps({
+    def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
+        """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads, and
+        the competing student's file and sha256 when there is one."""
+        student = {"student": competitor.describe()} if competitor is not None else {}
+        return json.loads(json.dumps({**student,
             "teacher": self.teacher, "teacher_weights_sha256": teacher.weights_sha256, "classes": classes,
             "per_class": self.per_class, "classes_per_batch": self.classes_per_batch,
             "images_per_class": self.images_per_class, "units_per_shard": self.units_per_shard,
@@ -199,7 +206,8 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         teacher = load_teacher(config.teacher, config.teacher_weights, device)
         classes = parse_classes(config.classes, teacher.num_classes)
         units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
-        identity = config.identity(teacher, classes)
+        competitor = load_competitor(config.student, device) if config.student else None
+        identity = config.identity(teacher, classes, competitor)
     except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised
         error = exc
     ranks.check_all(error)
@@ -265,7 +273,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                 result = invert_batch(teacher, labels, config.losses, config.schedule,
                                       unit_generator(config.seed, unit.id), channels_last=cuda,
                                       autocast_dtype=torch.bfloat16 if cuda else None,
-                                      compile=config.compile)
+                                      compile=config.compile, competitor=competitor)
                 results.append(result)
                 agreement = float((result.logits.argmax(1) == labels.cpu()).float().mean())
                 _append_log(log_path, {"unit": unit.id, "shard": k, "rank": ranks.rank,

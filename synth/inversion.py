@@ -10,6 +10,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
+from synth.competitor import Competitor, competition
 from synth.losses import BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
 from synth.teacher import EmbeddingTap, Teacher
 
@@ -28,6 +29,7 @@ class LossWeights:
     ep_form: str = "saturating"
     triplet: float = 0.5
     triplet_margin: float = 0.5
+    adi: float = 0.0  # Adaptive DeepInversion's competition term; needs a student (synth.competitor)
 
     def validate(self) -> None:
         """Refuse an unknown intra-divergence form or negative weights."""
@@ -35,7 +37,7 @@ class LossWeights:
 
         if self.ep_form not in ("saturating", "unbounded"):
             raise UserError(f"losses.ep_form '{self.ep_form}' is not one of saturating, unbounded")
-        for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet"):
+        for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet", "adi"):
             if getattr(self, name) < 0:
                 raise UserError(f"losses.{name} must be >= 0, not {getattr(self, name)}")
 
@@ -97,20 +99,25 @@ def jitter_pixels(fraction: float, resolution: int) -> int:
 def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, schedule: Schedule,
                  generator: torch.Generator, channels_last: bool = False,
                  autocast_dtype: Optional[torch.dtype] = None, model: Optional[torch.nn.Module] = None,
-                 compile: bool | str = False) -> InversionResult:
+                 compile: bool | str = False, competitor: Optional[Competitor] = None) -> InversionResult:
     """Optimise noise into images the teacher classifies as `labels`; random draws come from `generator` (CPU).
 
     `compile`: False (eager), True (torch.compile the per-iteration step: teacher forward, BN hooks and all
     losses, forward and backward), or a torch.compile mode ("reduce-overhead" adds CUDA graphs,
     "max-autotune") or backend name ("aot_eager", for tests). Augmentation and the Adam step stay eager. If
     compilation fails the batch runs eagerly (one warning). A `model` that is already `torch.compile`d is used
-    as given."""
+    as given. With a `competitor` (a frozen student) and `weights.adi` > 0 the objective adds Adaptive
+    DeepInversion's competition term on the same jittered view."""
     device = labels.device
     model = teacher.model if model is None else model  # not `or`: a compiled module has no truth value
     low, high = teacher.pixel_bounds(device)
     bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first)
     tap = EmbeddingTap(teacher.classifier)
     step = _compiled_step(compile)
+    student = None
+    if competitor is not None and weights.adi > 0:
+        mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (teacher.mean, teacher.std))
+        student = lambda view: competitor.logits(view, mean, std)  # noqa: E731
     final = schedule.resolutions[-1]
     start = final if schedule.multires == "pool" else schedule.resolutions[0]
     x = torch.randn((len(labels), 3, start, start), generator=generator).to(device)
@@ -136,14 +143,14 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
                     augmented = augmented.contiguous(memory_format=torch.channels_last)
                 if step is not None:
                     try:
-                        terms = step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype)
+                        terms = step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype, student)
                     except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
                         warnings.warn(f"torch.compile of the inversion step failed, running eagerly: "
                                       f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                         step = None
                         _COMPILED[_compile_key(compile)] = None  # later batches go eager without retrying
                 if step is None:
-                    terms = _step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype)
+                    terms = _step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype, student)
                 terms["total"].backward()
                 if it == 0:
                     first_total = terms["total"].detach().clone()  # clone: CUDA-graph outputs are reused
@@ -175,11 +182,14 @@ def _adam(x: torch.Tensor, schedule: Schedule) -> torch.optim.Optimizer:
 
 
 def _step(model: torch.nn.Module, augmented: torch.Tensor, labels: torch.Tensor, bn_loss: BNStatisticsLoss,
-          tap: EmbeddingTap, weights: LossWeights, autocast_dtype: Optional[torch.dtype]) -> dict[str, torch.Tensor]:
-    """One teacher forward (BN hooks and embedding tap fire) and the objective: what `compile` compiles."""
+          tap: EmbeddingTap, weights: LossWeights, autocast_dtype: Optional[torch.dtype],
+          student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """One teacher forward (BN hooks and embedding tap fire), the frozen student's forward when competing, and the
+    objective: what `compile` compiles."""
     with _autocast(augmented.device, autocast_dtype):
         logits = model(augmented)
-    return _objective(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights)
+        student_logits = student(augmented) if student is not None else None
+    return _objective(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights, student_logits)
 
 
 _COMPILED: dict[str, Optional[Callable]] = {}
@@ -206,7 +216,8 @@ def _compile_key(option: bool | str) -> str:
 
 
 def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,
-               bn_loss: BNStatisticsLoss, w: LossWeights) -> dict[str, torch.Tensor]:
+               bn_loss: BNStatisticsLoss, w: LossWeights,
+               student_logits: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """All loss terms of one iteration (unweighted) and their weighted total; no host synchronisation."""
     terms = {"ce": F.cross_entropy(logits, labels), "bn": bn_loss.loss()}
     if w.tv:
@@ -217,7 +228,9 @@ def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.T
         terms["ep"] = intra_divergence(embedding, labels, w.ep_margin, w.ep_form)
     if w.triplet:
         terms["triplet"] = triplet(embedding, labels, w.triplet_margin)
-    scale = {"ce": w.ce, "bn": w.bn, "tv": w.tv, "l2": w.l2, "ep": w.ep, "triplet": w.triplet}
+    if w.adi and student_logits is not None:
+        terms["adi"] = competition(logits, student_logits)
+    scale = {"ce": w.ce, "bn": w.bn, "tv": w.tv, "l2": w.l2, "ep": w.ep, "triplet": w.triplet, "adi": w.adi}
     terms["total"] = sum(scale[name] * value for name, value in terms.items())
     return {name: value.detach() if name != "total" else value for name, value in terms.items()}
 

@@ -151,6 +151,28 @@ def test_mixed_batch_hard_labels_come_from_teacher_on_the_same_mixed_image():
     torch.testing.assert_close(parts["dist"], F.cross_entropy(z, y_t))
 
 
+def test_function_matching_matches_teacher_on_the_mixed_view_with_both_heads_and_no_labels():
+    torch.manual_seed(1)
+    np.random.seed(1)
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    prep = BatchPrep((0.5,) * 3, (0.5,) * 3, 5, replace(NO_AUG, mixup=1.0, cutmix=1.0, mix_prob=1.0),
+                     torch.device("cpu"))
+    batch = prep(images, torch.tensor([0, 1, 2, 3, 4, 0]))
+    assert not torch.equal(batch.inputs, prep.normalize(images))  # every batch is mixed
+    teacher, tau = Recorder(torch.randn(3, 5)), 2.0
+    loss_fn = DistillationLoss("function_matching", teacher, tau=tau, w_cls=0.5, a_hid=0.0)
+    z_cls, z_dist = torch.randn(6, 5), torch.randn(6, 5)
+    loss, parts = loss_fn(batch.inputs, (z_cls, z_dist), batch.target, stage=1)
+    assert len(teacher.inputs) == 1 and torch.equal(teacher.inputs[0], batch.inputs)  # the very mixed view
+    p = (teacher.inputs[0].mean(dim=(2, 3)) @ teacher.weight / tau).softmax(1)
+    kl = lambda z: (p * (p.log() - (z / tau).log_softmax(1))).sum(1).mean() * tau ** 2  # noqa: E731
+    torch.testing.assert_close(parts["cls"], kl(z_cls))
+    torch.testing.assert_close(parts["dist"], kl(z_dist))
+    torch.testing.assert_close(loss, 0.5 * kl(z_cls) + kl(z_dist))
+    other_labels = torch.softmax(torch.randn(6, 5), 1)  # labels are not used at all
+    torch.testing.assert_close(loss_fn(batch.inputs, (z_cls, z_dist), other_labels, stage=1)[0], loss)
+
+
 def test_teacher_affine_maps_student_to_teacher_normalisation():
     x01 = torch.rand(2, 3, 4, 4)
     scale, shift = teacher_affine((0.5,) * 3, (0.5,) * 3, (0.1, 0.2, 0.3), (0.3, 0.2, 0.1))

@@ -7,6 +7,7 @@ from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.distill import DistillConfig
 from dfkd.distill import distill as run_distill
+from dfkd.distill.losses import KINDS
 from synth import distributed
 from synth.engine import Progress
 
@@ -20,7 +21,12 @@ Examples:
       --epochs 2 --stage1-epochs 1 --batch-size 16 --out runs/tiny --device cpu
 
 Stage 1 (early KD): CE(class head, label) + CE(distillation head, teacher argmax) + a_hid * hidden MSE
-through the aligners; stage 2: CE on both heads, no teacher. Rerun with --resume to continue an
+through the aligners; stage 2: CE on both heads, no teacher.
+
+Function matching (--distillation function_matching; the data-free recipes' default): every batch is
+Mixup/CutMix-ed and both heads learn tau^2 * KL(teacher || student) on exactly that mixed view, so the
+teacher labels every image the student sees and the labels of the shards are not needed; it pays off
+over long schedules (recipes/digits.yaml: 80 epochs, no stage 2). Rerun with --resume to continue an
 interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
 
 \b
@@ -48,10 +54,13 @@ effective batch = batch size x processes):
 @click.option("--locality-strength", type=float, help="MHCA local-init strength alpha (0: plain MHSA start).")
 @click.option("--input-size", type=int, help="Student input px, a multiple of its patch. [default: the model's]")
 @click.option("--drop-path", type=float, help="Student stochastic depth rate. [default: 0.1]")
-@click.option("--distillation", type=click.Choice(["hard", "soft", "stored"]),
-              help="hard: CE to the teacher's argmax; soft: KL at tau; stored: the shards' teacher logits, "
-                   "no teacher run (hidden KD off). [default: hard]")
-@click.option("--tau", type=float, help="Temperature of soft/stored distillation. [default: 1]")
+@click.option("--distillation", type=click.Choice(KINDS),
+              help="function_matching: both heads match the teacher's distribution (KL at tau) on the very "
+                   "mixed view they train on, labels unused (the data-free default); hard: CE to the "
+                   "teacher's argmax; soft: KL at tau on the distillation head; stored: the shards' teacher "
+                   "logits, no teacher run (hidden KD off). [default: hard]")
+@click.option("--tau", type=float, help="Temperature of soft/function_matching/stored distillation. [default: 1]")
+@click.option("--w-cls", type=float, help="Weight of the class-head term. [default: 1]")
 @click.option("--a-hid", type=float, help="Weight of the hidden-feature MSE (0: off). [default: 1]")
 @click.option("--pairs", help="Hidden KD pairs block:stage, e.g. 7:3,3:2. [default: last MHCA block with the "
                               "teacher stage whose stride matches the patch size]")
@@ -70,6 +79,7 @@ effective batch = batch size x processes):
                                               "[default: 0]")
 @click.option("--mixup", type=float, help="Mixup alpha (0: off). [default: 0.8]")
 @click.option("--cutmix", type=float, help="CutMix alpha (0: off). [default: 1.0]")
+@click.option("--mix-prob", type=float, help="Probability that a batch is mixed. [default: 1]")
 @click.option("--reprob", type=float, help="Random erasing probability. [default: 0.25]")
 @click.option("--smoothing", type=float, help="Label smoothing. [default: 0.1]")
 @click.option("--workers", type=int, help="DataLoader worker processes. [default: 4]")
@@ -88,13 +98,13 @@ def distill(out: str, config_path: str, json_mode: bool, quiet: bool, **options)
             "shards", "images", "subset", "subset_seed", "val_data", "val_every", "teacher", "teacher_weights",
             "student", "num_mhca", "locality_strength", "input_size", "drop_path", "epochs", "stage1_epochs",
             "batch_size", "workers", "seed", "threads", "device", "resume")},
-        "loss.distillation": options["distillation"], "loss.tau": options["tau"], "loss.a_hid": options["a_hid"],
+        "loss.distillation": options["distillation"], "loss.tau": options["tau"], "loss.w_cls": options["w_cls"], "loss.a_hid": options["a_hid"],
         "loss.pairs": options["pairs"],
         "optim.lr": options["lr"], "optim.min_lr": options["min_lr"], "optim.warmup_epochs": options["warmup_epochs"],
         "optim.weight_decay": options["weight_decay"],
         "augment.rand_augment": "" if rand_augment == "none" else rand_augment, "augment.hflip": options["hflip"],
         "augment.grayscale": options["grayscale"],
-        "augment.mixup": options["mixup"], "augment.cutmix": options["cutmix"], "augment.reprob": options["reprob"],
+        "augment.mixup": options["mixup"], "augment.cutmix": options["cutmix"], "augment.mix_prob": options["mix_prob"], "augment.reprob": options["reprob"],
         "augment.smoothing": options["smoothing"],
     }))
     config = build(DistillConfig, data)

@@ -17,6 +17,11 @@ Examples:
       --classes-per-batch 2 --images-per-class 2 --resolutions 32,64 --iterations 20,20 --device cpu
   dfkd synthesize --teacher digits-teacher.pt --config recipes/digits.yaml --out shards/
 
+Adaptive DeepInversion rounds (synthesize, distill, synthesize more against the student, continue on all):
+  dfkd synthesize --config recipes/digits.yaml --teacher t.pt --out round2/ --seed 1 \
+      --student runs/round1/student.pth --a-adi 1
+  dfkd distill --config recipes/digits.yaml --teacher t.pt --shards round1/ --shards round2/ --out runs/round2
+
 Rerunning the same command resumes an interrupted run; a finished run is left untouched.
 
 \b
@@ -50,6 +55,10 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @click.option("--ep-form", type=click.Choice(["saturating", "unbounded"]), help="[default: saturating]")
 @click.option("--a-triplet", type=float, help="Triplet weight. [default: 0.5]")
 @click.option("--triplet-margin", type=float, help="Triplet margin. [default: 0.5]")
+@click.option("--student", type=click.Path(dir_okay=False),
+              help="Adaptive DeepInversion: a student.pth from `dfkd distill`; new images go where it still "
+                   "disagrees with the teacher (needs --a-adi). Its file and sha256 join the shard config.")
+@click.option("--a-adi", type=float, help="Weight of the competition term 1 - JS(teacher, student). [default: 0]")
 @click.option("--seed", type=int, help="Global seed. [default: 0]")
 @click.option("--threads", type=int, help="CPU threads (part of the config). [default: all cores]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
@@ -66,13 +75,14 @@ def synthesize(out: str, config_path: str, json_mode: bool, quiet: bool, **optio
         "classes_per_batch": options["classes_per_batch"], "images_per_class": options["images_per_class"],
         "units_per_shard": options["units_per_shard"], "seed": options["seed"], "threads": options["threads"],
         "device": options["device"], "compression": options["compression"], "store_logits": options["logits"],
-        "compile": options["compile_model"],
+        "compile": options["compile_model"], "student": options["student"],
         "schedule.resolutions": options["resolutions"], "schedule.iterations": options["iterations"],
         "schedule.multires": options["multires"], "schedule.lr": options["lr"],
         "losses.ce": options["a_ce"], "losses.bn": options["a_bn"], "losses.bn_first": options["bn_first"],
         "losses.tv": options["a_tv"], "losses.l2": options["a_l2"], "losses.ep": options["a_ep"],
         "losses.ep_margin": options["ep_margin"], "losses.ep_form": options["ep_form"],
         "losses.triplet": options["a_triplet"], "losses.triplet_margin": options["triplet_margin"],
+        "losses.adi": options["a_adi"],
     }))
     config = build(SynthesisConfig, data)
     ranks = distributed.init(config.device)

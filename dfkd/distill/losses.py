@@ -1,12 +1,18 @@
 """DearKD's two-stage distillation loss (SPEC section 4), one small module in the manner of DeiT's DistillationLoss.
 
-Stage 1: w_cls * CE(z_cls, target) + w_dist * D(z_dist) + a_hid * sum_k MSE(aligner_k(tokens_k), teacher stage_k)
+Stage 1: w_cls * C(z_cls) + w_dist * D(z_dist) + a_hid * sum_k MSE(aligner_k(tokens_k), teacher stage_k)
+  C = CE(z_cls, target), except for function_matching, where C = D(z_cls): labels are not used
   D = hard:   CE(z_dist, argmax T(x))                       (x: the student's augmented, possibly mixed input)
-      soft:   tau^2 * KL(softmax(T(x)/tau) || softmax(z_dist/tau)), batch mean
+      soft:   tau^2 * KL(softmax(T(x)/tau) || softmax(z_dist/tau))
+      function_matching: as soft, on both heads (Beyer et al., "Knowledge distillation: A good teacher is
+              patient and consistent", CVPR 2022): the student matches the teacher's whole distribution on
+              exactly the mixed view it trains on
       stored: tau^2 * KL(p || softmax(z_dist/tau)), p = the shards' stored teacher probabilities at tau,
               mixed like the images (no teacher forward, so no hidden term)
 Stage 2: w_cls * CE(z_cls, target) + w_dist * CE(z_dist, target); no teacher forward, no aligner.
 `target` is the soft (label-smoothed, mixed) class target; CE against it is timm's SoftTargetCrossEntropy.
+Every KL is reduced per sample (`batchmean`: summed over classes, averaged over the batch), the textbook KL;
+DeiT's soft loss divides the same sum by batch x classes, i.e. it is this one / C.
 """
 from __future__ import annotations
 
@@ -19,7 +25,8 @@ from timm.loss import SoftTargetCrossEntropy
 
 from dfkd.distill.taps import TeacherTaps
 
-KINDS = ("hard", "soft", "stored")
+KINDS = ("function_matching", "hard", "soft", "stored")
+TEACHER_PROBS = ("soft", "function_matching")  # kinds whose target is the teacher's distribution at tau
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -63,18 +70,19 @@ class DistillationLoss(nn.Module):
                 stored_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its detached parts (cls, dist, hid) for student `outputs` = (z_cls, z_dist) on `inputs`."""
         z_cls, z_dist = (o.float() for o in outputs)
-        cls = self.ce(z_cls, target)
         hid = z_cls.new_zeros(())
         if stage == 2:
-            dist = self.ce(z_dist, target)
+            cls, dist = self.ce(z_cls, target), self.ce(z_dist, target)
         elif self.kind == "stored":
-            dist = soft_kl(z_dist, stored_probs, self.tau)
+            cls, dist = self.ce(z_cls, target), soft_kl(z_dist, stored_probs, self.tau)
         else:
             logits, features = self.teacher(inputs * self.scale + self.shift)
             if self.kind == "hard":
                 dist = F.cross_entropy(z_dist, logits.argmax(dim=1))
             else:
-                dist = soft_kl(z_dist, F.softmax(logits / self.tau, dim=1), self.tau)
+                probs = F.softmax(logits / self.tau, dim=1)
+                dist = soft_kl(z_dist, probs, self.tau)
+            cls = soft_kl(z_cls, probs, self.tau) if self.kind == "function_matching" else self.ce(z_cls, target)
             for aligner, token, feature in zip(self.aligners, tokens, features):
                 hid = hid + F.mse_loss(aligner(token, grid_size).float(), feature)
         total = self.w_cls * cls + self.w_dist * dist + self.a_hid * hid

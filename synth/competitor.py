@@ -1,0 +1,82 @@
+"""Adaptive DeepInversion's competitor: a frozen student, and the competition term that moves images to where it
+still disagrees with the teacher (Yin et al., "Dreaming to Distill: Data-free Knowledge Transfer via
+DeepInversion", CVPR 2020).
+
+term = 1 - clamp(JS(p_T, p_S), 0, 1), p = softmax(logits / 3) on the same jittered image,
+JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2, averaged over the batch.
+
+The student file is `student.pth` with `student.json` beside it (as `dfkd distill` writes them); its architecture
+must be registered with timm (`import dfkd` registers the DearKD students). Only the image receives gradients: the
+student is in eval mode and none of its parameters requires a gradient.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from synth.errors import UserError
+
+TEMPERATURE = 3.0  # the reference code's temperature for the competition term
+
+
+@dataclass
+class Competitor:
+    """A frozen student and how to feed it: teacher-normalised images at any size -> its logits."""
+
+    model: nn.Module
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    path: str
+    sha256: str
+
+    def logits(self, x: torch.Tensor, teacher_mean: torch.Tensor, teacher_std: torch.Tensor) -> torch.Tensor:
+        """Student logits on teacher-normalised images `x`: re-normalised for the student, resized to its input."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        view = ((x * teacher_std + teacher_mean) - mean) / std
+        if view.shape[-1] != self.input_size:
+            view = F.interpolate(view, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
+        return self.model(view)
+
+    def describe(self) -> dict[str, str]:
+        """What the shard config records: the file (absolute) and its sha256."""
+        return {"file": self.path, "sha256": self.sha256}
+
+
+def competition(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
+                temperature: float = TEMPERATURE) -> torch.Tensor:
+    """1 - JS(p_T, p_S) (clamped to [0, 1]) at `temperature`, averaged over the batch: 1 where they agree."""
+    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
+    log_m = torch.logsumexp(torch.stack((log_p, log_q)), dim=0) - torch.log(torch.tensor(2.0))
+    kl_pm = (log_p.exp() * (log_p - log_m)).sum(1)
+    kl_qm = (log_q.exp() * (log_q - log_m)).sum(1)
+    return 1 - (0.5 * kl_pm + 0.5 * kl_qm).mean().clamp(0, 1)
+
+
+def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Competitor:
+    """The frozen student of `path` (student.pth + student.json), in eval mode, without weight gradients."""
+    import timm
+
+    file = Path(path)
+    meta_file = file.parent / "student.json" if not file.with_suffix(".json").is_file() else file.with_suffix(".json")
+    if not file.is_file() or not meta_file.is_file():
+        raise UserError(f"student '{path}' needs the student.pth and student.json that `dfkd distill` writes")
+    try:
+        meta = json.loads(meta_file.read_text())
+        model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(file),
+                                  **meta.get("model_kwargs", {}))
+        size, mean, std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched student is a user problem
+        raise UserError(f"cannot load student '{path}' for the competition term: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+    model.eval().requires_grad_(False).to(device)
+    digest = hashlib.sha256(file.read_bytes()).hexdigest()
+    return Competitor(model, size, mean, std, str(file.resolve()), digest)

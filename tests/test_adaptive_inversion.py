@@ -1,0 +1,72 @@
+"""Adaptive DeepInversion: the competition term by hand, a frozen student, and the student in the shard config."""
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import dfkd.models  # noqa: F401  (registers the DearKD students)
+from synth.competitor import competition, load_competitor
+from synth.engine import SynthesisConfig, synthesize
+from synth.errors import UserError
+from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.shards import read_manifest
+from synth.teacher import load_teacher
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def student_file(tmp_path_factory):
+    """A randomly initialised pico student written as `dfkd distill` writes it (student.pth + student.json)."""
+    root = tmp_path_factory.mktemp("student")
+    torch.manual_seed(0)
+    model = timm.create_model("dearkd_pico_patch4_32", num_classes=4)
+    torch.save(model.state_dict(), root / "student.pth")
+    (root / "student.json").write_text(json.dumps({"model": "dearkd_pico_patch4_32", "num_classes": 4,
+                                                   "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}))
+    return str(root / "student.pth")
+
+
+def test_competition_is_one_minus_jensen_shannon_at_temperature_3_by_hand():
+    torch.manual_seed(0)
+    t, s = torch.randn(5, 4) * 3, torch.randn(5, 4) * 3
+    p, q = (np.exp(v.numpy() / 3) / np.exp(v.numpy() / 3).sum(1, keepdims=True) for v in (t, s))
+    m = (p + q) / 2
+    js = 0.5 * (p * np.log(p / m)).sum(1) + 0.5 * (q * np.log(q / m)).sum(1)
+    torch.testing.assert_close(competition(t, s), torch.tensor(1 - js.mean(), dtype=torch.float32))
+    torch.testing.assert_close(competition(t, t), torch.tensor(1.0))  # agreement: the largest value
+    assert float(competition(torch.tensor([[30.0, 0.0]]), torch.tensor([[0.0, 30.0]]))) < 0.5
+
+
+def test_competition_moves_only_the_image(random_teacher, student_file):
+    teacher = load_teacher(random_teacher)
+    competitor = load_competitor(student_file)
+    assert not competitor.model.training
+    assert not any(p.requires_grad for p in competitor.model.parameters())
+    labels = torch.tensor([0, 0, 1, 1])
+    schedule = Schedule(resolutions=(16, 32), iterations=(3, 3))
+    weights = LossWeights(bn=1.0, ep=0.0, triplet=0.0, adi=5.0)
+    before = {k: v.clone() for k, v in competitor.model.state_dict().items()}
+    run = invert_batch(teacher, labels, weights, schedule, torch.Generator().manual_seed(0), competitor=competitor)
+    plain = invert_batch(teacher, labels, weights, schedule, torch.Generator().manual_seed(0))
+    assert "adi" in run.losses and 0 <= run.losses["adi"] <= 1 and "adi" not in plain.losses
+    assert not torch.equal(run.images, plain.images)  # the term moved the image
+    assert all(p.grad is None for p in competitor.model.parameters())
+    assert all(p.grad is None for p in teacher.model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in competitor.model.state_dict().items())
+
+
+def test_student_and_its_sha256_join_the_shard_config(random_teacher, student_file, tmp_path):
+    config = SynthesisConfig(teacher=random_teacher, classes="0-1", per_class=2, classes_per_batch=2,
+                             images_per_class=2, threads=1, device="cpu", student=student_file,
+                             schedule=Schedule(resolutions=(16,), iterations=(2,)),
+                             losses=LossWeights(bn=1.0, ep=0.0, triplet=0.0, adi=1.0))
+    synthesize(config, tmp_path / "s")
+    recorded = read_manifest(tmp_path / "s")["config"]["student"]
+    assert recorded["sha256"] == load_competitor(student_file).sha256 and recorded["file"].endswith("student.pth")
+    with pytest.raises(UserError, match="competition term needs both"):
+        SynthesisConfig(teacher=random_teacher, student=student_file).validate()
+    with pytest.raises(UserError, match="competition term needs both"):
+        SynthesisConfig(teacher=random_teacher, losses=LossWeights(adi=1.0)).validate()
