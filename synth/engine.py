@@ -31,6 +31,7 @@ from synth.errors import UserError
 from synth.inversion import LossWeights, Schedule, invert_batch
 from synth.teacher import Teacher, load_teacher
 
+LOW_FIDELITY = 0.5  # below this teacher agreement with the targets a set is flagged: its images carry little class
 UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
 
 
@@ -280,6 +281,13 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                                        "threads": torch.get_num_threads(),
                                        "seconds": round(time.time() - unit_start, 3), "fidelity": agreement,
                                        "losses": result.losses, "stage_totals": result.stage_totals})
+                mine.units += 1
+                mine.unit_hits += int(agreement * len(labels) + 0.5)
+                mine.unit_total += len(labels)
+                if not mine.warned and mine.unit_hits < LOW_FIDELITY * mine.unit_total:
+                    mine.warned = True
+                    progress.message(low_fidelity_warning(mine.unit_hits / mine.unit_total, teacher.num_classes,
+                                                          result.losses, config.losses))
                 progress.advance(len(labels), result.losses)
             labels = np.concatenate([u.labels for u in shard_units]).astype(np.int64)
             logits = torch.cat([r.logits for r in results]).half().numpy() if config.store_logits else None
@@ -305,12 +313,13 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         shard_io.write_manifest(out, manifest)
     total = sum(r.total for r in gathered)
     with_logits = config.store_logits and all(r.has_logits for r in gathered)
+    fidelity = sum(r.hits for r in gathered) / total if with_logits and total else None
     return {
         "out": str(out), "shards": num_shards, "shards_written": sum(r.written for r in gathered),
         "shards_skipped": sum(r.skipped for r in gathered), "shards_regenerated": sorted(damaged),
         "damaged": dict(sorted(damaged.items())), "nothing_to_do": not any(r.written for r in gathered),
         "images": images, "complete": len(shards) == num_shards,
-        "fidelity": sum(r.hits for r in gathered) / total if with_logits and total else None,
+        "fidelity": fidelity, "low_fidelity": fidelity is not None and fidelity < LOW_FIDELITY,
         "processes": ranks.world_size, "seconds": round(time.time() - started, 2),
     }
 
@@ -326,6 +335,10 @@ class _RankResult:
     hits: int = 0
     total: int = 0
     has_logits: bool = True
+    units: int = 0  # units this run synthesized, their teacher agreement (hits of total), and whether it warned
+    unit_hits: int = 0
+    unit_total: int = 0
+    warned: bool = False
 
     def add_existing(self, shard: shard_io.VerifiedShard) -> None:
         self.shards.append(shard.summary())
@@ -343,6 +356,18 @@ class _RankResult:
             return
         self.hits += int((logits.argmax(1) == labels).sum())
         self.total += len(labels)
+
+
+def low_fidelity_warning(agreement: float, num_classes: int, losses: dict[str, float], weights: LossWeights) -> str:
+    """The stderr note when the teacher does not classify the synthesized images as their targets."""
+    ce, bn = losses.get("ce", float("nan")), losses.get("bn", float("nan"))
+    cause = (f"the BN-statistics term ({weights.bn} x {bn:.3g}) swamps the class term ({weights.ce} x {ce:.3g}); "
+             + ("try --bn-norm normalized (one weight for any teacher) or a smaller --a-bn"
+                if weights.bn_norm == "paper" else "try a smaller --a-bn")
+             if weights.bn * bn > weights.ce * ce else
+             "the class term does not fall; check --a-ce, --lr and the iterations")
+    return (f"warning: low fidelity: the teacher assigns only {agreement:.0%} of the synthesized images to their "
+            f"target class (chance: {1 / num_classes:.0%}); {cause}")
 
 
 def _check_same_identity(identities: list[dict]) -> None:

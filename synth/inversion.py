@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from synth.competitor import Competitor, competition
-from synth.losses import BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
+from synth.losses import BN_NORMS, BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
 from synth.teacher import EmbeddingTap, Teacher
 
 
@@ -22,6 +22,7 @@ class LossWeights:
     ce: float = 1.0
     bn: float = 0.05
     bn_first: float = 10.0
+    bn_norm: str = "paper"  # "normalized": scale-free per layer, mean over layers (synth.losses.BNStatisticsLoss)
     tv: float = 1e-4
     l2: float = 1e-5
     ep: float = 50.0
@@ -35,6 +36,8 @@ class LossWeights:
         """Refuse an unknown intra-divergence form or negative weights."""
         from synth.errors import UserError
 
+        if self.bn_norm not in BN_NORMS:
+            raise UserError(f"losses.bn_norm '{self.bn_norm}' is not one of {', '.join(BN_NORMS)}")
         if self.ep_form not in ("saturating", "unbounded"):
             raise UserError(f"losses.ep_form '{self.ep_form}' is not one of saturating, unbounded")
         for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet", "adi"):
@@ -111,7 +114,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     device = labels.device
     model = teacher.model if model is None else model  # not `or`: a compiled module has no truth value
     low, high = teacher.pixel_bounds(device)
-    bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first)
+    bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm)
     tap = EmbeddingTap(teacher.classifier)
     step = _compiled_step(compile)
     student = None

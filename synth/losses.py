@@ -69,14 +69,37 @@ def bn_stat_distance(x: torch.Tensor, running_mean: torch.Tensor, running_var: t
     return torch.linalg.vector_norm(channel_stats(x) - running, dim=1).sum()
 
 
-class BNStatisticsLoss:
-    """Forward hooks on every BN layer; after a teacher forward, `loss()` is sum_l w_l * bn_stat_distance(input_l)."""
+BN_NORMS = ("normalized", "paper")
+VARIANCE_FLOOR = 1e-2  # normalized form: a channel's running variance counts as at least 1% of its layer's mean
 
-    def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0):
-        self.first_multiplier = first_multiplier
+
+def _whitening(running: torch.Tensor) -> torch.Tensor:
+    """(2, C) divisors of the normalized form: the running std for the mean, the running variance for the variance,
+    each channel's variance floored at VARIANCE_FLOOR x the layer's mean variance (scale-free, no division by 0)."""
+    var = running[1].clamp_min(VARIANCE_FLOOR * running[1].mean().clamp_min(1e-12))
+    return torch.stack((var.sqrt(), var))
+
+
+class BNStatisticsLoss:
+    """Forward hooks on every BN layer; after a teacher forward, `loss()` combines the per-layer distances.
+
+    norm="paper" (DeepInversion): sum_l w_l (||mu_l - mu^_l||_2 + ||var_l - var^_l||_2), w_1 = first_multiplier,
+    other w_l = 1. Its size grows with the number of BN layers and their width and with the scale of each layer's
+    activations, so its weight must be re-tuned per teacher.
+    norm="normalized": per layer RMS_c((mu_c - mu^_c) / std^_c) + RMS_c((var_c - var^_c) / var^_c), then the
+    weighted mean over layers (same w_l). Each layer's term is invariant to rescaling its activations and to its
+    width; the mean makes the total independent of depth (exactly so for first_multiplier 1), so one weight
+    serves small and large teachers.
+    """
+
+    def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0, norm: str = "paper"):
+        if norm not in BN_NORMS:
+            raise ValueError(f"BN norm {norm!r} is not one of {BN_NORMS}")
+        self.first_multiplier, self.norm = first_multiplier, norm
         self._terms: list[Optional[torch.Tensor]] = [None] * len(bn_layers)
         # (running_mean; running_var) in fp32 per layer, built once: eval-mode BN never updates them.
         self._running = [_running_stats(layer) for layer in bn_layers]
+        self._scale = [_whitening(r) if norm == "normalized" else None for r in self._running]
         self._handles = [layer.register_forward_hook(self._hook(i)) for i, layer in enumerate(bn_layers)]
 
     def _hook(self, index: int):
@@ -84,16 +107,23 @@ class BNStatisticsLoss:
             running = self._running[index]
             if running.device != inputs[0].device:  # the teacher moved after the hooks were set
                 running = self._running[index] = _running_stats(module)
-            self._terms[index] = torch.linalg.vector_norm(channel_stats(inputs[0]) - running, dim=1).sum()
+                if self.norm == "normalized":
+                    self._scale[index] = _whitening(running)
+            difference = channel_stats(inputs[0]) - running
+            if self.norm == "paper":
+                self._terms[index] = torch.linalg.vector_norm(difference, dim=1).sum()
+            else:
+                self._terms[index] = (difference / self._scale[index]).square().mean(dim=1).sqrt().sum()
         return hook
 
     def loss(self) -> torch.Tensor:
-        """Weighted sum over layers of the last forward's distances (first layer times the multiplier)."""
+        """Weighted sum (paper) or weighted mean (normalized) over layers of the last forward's distances."""
         terms = self._terms
         if any(t is None for t in terms):
             raise RuntimeError("BNStatisticsLoss.loss() called before a forward pass reached every BN layer")
         stacked = torch.stack(terms)  # type: ignore[arg-type]
-        return stacked.sum() + (self.first_multiplier - 1.0) * stacked[0]
+        total = stacked.sum() + (self.first_multiplier - 1.0) * stacked[0]
+        return total if self.norm == "paper" else total / (len(terms) + self.first_multiplier - 1.0)
 
     def remove(self) -> None:
         """Detach all hooks."""

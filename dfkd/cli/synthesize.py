@@ -48,6 +48,10 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @click.option("--a-ce", type=float, help="Cross-entropy weight. [default: 1]")
 @click.option("--a-bn", type=float, help="BN-statistics weight. [default: 0.05]")
 @click.option("--bn-first", type=float, help="Multiplier of the first BN layer. [default: 10]")
+@click.option("--bn-norm", type=click.Choice(["normalized", "paper"]),
+              help="normalized: each layer's distance relative to its running statistics, averaged over layers "
+                   "(one --a-bn fits any teacher); paper: DeepInversion's sum of absolute distances. "
+                   "[default: paper]")
 @click.option("--a-tv", type=float, help="Total-variation prior weight. [default: 1e-4]")
 @click.option("--a-l2", type=float, help="L2 prior weight. [default: 1e-5]")
 @click.option("--a-ep", type=float, help="Intra-divergence weight. [default: 50]")
@@ -78,7 +82,7 @@ def synthesize(out: str, config_path: str, json_mode: bool, quiet: bool, **optio
         "compile": options["compile_model"], "student": options["student"],
         "schedule.resolutions": options["resolutions"], "schedule.iterations": options["iterations"],
         "schedule.multires": options["multires"], "schedule.lr": options["lr"],
-        "losses.ce": options["a_ce"], "losses.bn": options["a_bn"], "losses.bn_first": options["bn_first"],
+        "losses.ce": options["a_ce"], "losses.bn": options["a_bn"], "losses.bn_first": options["bn_first"], "losses.bn_norm": options["bn_norm"],
         "losses.tv": options["a_tv"], "losses.l2": options["a_l2"], "losses.ep": options["a_ep"],
         "losses.ep_margin": options["ep_margin"], "losses.ep_form": options["ep_form"],
         "losses.triplet": options["a_triplet"], "losses.triplet_margin": options["triplet_margin"],
@@ -116,4 +120,7 @@ def _lines(summary: dict) -> list[str]:
             f"{name} ({problem})" for name, problem in summary["damaged"].items()))
     if fidelity is not None:
         lines.append(f"teacher fidelity (agreement with target labels): {fidelity:.3f}")
+        if summary.get("low_fidelity"):
+            lines.append("LOW FIDELITY: the teacher does not see the target classes in these images; "
+                         "see the warning above before training on them")
     return lines
