@@ -80,6 +80,7 @@ def train_teacher(out: str | Path, dataset: str = "digits", arch: str = "dfkd_cn
     test_accuracy = accuracy(model, test_x, test_y)
     save_teacher_file(out, f"timm:{arch}", {"num_classes": len(CLASS_NAMES)}, model, DIGITS_MEAN, DIGITS_STD,
                       split.train_images.shape[1], CLASS_NAMES,
-                      extra={"dataset": dataset, "test_accuracy": test_accuracy, "seed": seed, "epochs": epochs})
+                      extra={"dataset": dataset, "test_accuracy": test_accuracy, "seed": seed, "epochs": epochs},
+                      grayscale=True)  # the digits are grayscale: synthesis then optimises one channel
     return {"out": str(out), "dataset": dataset, "arch": arch, "test_accuracy": test_accuracy,
             "train_images": len(train_x), "test_images": len(test_x), "seconds": round(time.time() - started, 2)}

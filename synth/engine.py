@@ -91,8 +91,9 @@ class SynthesisConfig:
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads, and
         the competing student's file and sha256 when there is one."""
-        student = {"student": competitor.describe()} if competitor is not None else {}
-        return json.loads(json.dumps({**student,
+        extra = {"student": competitor.describe()} if competitor is not None else {}
+        extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
+        return json.loads(json.dumps({**extra,
             "teacher": self.teacher, "teacher_weights_sha256": teacher.weights_sha256, "classes": classes,
             "per_class": self.per_class, "classes_per_batch": self.classes_per_batch,
             "images_per_class": self.images_per_class, "units_per_shard": self.units_per_shard,

@@ -114,6 +114,9 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     device = labels.device
     model = teacher.model if model is None else model  # not `or`: a compiled module has no truth value
     low, high = teacher.pixel_bounds(device)
+    gray = teacher.grayscale  # optimise one channel; the teacher sees it replicated (R = G = B)
+    if gray:
+        low, high = low[:, :1], high[:, :1]
     bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm)
     tap = EmbeddingTap(teacher.classifier)
     step = _compiled_step(compile)
@@ -123,7 +126,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
         student = lambda view: competitor.logits(view, mean, std)  # noqa: E731
     final = schedule.resolutions[-1]
     start = final if schedule.multires == "pool" else schedule.resolutions[0]
-    x = torch.randn((len(labels), 3, start, start), generator=generator).to(device)
+    x = torch.randn((len(labels), 1 if gray else 3, start, start), generator=generator).to(device)
     terms: dict[str, torch.Tensor] = {}
     stage_totals: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
@@ -139,6 +142,8 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
                 optimizer.param_groups[0]["lr"] = learning_rate(schedule.lr, it, iterations)
                 x.grad = None
                 view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
+                if gray:
+                    view = teacher.gray_to_input(view)
                 augmented = torch.roll(view, shifts=tuple(offsets[it]), dims=(2, 3))
                 if schedule.flip and flips[it]:
                     augmented = augmented.flip(3)
@@ -164,7 +169,8 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     finally:
         bn_loss.remove()
         tap.remove()
-    images = (teacher.denormalize(x.detach()) * 255).round().to(torch.uint8)
+    final_x = teacher.gray_to_input(x.detach()) if gray else x.detach()
+    images = (teacher.denormalize(final_x) * 255).round().to(torch.uint8)
     with torch.no_grad():
         final_logits = teacher.model(teacher.normalize(images.float() / 255))
     return InversionResult(

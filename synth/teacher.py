@@ -37,6 +37,7 @@ class Teacher:
     weights_sha256: str
     class_names: Optional[list[str]] = None
     bn_layers: list[nn.Module] = field(default_factory=list)
+    grayscale: bool = False  # the teacher saw grayscale images (R = G = B): synthesis optimises one channel
 
     def to(self, device: torch.device | str) -> "Teacher":
         """Move the model to a device (in place) and return self."""
@@ -61,6 +62,12 @@ class Teacher:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
+    def gray_to_input(self, x: torch.Tensor) -> torch.Tensor:
+        """One channel in the first channel's normalised space (B, 1, H, W) -> the same gray image, 3 channels."""
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return (x * std[:, :1] + mean[:, :1] - mean) / std
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able description stored in shards and manifests."""
         return {
@@ -71,6 +78,7 @@ class Teacher:
             "input_size": self.input_size,
             "weights_sha256": self.weights_sha256,
             "bn_layers": len(self.bn_layers),
+            **({"grayscale": True} if self.grayscale else {}),
         }
 
 
@@ -154,7 +162,8 @@ def load_teacher(spec: str, weights: Optional[str] = None, device: str | torch.d
 
 
 def save_teacher_file(path: str | Path, arch: str, arch_kwargs: dict, model: nn.Module, mean, std,
-                      input_size: int, class_names: Optional[list[str]] = None, extra: Optional[dict] = None) -> None:
+                      input_size: int, class_names: Optional[list[str]] = None, extra: Optional[dict] = None,
+                      grayscale: bool = False) -> None:
     """Write a teacher file: architecture (a timm name and kwargs), weights, normalisation, class names."""
     payload = {
         "format": TEACHER_FILE_FORMAT,
@@ -166,6 +175,7 @@ def save_teacher_file(path: str | Path, arch: str, arch_kwargs: dict, model: nn.
         "std": [float(v) for v in std],
         "input_size": int(input_size),
         "class_names": list(class_names) if class_names else None,
+        "grayscale": bool(grayscale),
         "extra": dict(extra or {}),
     }
     path = Path(path)
@@ -329,8 +339,10 @@ def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
     _check_bn(model, path)
     state_dict = read_state_dict(weights) if weights else payload["state_dict"]
     _load_strict(model, state_dict, weights or path, path)
-    return _finish(model, path, payload["mean"], payload["std"], payload["input_size"],
-                   _classifier_name(model), payload.get("class_names"))
+    teacher = _finish(model, path, payload["mean"], payload["std"], payload["input_size"],
+                      _classifier_name(model), payload.get("class_names"))
+    teacher.grayscale = bool(payload.get("grayscale", False))
+    return teacher
 
 
 def hub_cached_download(url: str, alternative: str = WEIGHTS_OPTION) -> str:
