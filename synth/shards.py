@@ -258,15 +258,14 @@ class ShardDataset(Dataset):
                  transform: Optional[Callable] = None):
         """`root`: a shard directory, a list of shard files, or a list of shard directories (one combined set;
         they must share the teacher weights, classes and resolution)."""
-        directories = [Path(p) for p in root] if isinstance(root, (list, tuple)) and root \
-            and all(Path(p).is_dir() for p in root) else None
+        directories = [Path(p) for p in root] if isinstance(root, (list, tuple)) \
+            and any(Path(p).is_dir() for p in root) else None
         if directories:
             paths = []
             for directory in directories:
-                found = list_shards(directory)
-                if not found:
-                    raise UserError(f"no shards (shard-XXXXXX.h5) found in '{directory}'")
-                paths.extend(found)
+                if not directory.is_dir():
+                    raise UserError(f"shard directory '{directory}' does not exist")
+                paths.extend(list_shards(directory))
             check_combinable([found_first(d) for d in directories])
         else:
             paths = [Path(p) for p in root] if isinstance(root, (list, tuple)) else list_shards(root)

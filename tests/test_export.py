@@ -260,5 +260,7 @@ def test_sets_combine_and_mismatches_are_refused(source, tmp_path: Path) -> None
     _write(tmp_path / "big", 2, size=16)
     with pytest.raises(UserError, match="different resolution"):
         ShardDataset([shards, tmp_path / "big"])
-    with pytest.raises(UserError, match="nowhere"):
-        open_shards(f"{shards},{tmp_path / 'nowhere'}")
+    for bad in (lambda: open_shards(f"{shards},{tmp_path / 'nowhere'}"),
+                lambda: ShardDataset([shards, tmp_path / "nowhere"])):
+        with pytest.raises(UserError, match="nowhere"):
+            bad()
