@@ -67,6 +67,7 @@ def test_export_never_deletes_a_folder_it_did_not_create(source, tmp_path: Path)
     again = _run([str(shards), "--to", "imagefolder", str(tmp_path / "results"), "-q"])
     assert again.exit_code == 2 and again.stderr.startswith("error: ") and len(again.stderr.splitlines()) == 1
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
+    assert _run([str(shards), "--to", "imagefolder", str(tmp_path / "new" / "deep"), "-q"]).exit_code == 0
 
 
 def test_failed_export_leaves_nothing_that_looks_complete(source, tmp_path: Path, monkeypatch) -> None:

@@ -222,13 +222,14 @@ Examples:
 The shards are verified against their digests first. OUT must be new or empty; the export is
 written into a private .OUT.partial-XXXX folder beside it and renamed to OUT when complete (a failed
 export leaves no OUT). The set's dataset card (README.md) is copied into OUT.
+
 \b
 imagefolder: OUT/<class id>/<sample id>.png (class ids zero-padded to the width of the largest id,
   sample ids to 8 digits); lossless, readable by torchvision/timm ImageFolder readers.
-webdataset (pip install "dfkd[wds]"): OUT/train-NNNNNN.tar with at most --maxcount samples and about
+webdataset: OUT/train-NNNNNN.tar with at most --maxcount samples and about
   --shard-size bytes each; per sample <id>.png|jpg, <id>.cls, <id>.logits.npy (float16), <id>.json
   (sample_id, label, resolution); OUT/_info.json describes split "train" for timm
-  (create_dataset("wds/NAME", root=OUT, split="train")).
+  (create_dataset("wds/NAME", root=OUT, split="train")); readers need pip install "dfkd[wds]".
 hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with the class names,
   sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
   datasets.load_from_disk(OUT)) or as OUT/data/train-00000-of-00001.parquet (--hf-format parquet:

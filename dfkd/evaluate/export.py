@@ -106,8 +106,9 @@ def atomic_output(out: str | Path) -> Iterator[Path]:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise UserError(f"'{out}' already exists and is not an empty folder; choose a new output folder")
     parent = out.absolute().parent
-    if not parent.is_dir():
-        raise UserError(f"the folder '{parent}' that should hold '{out.name}' does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise UserError(f"'{parent}' is not a folder, so it cannot hold '{out.name}'")
+    parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{out.name}.partial-"))
     try:
         yield tmp
