@@ -217,7 +217,7 @@ def verify(root: str | Path) -> VerifyReport:
     return report
 
 
-def found_first(directory: str | Path) -> Path:
+def first_shard(directory: str | Path) -> Path:
     """The first shard file of a directory (its attributes describe the whole set)."""
     paths = list_shards(directory)
     if not paths:
@@ -233,8 +233,7 @@ def set_identity(path: str | Path) -> dict[str, Any]:
         teacher = json.loads(f.attrs["teacher"])
         names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] \
             if "class_names" in f else None
-        return {"teacher weights sha256": teacher.get("weights_sha256"), "teacher": teacher.get("spec"),
-                "num_classes": int(f.attrs["num_classes"]), "class names": names,
+        return {"teacher weights sha256": teacher.get("weights_sha256"), "num_classes": int(f.attrs["num_classes"]), "class names": names,
                 "resolution": int(f.attrs["resolution"])}
 
 
@@ -245,9 +244,9 @@ def check_combinable(first_shards: Sequence[str | Path]) -> None:
         other = set_identity(path)
         for key in ("teacher weights sha256", "num_classes", "class names", "resolution"):
             if other[key] != reference[key]:
-                shown = (lambda v: f"{str(v)[:12]}..." if key.startswith("teacher") and v else v)
+                ours, theirs = (str(v)[:12] if key.startswith("teacher") else v for v in (reference[key], other[key]))
                 raise UserError(f"cannot combine '{Path(first_shards[0]).parent}' and '{Path(path).parent}': "
-                                f"different {key} ({shown(reference[key])} vs {shown(other[key])}); "
+                                f"different {key} ({ours} vs {theirs}); "
                                 "only sets from the same teacher with the same classes and resolution combine")
 
 
@@ -266,7 +265,7 @@ class ShardDataset(Dataset):
                 if not directory.is_dir():
                     raise UserError(f"shard directory '{directory}' does not exist")
                 paths.extend(list_shards(directory))
-            check_combinable([found_first(d) for d in directories])
+            check_combinable([first_shard(d) for d in directories])
         else:
             paths = [Path(p) for p in root] if isinstance(root, (list, tuple)) else list_shards(root)
         if not paths:
