@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional, Union
 import numpy as np
 import torch
 
+from synth import card
 from synth import shards as shard_io
 from synth.distributed import Ranks
 from synth.competitor import Competitor, load_competitor
@@ -312,6 +313,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         manifest = shard_io.read_manifest(out) or {}
         manifest.update(shards=shards, images=images, complete=len(shards) == num_shards, updated=_now())
         shard_io.write_manifest(out, manifest)
+        card.write_card(out, manifest, progress.message)
     total = sum(r.total for r in gathered)
     with_logits = config.store_logits and all(r.has_logits for r in gathered)
     fidelity = sum(r.hits for r in gathered) / total if with_logits and total else None

@@ -217,12 +217,57 @@ def verify(root: str | Path) -> VerifyReport:
     return report
 
 
+def first_shard(directory: str | Path) -> Path:
+    """The first shard file of a directory (its attributes describe the whole set)."""
+    paths = list_shards(directory)
+    if not paths:
+        raise UserError(f"no shards (shard-XXXXXX.h5) found in '{directory}'")
+    return paths[0]
+
+
+def set_identity(path: str | Path) -> dict[str, Any]:
+    """What must agree for two shard sets to be one training set: teacher weights, classes, resolution."""
+    path = Path(path)
+    with h5py.File(path, "r") as f:
+        _check_version(path, f.attrs)
+        teacher = json.loads(f.attrs["teacher"])
+        names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] \
+            if "class_names" in f else None
+        return {"teacher weights sha256": teacher.get("weights_sha256"), "num_classes": int(f.attrs["num_classes"]), "class names": names,
+                "resolution": int(f.attrs["resolution"])}
+
+
+def check_combinable(first_shards: Sequence[str | Path]) -> None:
+    """Refuse, in one line, sets (given by one shard of each) from different teachers, classes or resolutions."""
+    reference = set_identity(first_shards[0])
+    for path in first_shards[1:]:
+        other = set_identity(path)
+        for key in ("teacher weights sha256", "num_classes", "class names", "resolution"):
+            if other[key] != reference[key]:
+                ours, theirs = (str(v)[:12] if key.startswith("teacher") else v for v in (reference[key], other[key]))
+                raise UserError(f"cannot combine '{Path(first_shards[0]).parent}' and '{Path(path).parent}': "
+                                f"different {key} ({ours} vs {theirs}); "
+                                "only sets from the same teacher with the same classes and resolution combine")
+
+
 class ShardDataset(Dataset):
     """Images from a shard directory as (uint8 CHW tensor or PIL, label[, teacher logits]); lazy per-worker handles."""
 
     def __init__(self, root: str | Path | Sequence[str | Path], return_logits: bool = False, as_pil: bool = False,
                  transform: Optional[Callable] = None):
-        paths = [Path(p) for p in root] if isinstance(root, (list, tuple)) else list_shards(root)
+        """`root`: a shard directory, a list of shard files, or a list of shard directories (one combined set;
+        they must share the teacher weights, classes and resolution)."""
+        directories = [Path(p) for p in root] if isinstance(root, (list, tuple)) \
+            and any(Path(p).is_dir() for p in root) else None
+        if directories:
+            paths = []
+            for directory in directories:
+                if not directory.is_dir():
+                    raise UserError(f"shard directory '{directory}' does not exist")
+                paths.extend(list_shards(directory))
+            check_combinable([first_shard(d) for d in directories])
+        else:
+            paths = [Path(p) for p in root] if isinstance(root, (list, tuple)) else list_shards(root)
         if not paths:
             raise UserError(f"no shards (shard-XXXXXX.h5) found in '{root}'")
         self.paths, self.return_logits, self.as_pil, self.transform = paths, return_logits, as_pil, transform

@@ -169,7 +169,8 @@ def test_export_round_trip_preserves_pixels_and_labels(tmp_path: Path) -> None:
     result = _run(export, [str(shards), "--to", "imagefolder", str(out), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["images"] == 6 and not (tmp_path / "png.tmp").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["00", "03", "07", "11"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["00", "03", "07", "11"]
+    assert (out / "README.md").is_file()  # the dataset card travels with the export
     folder = LabelledFolder(str(out))
     assert len(folder) == 6
     ids = [0, 1, 2, 100, 101, 102]

@@ -38,7 +38,8 @@ effective batch = batch size x processes):
 
 
 @click.command(epilog=EXAMPLE)
-@click.option("--shards", type=click.Path(file_okay=False), help="Synthesized shard directory to train on.")
+@click.option("--shards", help="Synthesized shard directory to train on; several sets of the same teacher combine "
+                                "as one: a,b (comma-separated).")
 @click.option("--images", type=click.Path(file_okay=False),
               help="Real image folder (<dir>/<class>/<image>; integer folder names are class ids) instead of shards.")
 @click.option("--subset", type=float, help="Seeded class-stratified fraction of the training images. [default: 1]")

@@ -10,7 +10,8 @@ import torch
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.evaluate import accuracy as run_accuracy
-from dfkd.evaluate import export_imagefolder, inspect_shards, load_student, lpips_diversity, teacher_classifier
+from dfkd.evaluate import export_shards
+from dfkd.evaluate import inspect_shards, load_student, lpips_diversity, teacher_classifier
 from dfkd.evaluate import fidelity as run_fidelity
 from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
 from synth.engine import parse_classes
@@ -204,6 +205,7 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
         f"config: {result['config']}",
         "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
+        f"dataset card: {result['card']}" if result["card"] else "dataset card: none (dfkd synthesize writes README.md)",
     ]
     if grid:
         lines.append(f"grid: {grid} ({result['grid']['width']}x{result['grid']['height']} px)")
@@ -212,20 +214,46 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
 
 @click.command(epilog="""
 \b
-Example:
+Examples:
   dfkd export shards/ --to imagefolder digits-png/
+  dfkd export shards/ --to webdataset digits-wds/ --maxcount 5000 --image-format jpg
+  dfkd export shards/ --to hf digits-hf/ [--hf-format parquet]
 
-Writes OUT/<class id>/<sample id>.png (class ids zero-padded to the width of the largest id, e.g.
-007; sample ids to 8 digits). PNG is lossless: pixels and labels round-trip, and the integer folder
-names map back to their class ids in `dfkd evaluate accuracy`. OUT must be new or empty; the
-export is written into OUT.tmp and renamed to OUT when complete.
+The shards are verified against their digests first. OUT must be new or empty; the export is
+written into a private .OUT.partial-XXXX folder beside it and renamed to OUT when complete (a failed
+export leaves no OUT). The set's dataset card (README.md) is copied into OUT.
+
+\b
+imagefolder: OUT/<class id>/<sample id>.png (class ids zero-padded to the width of the largest id,
+  sample ids to 8 digits); lossless, readable by torchvision/timm ImageFolder readers.
+webdataset: OUT/train-NNNNNN.tar with at most --maxcount samples and about
+  --shard-size bytes each; per sample <id>.png|jpg, <id>.cls, <id>.logits.npy (float16), <id>.json
+  (sample_id, label, resolution); OUT/_info.json describes split "train" for timm
+  (create_dataset("wds/NAME", root=OUT, split="train")); readers need pip install "dfkd[wds]".
+hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with the class names,
+  sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
+  datasets.load_from_disk(OUT)) or as OUT/data/train-00000-of-00001.parquet (--hf-format parquet:
+  datasets.load_dataset("parquet", data_files=...) or load_dataset(OUT)).
 """)
 @shards_argument
-@click.option("--to", "fmt", type=click.Choice(["imagefolder"]), required=True, help="Output layout.")
+@click.option("--to", "fmt", type=click.Choice(["imagefolder", "webdataset", "hf"]), required=True,
+              help="Output layout.")
 @click.argument("out", type=click.Path(file_okay=False))
+@click.option("--maxcount", type=int, default=10000, show_default=True, help="webdataset: samples per tar shard.")
+@click.option("--shard-size", type=int, default=None, help="webdataset: bytes per tar shard (about). [default: no limit]")
+@click.option("--image-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
+              help="webdataset: image encoding (png is lossless).")
+@click.option("--quality", type=int, default=95, show_default=True, help="webdataset: JPEG quality.")
+@click.option("--hf-format", type=click.Choice(["arrow", "parquet"]), default="arrow", show_default=True,
+              help="hf: save_to_disk (arrow) or a Parquet file.")
 @common_options
-def export(shards: str, fmt: str, out: str, config_path: Optional[str], json_mode: bool, quiet: bool) -> None:
-    """Export shards for projects that do not read HDF5 (PNG class folders)."""
+def export(shards: str, fmt: str, out: str, config_path: Optional[str], json_mode: bool, quiet: bool,
+           maxcount: int, shard_size: Optional[int], image_format: str, quality: int, hf_format: str) -> None:
+    """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
     reporter = Reporter(json_mode, quiet)
-    result = export_imagefolder(shards, out, reporter.progress("export"))
-    reporter.result(result, [f"exported {result['images']} images of {result['classes']} classes to {result['out']}"])
+    options = {"webdataset": {"maxcount": maxcount, "shard_size": shard_size, "image_format": image_format,
+                              "quality": quality},
+               "hf": {"hf_format": hf_format}}.get(fmt, {})
+    result = export_shards(shards, out, fmt, reporter.progress("export"), **options)
+    reporter.result(result, [f"exported {result['images']} images of {result['classes']} classes to "
+                             f"{result['out']} ({fmt})"])

@@ -19,11 +19,16 @@ from synth.errors import UserError
 from synth.shards import ShardDataset
 
 
-def open_shards(root: str, stored_logits: bool = False) -> ShardDataset:
-    """A shard directory as a dataset (with the stored teacher logits on request); square images only."""
-    if not Path(root).is_dir():
-        raise UserError(f"shard directory '{root}' does not exist")
-    dataset = ShardDataset(root, return_logits=stored_logits)
+def open_shards(root: str | Sequence[str], stored_logits: bool = False) -> ShardDataset:
+    """A shard directory, or several separated by commas (one combined set: same teacher, classes and
+    resolution), as a dataset (with the stored teacher logits on request); square images only."""
+    roots = [str(r) for r in root] if isinstance(root, (list, tuple)) else [r for r in str(root).split(",") if r]
+    if not roots:
+        raise UserError(f"--shards '{root}' names no shard directory")
+    for directory in roots:
+        if not Path(directory).is_dir():
+            raise UserError(f"shard directory '{directory}' does not exist")
+    dataset = ShardDataset(roots[0] if len(roots) == 1 else roots, return_logits=stored_logits)
     if len(dataset) == 0:
         raise UserError(f"shard directory '{root}' holds no images")
     height, width = dataset[0][0].shape[-2:]

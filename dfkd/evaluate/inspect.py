@@ -7,6 +7,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from dfkd.evaluate.grid import class_grid
+from synth.card import CARD
 from synth.errors import UserError
 from synth.shards import ShardDataset, list_shards, read_manifest, verify
 
@@ -28,6 +29,7 @@ def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_cl
         "per_class": dict(zip(classes.tolist(), counts.tolist())), "class_names": dataset.class_names,
         "mean": dataset.mean, "std": dataset.std, "teacher": dataset.teacher, "config": dataset.config,
         "complete": manifest.get("complete"), "verify": report.as_dict(),
+        "card": str(Path(shards) / CARD) if (Path(shards) / CARD).is_file() else None,
     }
     if grid:
         image = class_grid(good, per_class_grid, grid_classes)
