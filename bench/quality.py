@@ -1,19 +1,30 @@
-"""Digits quality benchmark (issue: demo): DF-DearKD against its ablations and a real-data reference.
+"""Digits quality benchmark: what each part of the data-free recipe is worth, measured on real held-out digits.
 
-    python bench/quality.py [--out bench-quality] [--recipe recipes/digits.yaml] [--threads N]
+    python bench/quality.py [--out bench-quality] [--recipe recipes/digits.yaml] [--threads 1] [--rows fm,di,...]
 
-Fixed seeds, one script. Rows: teacher accuracy on the held-out real digits; the DearKD student trained only on
-DF-DearKD shards; ablation 1: shards without L_ep and triplet (plain DeepInversion losses) and with the unbounded
-L_ep, same student; ablation 2: a plain DeiT-style student (no MHCA, logit KD only) on the DF-DearKD shards;
-reference: the same student trained on as many real training digits. Diversity of each set: mean intra-class
-distance in the teacher's embedding space, and LPIPS when --lpips-backbone is given. Finished steps are reused
-on a rerun (shards resume, distillation resumes from its checkpoint).
+Fixed seeds, one script. Every row distills the recipe's student for the recipe's epochs; a row changes one thing:
+
+  fm, fm-seed1, fm-seed2   DF-DearKD shards, DearKD student, the recipe (function matching); distillation seeds 0-2
+  di                       DeepInversion shards (no L_ep, no triplet)
+  deit                     a plain DeiT student (no MHCA, no hidden KD)
+  hard, soft               hard (teacher argmax) / soft (KL, class head on labels) distillation instead
+  stage2                   the last sixth of the epochs as stage 2 (labels only, no teacher)
+  n400, n1600              400 / 1600 synthesized images instead of 800
+  adi                      400 DF-DearKD images + 400 more synthesized against the n400 student (Adaptive
+                           DeepInversion, a_adi 1), trained on both sets (compare with fm: 800 images in one round)
+  real                     the same student and recipe on 800 real training digits (the reference)
+
+Rows run in the order given and may be split across processes (`--rows`); each row's result is kept in
+OUT/rows/<row>.json and reused, shards and students resume, and a lock makes concurrent processes synthesize a
+set once. The table is printed from every finished row. The teacher's held-out accuracy comes first.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,90 +32,139 @@ import torch
 
 from dfkd.config import load_recipe
 from dfkd.data.digits import write_image_folder
-from dfkd.demo import prepare_digits, recipe_config
+from dfkd.demo import default_recipe, prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
-from dfkd.evaluate import accuracy, load_student, lpips_diversity, teacher_classifier
+from dfkd.evaluate import accuracy, load_student, teacher_classifier
 from dfkd.evaluate.embedding_diversity import embedding_diversity
 from synth.engine import SynthesisConfig, synthesize
 
-SYNTHESIS_VARIANTS = {
-    "df_dearkd": {},
-    "deepinversion": {"losses.ep": 0.0, "losses.triplet": 0.0},
-    "unbounded_ep": {"losses.ep_form": "unbounded"},
+# shard sets: name -> synthesis overrides of the recipe
+SETS = {
+    "df800": {},
+    "di800": {"losses.ep": 0.0, "losses.triplet": 0.0},
+    "df400": {"per_class": 40},
+    "df1600": {"per_class": 160},
+    "adi400": {"per_class": 40, "seed": 1, "losses.adi": 1.0},  # + student: the n400 row's
 }
-STUDENT_VARIANTS = {
-    "dearkd": {},
-    "plain": {"student": "deit_nano_patch4_32", "loss.a_hid": 0.0},
+# rows: name -> (shard sets or "real", distillation overrides, description)
+ROWS = {
+    "fm": (["df800"], {}, "DF-DearKD 800, DearKD nano, function matching (the recipe)"),
+    "fm-seed1": (["df800"], {"seed": 1}, "the same, distillation seed 1"),
+    "fm-seed2": (["df800"], {"seed": 2}, "the same, distillation seed 2"),
+    "di": (["di800"], {}, "DeepInversion 800 (no L_ep / triplet)"),
+    "deit": (["df800"], {"student": "deit_nano_patch4_32", "loss.a_hid": 0.0}, "plain DeiT nano student"),
+    "hard": (["df800"], {"loss.distillation": "hard", "loss.w_cls": 1.0}, "hard distillation"),
+    "soft": (["df800"], {"loss.distillation": "soft", "loss.w_cls": 1.0}, "soft distillation (class head on labels)"),
+    "stage2": (["df800"], {"stage1_epochs": 5 / 6}, "last sixth of the epochs in stage 2"),
+    "n400": (["df400"], {}, "400 DF-DearKD images"),
+    "n1600": (["df1600"], {}, "1600 DF-DearKD images"),
+    "adi": (["df400", "adi400"], {}, "400 + 400 Adaptive DeepInversion images (2 rounds)"),
+    "real": ("real", {}, "800 real training digits (reference)"),
 }
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive lock on `path` (created), so that concurrent bench processes synthesize a set once."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-quality")
-    parser.add_argument("--recipe", default=str(Path(__file__).resolve().parent.parent / "recipes" / "digits.yaml"))
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--lpips-backbone", default=None)
+    parser.add_argument("--recipe", default=str(default_recipe(fast=False)))
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's distillation epochs")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     out = Path(args.out)
-    common = {"threads": args.threads} if args.threads else {}
-    digits = prepare_digits(out, args.recipe)
-    teacher, teacher_file, split, real_test = digits.teacher, digits.teacher_file, digits.split, digits.real_test
-    rows = [{"row": "teacher (real training digits)", "accuracy": accuracy(teacher_classifier(teacher), real_test,
-                                                                         device="cpu")["top1"]}]
+    with locked(out / "locks" / "teacher"):
+        digits = prepare_digits(out, args.recipe)
+    teacher_top1 = accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")["top1"]
+    epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
+    sets: dict[str, dict] = {}
 
-    epochs = {"epochs": args.epochs, "stage1_epochs": round(args.epochs * 5 / 6)} if args.epochs else {}
+    def shard_set(name: str) -> Path:
+        path = out / "shards" / name
+        if name not in sets:
+            extra = {"student": str(row_student("n400"))} if name == "adi400" else {}
+            config = recipe_config(SynthesisConfig, args.recipe, "synthesize", {
+                "teacher": str(digits.teacher_file), "threads": args.threads, **SETS[name], **extra})
+            with locked(out / "locks" / name):
+                started = time.process_time()
+                summary = synthesize(config, path)
+            sets[name] = {"fidelity": summary["fidelity"], "cpu_s": round(time.process_time() - started, 1),
+                          "embedding_diversity": embedding_diversity(path, digits.teacher)["mean"]}
+            print(f"set {name}: {json.dumps(sets[name])}", flush=True)
+        return path
 
-    def run_student(name: str, source: dict, overrides: dict) -> float:
-        started = time.time()
+    def row_student(name: str) -> Path:
+        run_row(name)
+        return out / "students" / name / "student.pth"
+
+    def run_row(name: str) -> dict:
+        result_file = out / "rows" / f"{name}.json"
+        if result_file.is_file():
+            return json.loads(result_file.read_text())
+        data, overrides, description = ROWS[name]
+        if data == "real":
+            source = {"images": str(real_training_digits(out, digits.split, 800))}
+        else:
+            source = {"shards": ",".join(str(shard_set(s)) for s in data)}
+        stage1 = overrides.get("stage1_epochs", 1.0)
         config = recipe_config(DistillConfig, args.recipe, "distill", {
-            **source, "teacher": str(teacher_file), "resume": True, **common, **epochs, **overrides})
-        result = distill(config, out / "students" / name)
-        top1 = accuracy(load_student(result["student"]), real_test, device="cpu")["top1"]
-        print(f"{name}: {top1:.4f} ({time.time() - started:.0f} s)", flush=True)
-        return top1
+            **source, "teacher": str(digits.teacher_file), "resume": True, "threads": args.threads,
+            "epochs": epochs, **overrides,
+            "stage1_epochs": round(stage1 * epochs) if stage1 < 1 else epochs})
+        started = time.process_time()
+        run = distill(config, out / "students" / name)
+        row = {"row": name, "description": description, "data": data, "images": run["images"],
+               "accuracy": accuracy(load_student(run["student"]), digits.real_test, device="cpu")["top1"],
+               "epochs": epochs, "cpu_s": round(time.process_time() - started, 1),
+               **({"set": sets.get(data[0], {})} if data != "real" else {})}
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(json.dumps(row, indent=2))
+        print(f"row {name}: {row['accuracy']:.4f} ({row['cpu_s']} s CPU)", flush=True)
+        return row
 
-    for variant, losses in SYNTHESIS_VARIANTS.items():
-        shards = out / "shards" / variant
-        config = recipe_config(SynthesisConfig, args.recipe, "synthesize",
-                               {"teacher": str(teacher_file), **common, **losses})
-        started = time.time()
-        summary = synthesize(config, shards)
-        print(f"synthesized {variant}: fidelity {summary['fidelity']:.3f} ({time.time() - started:.0f} s)", flush=True)
-        row = {"row": f"shards: {variant}", "fidelity": summary["fidelity"],
-               "embedding_diversity": embedding_diversity(shards, teacher)["mean"]}
-        if args.lpips_backbone:
-            row["lpips"] = lpips_diversity(shards, args.lpips_backbone, device="cpu")["mean"]
-        students = STUDENT_VARIANTS if variant == "df_dearkd" else {"dearkd": {}}
-        for student, overrides in students.items():
-            rows.append({**row, "student": student,
-                         "accuracy": run_student(f"{variant}-{student}", {"shards": str(shards)}, overrides)})
-
-    images = summary["images"]
-    rng = np.random.default_rng(0)
-    keep = rng.permutation(len(split.train_labels))[:images]
-    real_train = out / f"real-train-{images}"
-    if not real_train.is_dir():
-        write_image_folder(split.train_images[keep], split.train_labels[keep], real_train)
-    rows.append({"row": f"reference: {images} real training digits", "student": "dearkd",
-                 "accuracy": run_student("real-dearkd", {"images": str(real_train)}, {})})
-
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n# digits quality, {time.strftime('%Y-%m-%d')}, recipe {args.recipe}, "
-          f"{args.epochs or load_recipe(args.recipe, 'distill').get('epochs')} epochs")
-    print("| data | student | teacher fidelity | embedding diversity | LPIPS | real held-out accuracy |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        cells = [r["row"], r.get("student", ""), _fmt(r.get("fidelity")), _fmt(r.get("embedding_diversity")),
-                 _fmt(r.get("lpips")), _fmt(r.get("accuracy"))]
-        print("| " + " | ".join(cells) + " |")
+    for name in args.rows.split(","):
+        if name not in ROWS:
+            parser.error(f"unknown row '{name}'; rows: {', '.join(ROWS)}")
+        run_row(name)
+    print_table(out, args.recipe, teacher_top1)
 
 
-def _fmt(value) -> str:
-    return "" if value is None else f"{value:.3f}"
+def real_training_digits(out: Path, split, count: int) -> Path:
+    """A seeded `count`-image subset of the real training digits as an image folder."""
+    folder = out / f"real-train-{count}"
+    if not folder.is_dir():
+        keep = np.random.default_rng(0).permutation(len(split.train_labels))[:count]
+        write_image_folder(split.train_images[keep], split.train_labels[keep], folder)
+    return folder
+
+
+def print_table(out: Path, recipe: str, teacher_top1: float) -> None:
+    """The markdown table of every finished row, with the mean and spread of the seeded recipe rows."""
+    rows = {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
+    print(f"\n# digits quality, {time.strftime('%Y-%m-%d')}, recipe {recipe}; teacher {teacher_top1:.4f}")
+    print("| row | what | images | fidelity | embedding diversity | real held-out top-1 | CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    for name in ROWS:
+        if name in rows:
+            r, s = rows[name], rows[name].get("set", {})
+            fid = f"{s['fidelity']:.3f}" if s.get("fidelity") is not None else ""
+            div = f"{s['embedding_diversity']:.3f}" if "embedding_diversity" in s else ""
+            print(f"| {name} | {r['description']} | {r['images']} | {fid} | {div} | {r['accuracy']:.4f} | "
+                  f"{r['cpu_s']} |")
+    seeded = [rows[n]["accuracy"] for n in ("fm", "fm-seed1", "fm-seed2") if n in rows]
+    if len(seeded) > 1:
+        print(f"\nrecipe over {len(seeded)} seeds: mean {np.mean(seeded):.4f}, min {min(seeded):.4f}, "
+              f"max {max(seeded):.4f}")
 
 
 if __name__ == "__main__":
