@@ -70,3 +70,30 @@ def test_student_and_its_sha256_join_the_shard_config(random_teacher, student_fi
         SynthesisConfig(teacher=random_teacher, student=student_file).validate()
     with pytest.raises(UserError, match="competition term needs both"):
         SynthesisConfig(teacher=random_teacher, losses=LossWeights(adi=1.0)).validate()
+
+
+def test_two_round_adaptive_workflow_through_the_cli(digits_teacher, tmp_path):
+    """synthesize -> distill -> synthesize more against that student -> distill on both sets."""
+    from click.testing import CliRunner
+
+    from dfkd.cli import main
+
+    def run(*args):
+        result = CliRunner().invoke(main, [str(a) for a in args] + ["--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    tiny = ["--classes", "all", "--per-class", "2", "--classes-per-batch", "10", "--images-per-class", "2",
+            "--resolutions", "16,32", "--iterations", "4,4", "--a-bn", "1", "--device", "cpu", "--threads", "1"]
+    train = ["--teacher", digits_teacher, "--student", "dearkd_pico_patch4_32", "--epochs", "1", "--stage1-epochs",
+             "1", "--batch-size", "10", "--workers", "0", "--device", "cpu", "--threads", "1",
+             "--distillation", "function_matching"]
+    run("synthesize", "--teacher", digits_teacher, "--out", tmp_path / "r1", *tiny)
+    first = run("distill", "--shards", tmp_path / "r1", "--out", tmp_path / "s1", *train)
+    second_set = run("synthesize", "--teacher", digits_teacher, "--out", tmp_path / "r2", "--seed", "1",
+                     "--student", first["student"], "--a-adi", "1", *tiny)
+    assert second_set["images"] == 20
+    both = run("distill", "--shards", f"{tmp_path / 'r1'},{tmp_path / 'r2'}", "--out", tmp_path / "s2", *train)
+    assert both["images"] == 40 and both["distillation"] == "function_matching"
+    config = read_manifest(tmp_path / "r2")["config"]
+    assert config["losses"]["adi"] == 1.0 and config["student"]["sha256"] == load_competitor(first["student"]).sha256
