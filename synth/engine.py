@@ -424,6 +424,9 @@ def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int
         raise UserError(f"output '{out}' exists and is not a directory")
     manifest = shard_io.read_manifest(out) if out.is_dir() else None
     shards = shard_io.list_shards(out)
+    if manifest is not None and manifest.get("format") != shard_io.FORMAT:
+        raise UserError(f"'{out / shard_io.MANIFEST}' is not a dfkd manifest (format {manifest.get('format')!r}); "
+                        "choose a new or empty --out")
     if out.is_dir() and manifest is None and not shards and not _only_dfkd_files(out):
         raise UserError(f"output directory '{out}' is not empty and is not a dfkd synthesis directory (no "
                         f"{shard_io.MANIFEST}, no shard-XXXXXX.h5); choose a new or empty --out")

@@ -103,6 +103,10 @@ def test_synthesize_refuses_an_unrelated_non_empty_directory(random_teacher, tmp
     before = snapshot(out)
     one_line_error(cli(*synth_args(random_teacher, out)), str(out), "not a dfkd synthesis")
     assert snapshot(out) == before
+    (out / "manifest.json").write_text('{"tool": "someone else\'s"}')  # a manifest, but not dfkd's
+    before = snapshot(out)
+    one_line_error(cli(*synth_args(random_teacher, out)), "manifest.json", "not a dfkd manifest")
+    assert snapshot(out) == before
 
 
 def test_synthesize_deletes_only_its_own_tmp_files(random_teacher, copy, made):

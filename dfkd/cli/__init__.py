@@ -20,7 +20,7 @@ class OneLineErrors(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
-            super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.exceptions.NoArgsIsHelpError as exc:  # `dfkd` alone: the help text
             click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
             sys.exit(EXIT_USAGE)
@@ -36,7 +36,7 @@ class OneLineErrors(click.Group):
             sys.exit(EXIT_RUNTIME)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
-        sys.exit(0)
+        sys.exit(code if isinstance(code, int) else 0)  # without standalone mode click returns ctx.exit()'s code
 
 
 @click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
