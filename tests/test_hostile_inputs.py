@@ -6,7 +6,6 @@ dfkd deletes or rewrites only files it can prove it wrote; readers refuse damage
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
@@ -14,7 +13,6 @@ import time
 from pathlib import Path
 
 import h5py
-import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -22,7 +20,6 @@ from click.testing import CliRunner
 from dfkd.cli import main
 from synth import engine
 from synth.shards import list_shards, verify
-from synth.teacher import save_teacher_file
 
 SMALL = ["--classes", "0-3", "--per-class", "4", "--classes-per-batch", "2", "--images-per-class", "2",
          "--resolutions", "16,32", "--iterations", "2,2", "--seed", "0", "--device", "cpu", "--threads", "1",
