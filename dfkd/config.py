@@ -9,7 +9,7 @@ from typing import Any, Optional, TypeVar
 
 import yaml
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 
 T = TypeVar("T")
 
@@ -22,9 +22,11 @@ def load_recipe(path: Optional[str], section: str) -> dict:
     if not file.is_file():
         raise UserError(f"recipe '{path}' does not exist")
     try:
-        data = yaml.safe_load(file.read_text()) or {}
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"recipe '{path}' is not a readable UTF-8 YAML file ({type(exc).__name__})") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"recipe '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"recipe '{path}' is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"recipe '{path}' must be a mapping of settings")
     sections = {"synthesize", "distill", "evaluate", "demo", "train_teacher"}

@@ -14,9 +14,12 @@ of processes.
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
@@ -33,6 +36,7 @@ from synth.inversion import LossWeights, Schedule, invert_batch
 from synth.teacher import Teacher, load_teacher
 
 LOW_FIDELITY = 0.5  # below this teacher agreement with the targets a set is flagged: its images carry little class
+MAX_SHARD_IMAGES = 100_000  # a shard is assembled in memory before it is written
 UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
 
 
@@ -79,6 +83,28 @@ class SynthesisConfig:
         if bool(self.student) != (self.losses.adi > 0):
             raise UserError("the competition term needs both a student (--student runs/x/student.pth) and a weight "
                             f"(--a-adi > 0); got student {self.student!r} and a_adi {self.losses.adi}")
+        if self.seed < 0:
+            raise UserError(f"seed must be >= 0, not {self.seed}")
+        self.losses.validate()
+        self.schedule.validate()
+        for name, value in [*(("losses." + k, v) for k, v in asdict(self.losses).items()),
+                            *(("schedule." + k, v) for k, v in asdict(self.schedule).items())]:
+            for number in (value if isinstance(value, (list, tuple)) else [value]):
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise UserError(f"{name} must be a finite number, not {number}")
+        if not self.schedule.lr > 0:
+            raise UserError(f"schedule.lr (--lr) must be > 0, not {self.schedule.lr}")
+        if not self.schedule.eps > 0 or not all(0 <= b < 1 for b in self.schedule.betas):
+            raise UserError(f"schedule.eps must be > 0 and schedule.betas in [0, 1), not {self.schedule.eps}, "
+                            f"{list(self.schedule.betas)}")
+        resolutions = list(self.schedule.resolutions)
+        if any(low >= high for low, high in zip(resolutions, resolutions[1:])):
+            raise UserError(f"schedule.resolutions (--resolutions) {resolutions} must strictly increase "
+                            "(one stage per resolution, low to high)")
+        if self.batch_size * self.units_per_shard > MAX_SHARD_IMAGES:
+            raise UserError(f"units_per_shard {self.units_per_shard} x {self.batch_size} images per unit = "
+                            f"{self.batch_size * self.units_per_shard} images per shard; a shard is built in "
+                            f"memory, keep it at most {MAX_SHARD_IMAGES} images")
 
     @property
     def batch_size(self) -> int:
@@ -136,7 +162,11 @@ def parse_classes(spec: Union[str, list[int]], num_classes: int) -> list[int]:
             try:
                 if "-" in part[1:]:
                     low, high = part.split("-", 1) if not part.startswith("-") else (part, "")
-                    ids.extend(range(int(low), int(high) + 1))
+                    low, high = int(low), int(high)
+                    if low <= high and (low < 0 or high >= num_classes):  # before the range is built
+                        first_bad = low if low < 0 else max(low, num_classes)
+                        raise UserError(f"class id {first_bad} is outside the teacher's range 0-{num_classes - 1}")
+                    ids.extend(range(low, high + 1))
                 else:
                     ids.append(int(part))
             except ValueError:
@@ -149,17 +179,35 @@ def parse_classes(spec: Union[str, list[int]], num_classes: int) -> list[int]:
     return sorted(set(ids))
 
 
-def plan_units(classes: list[int], per_class: int, classes_per_batch: int, images_per_class: int) -> list[Unit]:
+class UnitPlan(Sequence):
+    """All work units in order, computed on demand (a plan of 10^8 units costs nothing until it is used)."""
+
+    def __init__(self, groups: list[tuple[int, ...]], rounds: int, images_per_class: int):
+        self.groups, self.rounds, self.images_per_class = groups, rounds, images_per_class
+
+    def __len__(self) -> int:
+        return self.rounds * len(self.groups)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        r, g = divmod(index, len(self.groups))
+        return Unit(id=index, classes=self.groups[g], first_index=r * self.images_per_class,
+                    images_per_class=self.images_per_class)
+
+
+def plan_units(classes: list[int], per_class: int, classes_per_batch: int, images_per_class: int) -> UnitPlan:
     """All work units in order (see the module docstring)."""
     if len(classes) % classes_per_batch:
-        divisors = [d for d in range(2, len(classes) + 1) if len(classes) % d == 0]
+        divisors = [d for d in range(2, min(len(classes), 10_000) + 1) if len(classes) % d == 0]
         raise UserError(f"classes_per_batch {classes_per_batch} does not divide the {len(classes)} selected "
                         f"classes; use one of {divisors[:8]}")
     groups = [tuple(classes[i:i + classes_per_batch]) for i in range(0, len(classes), classes_per_batch)]
-    rounds = per_class // images_per_class
-    return [Unit(id=r * len(groups) + g, classes=groups[g], first_index=r * images_per_class,
-                 images_per_class=images_per_class)
-            for r in range(rounds) for g in range(len(groups))]
+    return UnitPlan(groups, per_class // images_per_class, images_per_class)
 
 
 def unit_generator(seed: int, unit_id: int) -> torch.Generator:
@@ -209,6 +257,11 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         teacher = load_teacher(config.teacher, config.teacher_weights, device)
         classes = parse_classes(config.classes, teacher.num_classes)
         units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
+        if -(-len(units) // config.units_per_shard) > shard_io.MAX_SHARDS:
+            raise UserError(f"{len(classes)} classes x per_class {config.per_class} make "
+                            f"{-(-len(units) // config.units_per_shard)} shards of {config.units_per_shard} "
+                            f"unit(s); at most {shard_io.MAX_SHARDS} shards fit the shard names: lower per_class "
+                            "or raise units_per_shard")
         competitor = load_competitor(config.student, device) if config.student else None
         identity = config.identity(teacher, classes, competitor)
     except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised
@@ -226,7 +279,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     error = None
     if ranks.rank == 0:
         try:
-            _prepare_output(out, identity, teacher, num_shards, len(units) * config.batch_size)
+            _prepare_output(out, identity, teacher, num_shards, len(units) * config.batch_size, progress.message)
             cores = available_cores()
             if ranks.local_world_size * threads > cores:
                 progress.message(f"note: {ranks.local_world_size} process(es) x {threads} threads exceed this "
@@ -234,6 +287,9 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         except Exception as exc:  # noqa: BLE001
             error = exc
     ranks.check_all(error)
+    if ranks.distributed:  # rank 0 may have adopted the recorded teacher path (same weights under another name)
+        identity = ranks.all_gather(identity)[0]
+        teacher.spec = identity["teacher"]
 
     # 3. Every rank verifies its own finished shards (damaged ones are deleted and redone).
     error = None
@@ -242,13 +298,12 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
             raise UserError(f"rank {ranks.rank} does not see {out / shard_io.MANIFEST} written by rank 0: "
                             "--out must be a directory every node shares")
         log_path = out / "logs" / f"synthesis-rank{ranks.rank}.jsonl"
-        log_path.parent.mkdir(exist_ok=True)
         mine = _RankResult()
         todo = []
         for k in range(ranks.rank, num_shards, ranks.world_size):
             path = out / shard_io.shard_name(k)
             if path.exists():
-                shard, problem = shard_io.load_verified(path)
+                shard, problem = shard_io.load_verified(path, identity)
                 if problem is None:
                     mine.add_existing(shard)
                     continue
@@ -277,6 +332,11 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                                       unit_generator(config.seed, unit.id), channels_last=cuda,
                                       autocast_dtype=torch.bfloat16 if cuda else None,
                                       compile=config.compile, competitor=competitor)
+                bad = {name: value for name, value in result.losses.items() if not math.isfinite(value)}
+                if bad or not bool(torch.isfinite(result.logits).all()):  # read once per unit, at its end
+                    raise UserError(f"unit {unit.id} (classes {list(unit.classes)}) ended with a non-finite loss "
+                                    f"{bad or 'in the teacher logits'}; {shard_io.shard_name(k)} was not written. "
+                                    "Lower --lr or the loss weights, or check the teacher")
                 results.append(result)
                 agreement = float((result.logits.argmax(1) == labels.cpu()).float().mean())
                 _append_log(log_path, {"unit": unit.id, "shard": k, "rank": ranks.rank,
@@ -311,9 +371,9 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     damaged = {name: problem for r in gathered for name, problem in r.damaged.items()}
     if ranks.rank == 0:
         manifest = shard_io.read_manifest(out) or {}
-        manifest.update(shards=shards, images=images, complete=len(shards) == num_shards, updated=_now())
-        shard_io.write_manifest(out, manifest)
-        card.write_card(out, manifest, progress.message)
+        updated = dict(manifest, shards=shards, images=images, complete=len(shards) == num_shards)
+        _write_manifest_if_changed(out, manifest, updated)
+        card.write_card(out, updated, progress.message)
     total = sum(r.total for r in gathered)
     with_logits = config.store_logits and all(r.has_logits for r in gathered)
     fidelity = sum(r.hits for r in gathered) / total if with_logits and total else None
@@ -389,29 +449,86 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int) -> None:
-    """Refuse a directory holding a different synthesis, delete stale `.tmp` files, write the manifest."""
+def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int,
+                    message: Callable[[str], None] = print) -> None:
+    """Refuse a directory that holds something else (another synthesis, or files dfkd did not write), delete
+    stale temporary files of dfkd's own names, write the manifest (only when it changes).
+
+    When the directory holds the same synthesis with the teacher file named by another path (same weights,
+    normalisation and size), `identity` and `teacher` adopt the recorded path: the path is information only."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}' exists and is not a directory")
+    manifest = shard_io.read_manifest(out) if out.is_dir() else None
+    shards = shard_io.list_shards(out)
+    if manifest is not None and manifest.get("format") != shard_io.FORMAT:
+        raise UserError(f"'{out / shard_io.MANIFEST}' is not a dfkd manifest (format {manifest.get('format')!r}); "
+                        "choose a new or empty --out")
+    if out.is_dir() and manifest is None and not shards and not _only_dfkd_files(out):
+        raise UserError(f"output directory '{out}' is not empty and is not a dfkd synthesis directory (no "
+                        f"{shard_io.MANIFEST}, no shard-XXXXXX.h5); choose a new or empty --out")
     existing = _existing_identity(out)
+    if existing is not None and _same_teacher_file(existing, identity, manifest, teacher):
+        if existing["teacher"] != identity["teacher"]:
+            message(f"note: teacher '{identity['teacher']}' has the same weights (sha256 "
+                    f"{identity['teacher_weights_sha256'][:12]}) as '{existing['teacher']}' recorded in '{out}'; "
+                    "resuming")
+            identity["teacher"] = teacher.spec = existing["teacher"]
     difference = _first_difference(existing, identity) if existing is not None else None
+    if difference is not None and not shards and not (manifest or {}).get("shards"):
+        message(f"note: '{out}' holds the manifest of a run that wrote no shard ({difference[0]}: "
+                f"{difference[1]!r} there); starting afresh")
+        manifest, difference = None, None
     if difference is not None:
         key, there, now = difference
         raise UserError(f"output directory '{out}' holds a different synthesis ({key}: {there!r} "
                         f"there, {now!r} now); choose another --out or delete it")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*.tmp"):
-        stale.unlink()
-    manifest = shard_io.read_manifest(out) or {}
-    manifest.update({
+    for stale in out.iterdir():
+        if shard_io.TMP_PATTERN.match(stale.name) and stale.is_file():
+            stale.unlink()
+    old = manifest or {}
+    new = dict(old)
+    new.update({
         "format": shard_io.FORMAT, "format_version": shard_io.FORMAT_VERSION, "config": identity,
         "teacher": teacher.describe(), "num_shards": num_shards, "images_expected": images,
-        "created": manifest.get("created", _now()), "updated": _now(),
+        "created": old.get("created", _now()),
     })
-    manifest.setdefault("shards", [])
-    manifest.setdefault("images", 0)
-    manifest.setdefault("complete", False)
-    shard_io.write_manifest(out, manifest)
+    new.setdefault("shards", [])
+    new.setdefault("images", 0)
+    new.setdefault("complete", False)
+    _write_manifest_if_changed(out, old, new)
+
+
+def _write_manifest_if_changed(out: Path, old: dict, new: dict) -> None:
+    """Write the manifest only when something besides its timestamp changes: a finished rerun touches nothing."""
+    ignore = ("updated",)
+    if {k: v for k, v in old.items() if k not in ignore} != {k: v for k, v in new.items() if k not in ignore} \
+            or not (out / shard_io.MANIFEST).is_file():
+        shard_io.write_manifest(out, dict(new, updated=_now()))
+
+
+def _only_dfkd_files(out: Path) -> bool:
+    """True when a directory holds nothing but what dfkd synthesize writes (logs, its temporary files)."""
+    for entry in out.iterdir():
+        if entry.name == "logs" and entry.is_dir():
+            if not all(re.fullmatch(r"synthesis-rank\d+\.jsonl", log.name) for log in entry.iterdir()):
+                return False
+        elif not shard_io.TMP_PATTERN.match(entry.name):
+            return False
+    return True
+
+
+def _same_teacher_file(existing: dict, identity: dict, manifest: Optional[dict], teacher: Teacher) -> bool:
+    """Whether the recorded teacher and this one are the same teacher file under two paths: compared by content
+    (weights sha256, normalisation, input size), never by the path."""
+    specs = (str(existing.get("teacher")), str(identity["teacher"]))
+    if any(spec.startswith(("timm:", "torchvision:")) for spec in specs):
+        return False
+    if existing.get("teacher_weights_sha256") != identity["teacher_weights_sha256"]:
+        return False
+    recorded = (manifest or {}).get("teacher") or {}
+    now = teacher.describe()
+    return all(recorded.get(key, now[key]) == now[key] for key in ("mean", "std", "input_size", "num_classes"))
 
 
 def _first_difference(a: dict, b: dict) -> Optional[tuple[str, Any, Any]]:
@@ -437,13 +554,16 @@ def _existing_identity(out: Path) -> Optional[dict]:
         return manifest["config"]
     for path in shard_io.list_shards(out):
         try:
-            return shard_io.read_shard_config(path)
+            config = shard_io.read_shard_config(path)
         except Exception:  # noqa: BLE001 - a damaged shard is handled (regenerated) later
             continue
+        if isinstance(config, dict):
+            return config
     return None
 
 
 def _append_log(path: Path, record: dict) -> None:
+    path.parent.mkdir(exist_ok=True)  # created with the first unit: a run that fails before it leaves no logs
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -21,7 +21,10 @@ FORMAT = "dfkd-shard"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.h5$")
+TMP_PATTERN = re.compile(r"^(shard-\d{6}\.h5|manifest\.json)\.tmp$")  # the only temporary files dfkd deletes
 COMPRESSIONS = ("none", "lzf", "gzip")
+MAX_SHARDS = 1_000_000  # shard names have six digits
+PLAN_KEYS = ("classes", "per_class", "classes_per_batch", "images_per_class", "units_per_shard")
 
 
 def shard_name(index: int) -> str:
@@ -123,21 +126,60 @@ class VerifiedShard:
         return {"file": self.file, "count": int(len(self.labels)), "digest": self.digest}
 
 
-def load_verified(path: str | Path) -> tuple[Optional[VerifiedShard], Optional[str]]:
+def expected_content(config: Any, index: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
+    """(sample_ids, labels) that shard `index` of a synthesis with this config must hold (the unit order of
+    synth.engine), or None when `config` holds no unit plan (e.g. hand-made shards)."""
+    if not isinstance(config, dict) or not all(key in config for key in PLAN_KEYS):
+        return None
+    try:
+        classes = [int(c) for c in config["classes"]]
+        per_group, per_class = int(config["classes_per_batch"]), int(config["images_per_class"])
+        per_shard, rounds = int(config["units_per_shard"]), int(config["per_class"]) // per_class
+        groups = len(classes) // per_group
+        batch = per_group * per_class
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    if min(per_group, per_class, per_shard, groups) < 1:
+        return None
+    first, last = index * per_shard, min((index + 1) * per_shard, rounds * groups)
+    if first >= last:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    units = np.arange(first, last)
+    group_classes = np.asarray(classes[:groups * per_group], dtype=np.int64).reshape(groups, per_group)
+    labels = np.repeat(group_classes[units % groups], per_class, axis=1).reshape(-1)
+    return np.arange(first * batch, last * batch, dtype=np.int64), labels
+
+
+def load_verified(path: str | Path, config: Optional[dict] = None,
+                  listed_digest: Optional[str] = None) -> tuple[Optional[VerifiedShard], Optional[str]]:
     """(the shard, None) if it opens, has the v1 layout and matches its digest; else (None, what is wrong).
-    One read of the file serves both the check and what resume and verify need from it."""
+    With `config` (the run's), the shard's stored config must equal it; with `listed_digest` (the manifest's),
+    its digest must be that one. The shard's sample_ids and labels must be those its units hold (by its index
+    and config), so a copied or renamed shard never passes. One read of the file serves every check."""
     path = Path(path)
     try:
         with h5py.File(path, "r") as f:
             _check_version(path, f.attrs)
+            stored = json.loads(f.attrs["config"])
+            if config is not None and stored != config:
+                return None, "made with another config (e.g. another seed)"
             labels = f["labels"][:]
+            sample_ids = f["sample_ids"][:]
             logits = f["teacher_logits"][:] if "teacher_logits" in f else None
             n = len(labels)
-            if len(f["images"]) != n or len(f["sample_ids"]) != n or (logits is not None and len(logits) != n):
+            if len(f["images"]) != n or len(sample_ids) != n or (logits is not None and len(logits) != n):
                 return None, "dataset lengths differ"
+            match = SHARD_PATTERN.match(path.name)
+            expected = expected_content(stored, int(match.group(1))) if match else None
+            if expected is not None and not np.array_equal(sample_ids, expected[0]):
+                return None, "its sample_ids are not those of its units (a copied or renamed shard?)"
+            if expected is not None and not np.array_equal(labels, expected[1]):
+                return None, "its labels are not those of its units"
             digest = str(f.attrs.get("digest"))
-            if content_digest(f["images"][:], labels, f["sample_ids"][:], logits) != digest:
+            if content_digest(f["images"][:], labels, sample_ids, logits) != digest:
                 return None, "content does not match its digest"
+            if listed_digest is not None and listed_digest != digest:
+                return None, "its digest differs from the one manifest.json lists"
     except UserError as exc:
         return None, str(exc)
     except Exception as exc:  # noqa: BLE001 - any read failure means a damaged shard
@@ -165,14 +207,30 @@ def write_manifest(root: str | Path, manifest: dict) -> None:
 
 
 def read_manifest(root: str | Path) -> Optional[dict]:
-    """The manifest of a shard directory, or None when there is none."""
+    """The manifest of a shard directory, or None when there is none; a malformed one is refused naming the file."""
     path = Path(root) / MANIFEST
     if not path.is_file():
         return None
+    fix = "delete it, it is rebuilt from the shards"
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise UserError(f"'{path}' is not valid JSON ({exc.msg}); delete it, it is rebuilt from the shards") from None
+        raise UserError(f"'{path}' is not valid JSON ({exc.msg}); {fix}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read '{path}' ({type(exc).__name__}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"'{path}' holds a {type(manifest).__name__}, not a dfkd manifest (a JSON object); {fix}")
+    num_shards = manifest.get("num_shards", 0)
+    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or not 0 <= num_shards <= MAX_SHARDS:
+        raise UserError(f"'{path}' has num_shards {num_shards!r}; accepted: a whole number 0-{MAX_SHARDS}; {fix}")
+    shards = manifest.get("shards", [])
+    if not isinstance(shards, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
+                                               for e in shards):
+        raise UserError(f"'{path}' has a malformed shards list; {fix}")
+    for key, kind in (("config", dict), ("teacher", dict), ("complete", bool)):
+        if key in manifest and not isinstance(manifest[key], kind):
+            raise UserError(f"'{path}' has {key} {manifest[key]!r}; accepted: a JSON {kind.__name__}; {fix}")
+    return manifest
 
 
 @dataclass
@@ -183,6 +241,7 @@ class VerifyReport:
     images: int = 0
     problems: dict[str, str] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    complete: Optional[bool] = None
 
     @property
     def ok(self) -> bool:
@@ -192,28 +251,34 @@ class VerifyReport:
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         return {"ok": self.ok, "shards": self.shards, "images": self.images,
-                "problems": self.problems, "missing": self.missing}
+                "problems": self.problems, "missing": self.missing,
+                "complete": self.complete}
 
 
 def verify(root: str | Path) -> VerifyReport:
-    """Check every shard's layout and digest, and that the manifest's expected shards are all present."""
+    """Check every shard (layout, digest, sample_ids of its units; with a manifest: its config and listed digest)
+    and that the manifest's expected shards are all present. One read of each shard."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"shard directory '{root}' does not exist")
     report = VerifyReport()
+    manifest = read_manifest(root) or {}
+    config = manifest.get("config")
+    listed = {e["file"]: e.get("digest") for e in manifest.get("shards", [])}
     paths = list_shards(root)
     for path in paths:
-        shard, problem = load_verified(path)
+        shard, problem = load_verified(path, config, listed.get(path.name))
         report.shards += 1
+        if problem is None and manifest and shard_index(path) >= manifest.get("num_shards", 0):
+            problem = f"not part of this synthesis (manifest.json lists {manifest.get('num_shards', 0)} shards)"
         if problem:
             report.problems[path.name] = problem
         else:
             report.images += len(shard.labels)
-    manifest = read_manifest(root)
     if manifest:
-        present = {p.name for p in paths}
-        expected = [shard_name(i) for i in range(int(manifest.get("num_shards", 0)))]
-        report.missing = [name for name in expected if name not in present]
+        present = {shard_index(p) for p in paths}
+        report.missing = [shard_name(i) for i in range(manifest.get("num_shards", 0)) if i not in present]
+        report.complete = manifest.get("complete")
     return report
 
 
@@ -250,6 +315,26 @@ def check_combinable(first_shards: Sequence[str | Path]) -> None:
                                 "only sets from the same teacher with the same classes and resolution combine")
 
 
+def check_integrity(root: str | Path, verify_shards: bool = True, warn: Callable[[str], None] = print) -> None:
+    """What consumers (distill, fidelity) call before reading a shard directory: refuse a damaged shard, a partial
+    set or an unfinished synthesis with one line; with verify_shards=False only warn that nothing was checked."""
+    root = Path(root)
+    if not verify_shards:
+        warn(f"warning: shards in '{root}' are not verified (--no-verify): damaged or missing shards go unnoticed")
+        return
+    report = verify(root)
+    hint = "rerun the same `dfkd synthesize` command to repair it, or pass --no-verify to read it anyway"
+    if report.problems:
+        name, problem = next(iter(report.problems.items()))
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        raise UserError(f"shard '{root / name}' is damaged: {problem}{more}; {hint}")
+    if report.missing:
+        more = f" (and {len(report.missing) - 1} more)" if len(report.missing) > 1 else ""
+        raise UserError(f"shard '{root / report.missing[0]}' listed by the manifest is missing{more}; {hint}")
+    if report.complete is False:
+        raise UserError(f"the synthesis in '{root}' is incomplete (manifest.json says complete: false); {hint}")
+
+
 class ShardDataset(Dataset):
     """Images from a shard directory as (uint8 CHW tensor or PIL, label[, teacher logits]); lazy per-worker handles."""
 
@@ -272,16 +357,33 @@ class ShardDataset(Dataset):
             raise UserError(f"no shards (shard-XXXXXX.h5) found in '{root}'")
         self.paths, self.return_logits, self.as_pil, self.transform = paths, return_logits, as_pil, transform
         counts, labels, ids = [], [], []
+        first: tuple = ()
         for path in paths:
-            with h5py.File(path, "r") as f:
-                _check_version(path, f.attrs)
-                if return_logits and "teacher_logits" not in f:
-                    raise UserError(f"shard '{path}' has no teacher_logits (synthesized with logits off)")
-                if path == paths[0]:
-                    self._read_attrs(f)
-                labels.append(f["labels"][:])
-                ids.append(f["sample_ids"][:])
-                counts.append(len(labels[-1]))
+            try:
+                with h5py.File(path, "r") as f:
+                    _check_version(path, f.attrs)
+                    if return_logits and "teacher_logits" not in f:
+                        raise UserError(f"shard '{path}' has no teacher_logits (synthesized with logits off)")
+                    if path == paths[0]:
+                        self._read_attrs(f)
+                    labels.append(f["labels"][:])
+                    ids.append(f["sample_ids"][:])
+                    counts.append(len(labels[-1]))
+                    shape = f["images"].shape
+                    first = first if path != paths[0] else shape[1:]
+                    if len(shape) != 4 or shape[0] != counts[-1] or shape[1:] != first or shape[3] != 3:
+                        raise UserError(f"shard '{path}' holds images of shape {shape}, not "
+                                        f"({counts[-1]}, {', '.join(map(str, first))})")
+                    if len(ids[-1]) != counts[-1] or (return_logits and len(f["teacher_logits"]) != counts[-1]):
+                        raise UserError(f"shard '{path}' has datasets of different lengths")
+                    if counts[-1] and not (0 <= labels[-1].min() and labels[-1].max() < self.num_classes):
+                        raise UserError(f"shard '{path}' has labels outside 0-{self.num_classes - 1}")
+            except UserError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - truncated, overwritten or hand-edited files
+                detail = str(exc).splitlines()[0] if str(exc) else ""
+                raise UserError(f"cannot read shard '{path}' ({type(exc).__name__}: {detail}); "
+                                "`dfkd inspect` lists what is damaged") from None
         self.labels = np.concatenate(labels)
         self.sample_ids = np.concatenate(ids)
         self._offsets = np.cumsum([0] + counts).tolist()
@@ -299,6 +401,9 @@ class ShardDataset(Dataset):
         self.format_version = int(attrs["format_version"])
         self.class_names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] \
             if "class_names" in f else None
+        if self.num_classes < 1 or self.resolution < 1 or len(self.mean) != 3 or len(self.std) != 3 \
+                or not isinstance(self.teacher, dict) or not isinstance(self.config, dict):
+            raise ValueError("malformed attributes (num_classes, resolution, mean, std, teacher, config)")
 
     def __len__(self) -> int:
         return self._offsets[-1]
@@ -320,8 +425,13 @@ class ShardDataset(Dataset):
             raise IndexError(index)
         shard = bisect.bisect_right(self._offsets, index) - 1
         local = index - self._offsets[shard]
-        _, images, logits = self._open(shard)
-        array = images[local]
+        try:
+            _, images, logits = self._open(shard)
+            array = images[local]
+            stored = logits[local] if self.return_logits else None
+        except Exception as exc:  # noqa: BLE001 - a shard damaged after it was opened (or read with --no-verify)
+            raise UserError(f"cannot read image {local} of shard '{self.paths[shard]}' ({type(exc).__name__}); "
+                            "`dfkd inspect` lists what is damaged") from None
         if self.as_pil:
             from PIL import Image
 
@@ -332,7 +442,7 @@ class ShardDataset(Dataset):
             image = self.transform(image)
         label = int(self.labels[index])
         if self.return_logits:
-            return image, label, torch.from_numpy(logits[local].astype(np.float32))
+            return image, label, torch.from_numpy(stored.astype(np.float32))
         return image, label
 
     def __getstate__(self) -> dict:

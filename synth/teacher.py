@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import socket
 import threading
@@ -13,7 +14,7 @@ from urllib.parse import urlparse
 import torch
 import torch.nn as nn
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 
 TEACHER_FILE_FORMAT = "dfkd-teacher"
 TEACHER_FILE_VERSION = 1
@@ -135,7 +136,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a user problem
-        raise UserError(f"cannot read weights file '{path}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read weights file '{path}': {first_line(exc)}") from None
     for key in ("state_dict", "model", "state_dict_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -186,6 +187,9 @@ def save_teacher_file(path: str | Path, arch: str, arch_kwargs: dict, model: nn.
 
 def _finish(model: nn.Module, spec: str, mean, std, input_size: int, classifier_name: str,
             class_names: Optional[list[str]]) -> Teacher:
+    if not all(math.isfinite(float(v)) for v in (*mean, *std)) or min(float(v) for v in std) <= 0:
+        raise UserError(f"teacher '{spec}' has a degenerate normalisation (mean {list(mean)}, std {list(std)}); "
+                        "accepted: finite means and stds > 0")
     classifier = model.get_submodule(classifier_name)
     num_classes = classifier.weight.shape[0]
     if class_names is not None and len(class_names) != num_classes:
@@ -289,7 +293,7 @@ def _timm_weights_file(name: str, cfg: Any) -> str:
         try:
             return hf_hub_download(hub_id, filenames[0])
         except Exception as exc:  # noqa: BLE001 - any download failure is reported the same way
-            raise UserError(f"could not download {where}: {str(exc).splitlines()[0]}; "
+            raise UserError(f"could not download {where}: {first_line(exc)}; "
                             "pass --teacher-weights FILE instead") from None
     return hub_cached_download(cfg.url)
 
@@ -326,16 +330,22 @@ def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"cannot read teacher file '{path}': {str(exc).splitlines()[0]}") from None
+        raise UserError(f"cannot read teacher file '{path}': {first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != TEACHER_FILE_FORMAT:
         raise UserError(f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher`)")
-    if payload.get("format_version", 0) > TEACHER_FILE_VERSION:
-        raise UserError(f"teacher file '{path}' has format_version {payload['format_version']}; "
+    version = payload.get("format_version", 0)
+    if not isinstance(version, int) or version > TEACHER_FILE_VERSION:
+        raise UserError(f"teacher file '{path}' has format_version {version!r}; "
                         f"this dfkd reads up to {TEACHER_FILE_VERSION}, upgrade dfkd")
+    _check_teacher_payload(path, payload, weights is not None)
     arch = payload["arch"].removeprefix("timm:")
     if not timm.is_model(arch):
         raise UserError(f"teacher file '{path}' names unknown timm architecture '{arch}'")
-    model = timm.create_model(arch, pretrained=False, **payload["arch_kwargs"])
+    try:
+        model = timm.create_model(arch, pretrained=False, **payload["arch_kwargs"])
+    except Exception as exc:  # noqa: BLE001 - arch_kwargs the architecture does not take
+        raise UserError(f"teacher file '{path}': cannot build {arch} with arch_kwargs {payload['arch_kwargs']} "
+                        f"({type(exc).__name__})") from None
     _check_bn(model, path)
     state_dict = read_state_dict(weights) if weights else payload["state_dict"]
     _load_strict(model, state_dict, weights or path, path)
@@ -343,6 +353,33 @@ def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
                       _classifier_name(model), payload.get("class_names"))
     teacher.grayscale = bool(payload.get("grayscale", False))
     return teacher
+
+
+def _check_teacher_payload(path: str, payload: dict, own_weights: bool) -> None:
+    """Every field of a teacher file has the type it must have (one line naming the file and the field)."""
+    def bad(field: str, accepted: str) -> UserError:
+        return UserError(f"teacher file '{path}' has a malformed '{field}' ({payload.get(field)!r:.60}); "
+                         f"accepted: {accepted}")
+
+    if not isinstance(payload.get("arch"), str):
+        raise bad("arch", "a timm architecture name")
+    if not isinstance(payload.get("arch_kwargs", {}), dict):
+        raise bad("arch_kwargs", "a mapping of keyword arguments")
+    payload.setdefault("arch_kwargs", {})
+    state = payload.get("state_dict")
+    if not own_weights and not (isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values())):
+        raise bad("state_dict", "tensors by name")
+    for field in ("mean", "std"):
+        value = payload.get(field)
+        if not (isinstance(value, (list, tuple)) and len(value) == 3
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
+            raise bad(field, "three numbers")
+    size = payload.get("input_size")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise bad("input_size", "a positive whole number of pixels")
+    names = payload.get("class_names")
+    if names is not None and not (isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names)):
+        raise bad("class_names", "a list of names, or none")
 
 
 def hub_cached_download(url: str, alternative: str = WEIGHTS_OPTION) -> str:
@@ -356,7 +393,7 @@ def hub_cached_download(url: str, alternative: str = WEIGHTS_OPTION) -> str:
     try:
         torch.hub.download_url_to_file(url, str(target), progress=False)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"could not download {url}: {str(exc).splitlines()[0]}; put the file at {target} "
+        raise UserError(f"could not download {url}: {first_line(exc)}; put the file at {target} "
                         f"or {alternative}") from None
     return str(target)
 

@@ -1,9 +1,11 @@
 """The `dfkd` command line: a click group; each command module is thin (parse, configure, call, report)."""
 from __future__ import annotations
 
+import sys
+
 import click
 
-from dfkd.cli.common import install_warning_filters
+from dfkd.cli.common import EXIT_RUNTIME, EXIT_USAGE, install_warning_filters
 from dfkd.cli.demo import demo
 from dfkd.cli.distill import distill
 from dfkd.cli.evaluate import evaluate, export, inspect_command
@@ -11,7 +13,33 @@ from dfkd.cli.synthesize import synthesize
 from dfkd.cli.train_teacher import train_teacher
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class OneLineErrors(click.Group):
+    """Click's usage errors as one `error:` line (exit 2) instead of a usage block; --help is unchanged."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `dfkd` alone: the help text
+            click.echo(exc.ctx.get_help() if exc.ctx else str(exc), err=True)
+            sys.exit(EXIT_USAGE)
+        except click.UsageError as exc:
+            command = exc.ctx.command_path if exc.ctx is not None else "dfkd"
+            click.echo(f"error: {exc.format_message()} (see '{command} --help')", err=True)
+            sys.exit(EXIT_USAGE)
+        except click.ClickException as exc:
+            click.echo(f"error: {exc.format_message()}", err=True)
+            sys.exit(exc.exit_code)
+        except click.exceptions.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(EXIT_RUNTIME)
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        sys.exit(code if isinstance(code, int) else 0)  # without standalone mode click returns ctx.exit()'s code
+
+
+@click.group(cls=OneLineErrors, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="dfkd")
 def main() -> None:
     """dfkd: data-free knowledge distillation from a CNN teacher into a DearKD vision transformer.

@@ -1,6 +1,8 @@
 """`dfkd distill`: shards (or real images) + a CNN teacher -> a DearKD student, in two stages."""
 from __future__ import annotations
 
+import math
+
 import click
 
 from dfkd.cli.common import Reporter, common_options, overrides
@@ -10,6 +12,9 @@ from dfkd.distill import distill as run_distill
 from dfkd.distill.losses import KINDS
 from synth import distributed
 from synth.engine import Progress
+from synth.errors import UserError
+from dfkd.distill.data import shard_roots
+from synth.shards import check_integrity
 
 EXAMPLE = """
 \b
@@ -89,8 +94,10 @@ effective batch = batch size x processes):
 @click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
 @click.option("--resume", is_flag=True, default=None, help="Continue from out/checkpoint.pt.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--verify/--no-verify", "verify_shards", default=True,
+              help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]")
 @common_options
-def distill(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
+def distill(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
     reporter = Reporter(json_mode, quiet)
     rand_augment = options["rand_augment"]
@@ -105,15 +112,32 @@ def distill(out: str, config_path: str, json_mode: bool, quiet: bool, **options)
         "optim.weight_decay": options["weight_decay"],
         "augment.rand_augment": "" if rand_augment == "none" else rand_augment, "augment.hflip": options["hflip"],
         "augment.grayscale": options["grayscale"],
-        "augment.mixup": options["mixup"], "augment.cutmix": options["cutmix"], "augment.mix_prob": options["mix_prob"], "augment.reprob": options["reprob"],
+        "augment.mixup": options["mixup"], "augment.cutmix": options["cutmix"], "augment.mix_prob": options["mix_prob"],
+        "augment.reprob": options["reprob"],
         "augment.smoothing": options["smoothing"],
     }))
     config = build(DistillConfig, data)
+    _check_numbers(config)
+    for root in shard_roots(config.shards) if config.shards is not None else ():
+        check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)
     summary = run_distill(config, out, _progress(reporter, ranks), ranks=ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
     if ranks.rank == 0:
         reporter.result(summary, _lines(summary))
+
+
+def _check_numbers(config: DistillConfig) -> None:
+    """Refuse non-finite or out-of-range optimiser numbers as typed (before any batch scaling)."""
+    optim = config.optim
+    for name, value, least in (("lr", optim.lr, None), ("min-lr", optim.min_lr, 0), ("warmup-lr", optim.warmup_lr, 0),
+                               ("weight-decay", optim.weight_decay, 0), ("warmup-epochs", optim.warmup_epochs, 0)):
+        if not math.isfinite(value) or (least is None and value <= 0) or (least is not None and value < least):
+            accepted = "a finite number > 0" if least is None else f"a finite number >= {least}"
+            raise UserError(f"{name} {value} is not accepted; give {accepted}")
+    for name, value in (("tau", config.loss.tau), ("a-hid", config.loss.a_hid), ("drop-path", config.drop_path)):
+        if not math.isfinite(value) or value < 0:
+            raise UserError(f"{name} {value} is not accepted; give a finite number >= 0")
 
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:

@@ -1,6 +1,7 @@
 """`dfkd evaluate diversity|fidelity|accuracy`, `dfkd inspect` and `dfkd export`: thin layers over dfkd.evaluate."""
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import Optional, Union
 
@@ -14,9 +15,8 @@ from dfkd.evaluate import export_shards
 from dfkd.evaluate import inspect_shards, load_student, lpips_diversity, teacher_classifier
 from dfkd.evaluate import fidelity as run_fidelity
 from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
-from synth.engine import parse_classes
 from synth.errors import UserError
-from synth.shards import ShardDataset
+from synth.shards import ShardDataset, check_integrity
 from synth.teacher import load_teacher
 
 EVALUATE_EXAMPLES = """
@@ -26,6 +26,9 @@ Examples:
   dfkd evaluate fidelity shards/ --teacher timm:resnet18
   dfkd evaluate accuracy --student runs/x/student.pth --teacher timm:resnet18 --data imagenet/val --crop-pct 0.875
 """
+
+
+MAX_GRID_PER_CLASS = 256
 
 
 @dataclass
@@ -55,6 +58,11 @@ class EvaluateConfig:
                 raise UserError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
         if not 0 < self.crop_pct <= 1:
             raise UserError(f"crop-pct {self.crop_pct} must be in (0, 1]")
+        if self.threads is not None and self.threads < 0:
+            raise UserError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+        if self.per_class_grid > MAX_GRID_PER_CLASS:
+            raise UserError(f"per-class-grid {self.per_class_grid} is too many images per class for one PNG; "
+                            f"accepted: 1-{MAX_GRID_PER_CLASS}")
 
 
 def _settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
@@ -74,6 +82,9 @@ batch_option = click.option("--batch-size", type=int, help="Images per batch. [d
 threads_option = click.option("--threads", type=int, help="CPU threads. [default: all cores]")
 workers_option = click.option("--workers", type=int, help="DataLoader worker processes. [default: 0]")
 shards_argument = click.argument("shards", type=click.Path(file_okay=False))
+verify_option = click.option("--verify/--no-verify", "verify_shards", default=True,
+                             help="Refuse damaged, missing or unfinished shards (reads each shard once). "
+                                  "[default: verify]")
 
 
 @click.group(epilog=EVALUATE_EXAMPLES)
@@ -123,11 +134,14 @@ Without --teacher, the teacher recorded in the shards is loaded.
 @batch_option
 @workers_option
 @threads_option
+@verify_option
 @common_options
-def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
+def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, verify_shards: bool,
+             **options) -> None:
     """Teacher top-1 agreement with the target labels of the synthesized images."""
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, options)
+    check_integrity(shards, verify_shards, warn=lambda text: click.echo(text, err=True))
     spec = cfg.teacher or ShardDataset(shards).teacher.get("spec")
     if not spec:
         raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher SPEC")
@@ -193,8 +207,7 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
     """Describe a shard directory: counts per class, resolution, teacher, config, format, verify result."""
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, {"per_class_grid": per_class_grid})
-    classes = parse_classes(grid_classes, ShardDataset(shards).num_classes) if grid_classes else None
-    result = inspect_shards(shards, grid, cfg.per_class_grid, classes)
+    result = inspect_shards(shards, grid, cfg.per_class_grid, grid_classes)
     counts = list(result["per_class"].values())
     check = result["verify"]
     lines = [
@@ -210,6 +223,8 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
     if grid:
         lines.append(f"grid: {grid} ({result['grid']['width']}x{result['grid']['height']} px)")
     reporter.result(result, lines)
+    if not check["ok"]:  # the report is printed; the exit status says it failed
+        sys.exit(2)
 
 
 @click.command(epilog="""

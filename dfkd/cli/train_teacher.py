@@ -1,6 +1,9 @@
 """`dfkd train-teacher`: train a small BatchNorm CNN teacher on real data and write a teacher file."""
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import click
 import torch
 
@@ -40,6 +43,7 @@ def train_teacher(out: str, config_path: str, json_mode: bool, quiet: bool, data
     settings.update({k: v for k, v in {"dataset": dataset, "arch": arch, "epochs": epochs, "seed": seed}.items()
                      if v is not None})
     check_settings(settings["dataset"], settings["arch"], int(settings["epochs"]))
+    _check_writable(Path(out))
     if threads:
         torch.set_num_threads(threads)
     reporter.bar(int(settings["epochs"]), "epoch", "train-teacher")
@@ -50,3 +54,14 @@ def train_teacher(out: str, config_path: str, json_mode: bool, quiet: bool, data
     reporter.result(result, [f"wrote {result['out']}: {result['arch']} on {result['dataset']}, "
                              f"held-out accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, "
                              f"{result['seconds']} s)"])
+
+
+def _check_writable(out: Path) -> None:
+    """Refuse an --out that cannot be written before minutes of training are spent."""
+    parent = out.parent if str(out.parent) else Path(".")
+    if out.is_dir():
+        raise UserError(f"--out '{out}' is a directory; give the teacher file to write, e.g. '{out / 'teacher.pt'}'")
+    if not parent.is_dir():
+        raise UserError(f"--out '{out}': the folder '{parent}' does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise UserError(f"--out '{out}' is not writable")

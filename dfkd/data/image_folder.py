@@ -6,7 +6,7 @@ from typing import Callable, Optional, Union
 
 from torchvision.datasets import ImageFolder
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 
 
 class LabelledFolder(ImageFolder):
@@ -27,7 +27,7 @@ def open_image_folder(root: Union[str, Path], num_classes: int, transform: Optio
     try:
         dataset = LabelledFolder(str(root), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise UserError(f"image folder '{root}': {str(exc).splitlines()[0]} (expected <root>/<class>/<image>)") from None
+        raise UserError(f"image folder '{root}': {first_line(exc)} (expected <root>/<class>/<image>)") from None
     top = max(dataset.class_to_idx.values())
     if top >= num_classes:
         raise UserError(f"image folder '{root}' has class id {top}, but the model has {num_classes} classes")

@@ -19,10 +19,15 @@ from synth.errors import UserError
 from synth.shards import ShardDataset
 
 
+def shard_roots(root: str | Sequence[str]) -> list[str]:
+    """The shard directories of `--shards`: one, several separated by commas, or a list."""
+    return [str(r) for r in root] if isinstance(root, (list, tuple)) else [r for r in str(root).split(",") if r]
+
+
 def open_shards(root: str | Sequence[str], stored_logits: bool = False) -> ShardDataset:
     """A shard directory, or several separated by commas (one combined set: same teacher, classes and
     resolution), as a dataset (with the stored teacher logits on request); square images only."""
-    roots = [str(r) for r in root] if isinstance(root, (list, tuple)) else [r for r in str(root).split(",") if r]
+    roots = shard_roots(root)
     if not roots:
         raise UserError(f"--shards '{root}' names no shard directory")
     for directory in roots:

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.teacher import Teacher
 
 
@@ -62,7 +62,7 @@ def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None) -> d
             model(torch.zeros(1, 3, size, size, device=device))
     except Exception as exc:  # noqa: BLE001 - too small an input for this teacher
         raise UserError(f"the teacher cannot run at the student's input size {size} px "
-                        f"({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+                        f"({type(exc).__name__}: {first_line(exc)})") from None
     finally:
         for handle in handles:
             handle.remove()

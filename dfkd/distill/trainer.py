@@ -67,11 +67,19 @@ class Output:
         if self.checkpoint.is_file() and not resume:
             raise UserError(f"'{self.checkpoint}' exists; pass --resume to continue it or choose another --out")
         if not (resume and self.checkpoint.is_file()):
-            if self.main:
-                self.metrics.unlink(missing_ok=True)
+            # results without a checkpoint belong to another run (or a copy): never overwrite them
+            others = [p.name for p in (self.student, self.student_json, self.metrics) if p.exists()]
+            if others:
+                raise UserError(f"'{self.root}' holds {', '.join(others)} of another run but no checkpoint.pt to "
+                                "resume; choose another --out (dfkd does not overwrite them)")
             return None
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT or state.get("version", 0) > CHECKPOINT_VERSION:
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign files
+            raise UserError(f"cannot read '{self.checkpoint}' ({type(exc).__name__}); it is damaged: continue "
+                            "from a copy or choose another --out") from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
+                or state.get("version", 0) > CHECKPOINT_VERSION:
             raise UserError(f"'{self.checkpoint}' is not a dfkd distill checkpoint this version can read")
         if self.main and self.metrics.is_file():  # drop records of an epoch that ran after the last checkpoint
             kept = [line for line in self.metrics.read_text().splitlines()

@@ -12,7 +12,7 @@ from torchvision import transforms
 
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from synth.engine import Progress, resolve_device
-from synth.errors import UserError
+from synth.errors import UserError, first_line
 from synth.shards import ShardDataset
 from synth.teacher import Teacher
 
@@ -55,7 +55,7 @@ def load_student(checkpoint: str | Path) -> Classifier:
         model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(path),
                                   **meta.get("model_kwargs", {}))
     except Exception as exc:  # noqa: BLE001 - unreadable or mismatched weights are a user problem
-        raise UserError(f"checkpoint '{path}' does not load into {meta['model']}: {str(exc).splitlines()[0]}") from None
+        raise UserError(f"checkpoint '{path}' does not load into {meta['model']}: {first_line(exc)}") from None
     return Classifier(model.eval(), int(meta["num_classes"]), int(meta["input_size"]), meta["mean"], meta["std"])
 
 

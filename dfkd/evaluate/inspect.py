@@ -8,13 +8,15 @@ import numpy as np
 
 from dfkd.evaluate.grid import class_grid
 from synth.card import CARD
+from synth.engine import parse_classes
 from synth.errors import UserError
 from synth.shards import ShardDataset, list_shards, read_manifest, verify
 
 
 def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_class_grid: int = 8,
-                   grid_classes: Optional[Sequence[int]] = None) -> dict[str, Any]:
-    """Describe the shards that verify (and report those that do not); optionally write a class grid PNG."""
+                   grid_classes: Optional[Sequence[int] | str] = None) -> dict[str, Any]:
+    """Describe the shards that verify (and report those that do not); optionally write a class grid PNG.
+    `grid_classes` is a list of class ids or a spec like "0-9" (checked against the shards' class count)."""
     report = verify(shards)
     good = [p for p in list_shards(shards) if p.name not in report.problems]
     if not good:
@@ -31,6 +33,8 @@ def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_cl
         "complete": manifest.get("complete"), "verify": report.as_dict(),
         "card": str(Path(shards) / CARD) if (Path(shards) / CARD).is_file() else None,
     }
+    if isinstance(grid_classes, str):
+        grid_classes = parse_classes(grid_classes, dataset.num_classes)
     if grid:
         image = class_grid(good, per_class_grid, grid_classes)
         image.save(grid)
