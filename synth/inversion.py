@@ -109,7 +109,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     model = teacher.model if model is None else model  # not `or`: a compiled module has no truth value
     low, high = teacher.pixel_bounds(device)
     bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first)
-    tap = EmbeddingTap(teacher.classifier)
+    tap = EmbeddingTap(teacher.embedding_module)
     step = _compiled_step(compile)
     final = schedule.resolutions[-1]
     start = final if schedule.multires == "pool" else schedule.resolutions[0]
