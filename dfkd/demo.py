@@ -47,13 +47,19 @@ class DigitsSetup:
     real_test: Path
 
 
-def prepare_digits(out: Path, recipe: str) -> DigitsSetup:
-    """Train the recipe's teacher (unless `out/teacher.pt` exists) and write the held-out real digits folder."""
+def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None) -> DigitsSetup:
+    """Train the recipe's teacher (unless `out/teacher.pt` exists; `progress` counts its epochs) and write the
+    held-out real digits folder."""
     settings = load_recipe(recipe, "train_teacher")
     out.mkdir(parents=True, exist_ok=True)
     teacher_file = out / "teacher.pt"
     if not teacher_file.is_file():
-        train_teacher(teacher_file, **settings)
+        progress = progress or Progress()
+        progress.start(int(settings.get("epochs", 12)))
+        try:
+            train_teacher(teacher_file, **settings, on_epoch=lambda epoch, loss: progress.advance(1, {"loss": loss}))
+        finally:
+            progress.close()
     split = load_digits_split(seed=int(settings.get("seed", 0)))
     real_test = out / "real-test"
     if not real_test.is_dir():
@@ -78,7 +84,7 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
         torch.set_num_threads(threads)
 
     started = time.time()
-    digits = prepare_digits(out, recipe)
+    digits = prepare_digits(out, recipe, progress_for("train-teacher"))
     teacher, real_test = digits.teacher, digits.real_test
     seconds["teacher"] = time.time() - started
 

@@ -33,7 +33,8 @@ def demo(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: s
 
     reporter.message(f"dfkd demo: teacher -> synthesize -> distill -> evaluate, in {out}")
     result = run_demo(out, config_path, fast, threads, lpips_backbone,
-                      lambda step: reporter.progress(step, postfix=_postfix))
+                      lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img",
+                                                    postfix=_postfix))
     reporter.result(result, results_table(result) + [f"image grid: {result['grid']}"])
 
 

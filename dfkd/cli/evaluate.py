@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import click
 import torch
+import yaml
 
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
@@ -129,7 +131,10 @@ def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bo
     cfg = _settings(config_path, options)
     spec = cfg.teacher or ShardDataset(shards).teacher.get("spec")
     if not spec:
-        raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher SPEC")
+        raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher TEACHER")
+    if not cfg.teacher and not spec.startswith(("timm:", "torchvision:")) and not Path(spec).is_file():
+        raise UserError(f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with "
+                        "--teacher FILE")
     teacher = load_teacher(spec, cfg.teacher_weights)
     result = run_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
@@ -159,7 +164,7 @@ def accuracy(config_path: Optional[str], json_mode: bool, quiet: bool, **options
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, options)
     if not cfg.data or not (cfg.student or cfg.teacher):
-        raise UserError("accuracy needs --data FOLDER and --student CKPT and/or --teacher SPEC")
+        raise UserError("accuracy needs --data FOLDER and --student CKPT and/or --teacher TEACHER")
     models = {}
     if cfg.student:
         models["student"] = load_student(cfg.student)
@@ -202,8 +207,10 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
         f"({min(counts)}-{max(counts)} images per class), complete: {result['complete']}",
         f"teacher: {result['teacher'].get('spec')}  weights sha256 {str(result['teacher'].get('weights_sha256'))[:12]}",
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
-        f"config: {result['config']}",
         "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
+        "config:",
+        *("  " + line for line in yaml.safe_dump(result["config"], sort_keys=False, default_flow_style=None,
+                                                  width=100).splitlines()),
     ]
     if grid:
         lines.append(f"grid: {grid} ({result['grid']['width']}x{result['grid']['height']} px)")
@@ -223,8 +230,8 @@ export is written into OUT.tmp and renamed to OUT when complete.
 @shards_argument
 @click.option("--to", "fmt", type=click.Choice(["imagefolder"]), required=True, help="Output layout.")
 @click.argument("out", type=click.Path(file_okay=False))
-@common_options
-def export(shards: str, fmt: str, out: str, config_path: Optional[str], json_mode: bool, quiet: bool) -> None:
+@common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
+def export(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool) -> None:
     """Export shards for projects that do not read HDF5 (PNG class folders)."""
     reporter = Reporter(json_mode, quiet)
     result = export_imagefolder(shards, out, reporter.progress("export"))

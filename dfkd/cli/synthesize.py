@@ -31,14 +31,17 @@ Scale out with torchrun (shards are split across processes; the result is the sa
               help="Weights file (state_dict, dict with state_dict/model, or .safetensors).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output shard directory.")
 @click.option("--classes", help="Classes to synthesize: all, 0-99, or 1,5,7-9. [default: all]")
-@click.option("--per-class", type=int, help="Images per class in total.")
-@click.option("--classes-per-batch", type=int, help="Classes in one batch (>= 2).")
-@click.option("--images-per-class", type=int, help="Images of each class in one batch (>= 2).")
-@click.option("--units-per-shard", type=int, help="Batches (work units) per shard file.")
+@click.option("--per-class", type=int,
+              help="Images per class in total (a multiple of --images-per-class). [default: 8]")
+@click.option("--classes-per-batch", type=int,
+              help="Classes in one batch (>= 2; divides the number of classes). [default: 8]")
+@click.option("--images-per-class", type=int, help="Images of each class in one batch (>= 2). [default: 4]")
+@click.option("--units-per-shard", type=int, help="Batches (work units) per shard file. [default: 16]")
 @click.option("--resolutions", help="Stage resolutions, low to high. [default: 112,224]")
 @click.option("--iterations", help="Iterations per stage. [default: 2000,2000]")
 @click.option("--multires", type=click.Choice(["upsample", "pool"]),
-              help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in early stages.")
+              help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in early stages. "
+                   "[default: upsample]")
 @click.option("--lr", type=float, help="Adam learning rate. [default: 0.25]")
 @click.option("--a-ce", type=float, help="Cross-entropy weight. [default: 1]")
 @click.option("--a-bn", type=float, help="BN-statistics weight. [default: 0.05]")
@@ -47,7 +50,9 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @click.option("--a-l2", type=float, help="L2 prior weight. [default: 1e-5]")
 @click.option("--a-ep", type=float, help="Intra-divergence weight. [default: 50]")
 @click.option("--ep-margin", type=float, help="Intra-divergence margin m_ep. [default: 0.5]")
-@click.option("--ep-form", type=click.Choice(["saturating", "unbounded"]), help="[default: saturating]")
+@click.option("--ep-form", type=click.Choice(["saturating", "unbounded"]),
+              help="Intra-divergence form: saturating mean max(0, m_ep - d) (stops at the margin) or unbounded "
+                   "-mean d (the paper's literal form; needs a small --a-ep). [default: saturating]")
 @click.option("--a-triplet", type=float, help="Triplet weight. [default: 0.5]")
 @click.option("--triplet-margin", type=float, help="Triplet margin. [default: 0.5]")
 @click.option("--seed", type=int, help="Global seed. [default: 0]")
