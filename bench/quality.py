@@ -1,6 +1,6 @@
 """Digits quality benchmark (issue: demo): DF-DearKD against its ablations and a real-data reference.
 
-    python bench/quality.py [--out bench-quality] [--recipe recipes/digits.yaml] [--threads N]
+    python bench/quality.py [--out bench-quality] [--recipe digits] [--threads N]
 
 Fixed seeds, one script. Rows: teacher accuracy on the held-out real digits; the DearKD student trained only on
 DF-DearKD shards; ablation 1: shards without L_ep and triplet (plain DeepInversion losses) and with the unbounded
@@ -42,7 +42,7 @@ STUDENT_VARIANTS = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-quality")
-    parser.add_argument("--recipe", default=str(Path(__file__).resolve().parent.parent / "recipes" / "digits.yaml"))
+    parser.add_argument("--recipe", default="digits")  # a recipe file, or the name of a shipped one
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--lpips-backbone", default=None)
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's distillation epochs")

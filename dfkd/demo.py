@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
-from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
 from dfkd.data.digits import DigitsSplit, load_digits_split, write_image_folder
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
@@ -26,15 +26,9 @@ from synth.teacher import Teacher, load_teacher
 
 T = TypeVar("T")
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
 def default_recipe(fast: bool) -> Path:
-    """recipes/digits.yaml (or digits_fast.yaml) of the source tree."""
-    path = RECIPES / ("digits_fast.yaml" if fast else "digits.yaml")
-    if not path.is_file():
-        raise UserError(f"demo recipe '{path}' not found (install from the source tree, or pass --config FILE)")
-    return path
+    """The shipped recipe `digits` (or `digits_fast`), found with importlib.resources in any install."""
+    return packaged_recipe("digits_fast" if fast else "digits")
 
 
 @dataclass

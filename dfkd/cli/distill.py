@@ -13,8 +13,8 @@ from synth.engine import Progress
 EXAMPLE = """
 \b
 Examples:
-  dfkd distill --config recipes/df_dearkd_distill.yaml --shards shards/ --out runs/df-dearkd-ti
-  dfkd distill --config recipes/dearkd_nano_digits.yaml --shards digits-shards/ \\
+  dfkd distill --config df_dearkd_distill --shards shards/ --out runs/df-dearkd-ti
+  dfkd distill --config dearkd_nano_digits --shards digits-shards/ \\
       --teacher digits-teacher.pt --val-data digits-test/ --out runs/digits-nano
   dfkd distill --shards shards/ --distillation stored --student dearkd_pico_patch4_32 \\
       --epochs 2 --stage1-epochs 1 --batch-size 16 --out runs/tiny --device cpu
@@ -26,7 +26,7 @@ interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, me
 \b
 Scale out with torchrun (DistributedDataParallel; --batch-size is per process, lr scales with the
 effective batch = batch size x processes):
-  torchrun --nproc_per_node 4 -m dfkd distill --config recipes/df_dearkd_distill.yaml --shards shards/ \\
+  torchrun --nproc_per_node 4 -m dfkd distill --config df_dearkd_distill --shards shards/ \\
       --batch-size 256 --out runs/df
 """
 

@@ -12,16 +12,16 @@ from synth.engine import synthesize as run_synthesis
 EXAMPLE = """
 \b
 Examples:
-  dfkd synthesize --config recipes/df_dearkd_imagenet.yaml --out shards/ --classes 0-99
+  dfkd synthesize --config df_dearkd_imagenet --out shards/ --classes 0-99
   dfkd synthesize --teacher timm:resnet18 --out shards/ --classes 0-3 --per-class 4 \\
       --classes-per-batch 2 --images-per-class 2 --resolutions 32,64 --iterations 20,20 --device cpu
-  dfkd synthesize --teacher digits-teacher.pt --config recipes/digits.yaml --out shards/
+  dfkd synthesize --teacher digits-teacher.pt --config digits --out shards/
 
 Rerunning the same command resumes an interrupted run; a finished run is left untouched.
 
 \b
 Scale out with torchrun (shards are split across processes; the result is the same):
-  torchrun --nproc_per_node 4 -m dfkd synthesize --config recipes/df_dearkd_imagenet.yaml --out shards/
+  torchrun --nproc_per_node 4 -m dfkd synthesize --config df_dearkd_imagenet --out shards/
 """
 
 
