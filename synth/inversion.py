@@ -1,4 +1,4 @@
-"""One batch of multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet losses (SPEC §2)."""
+"""One batch of multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet losses (docs/method.md)."""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,4 @@
-"""DeepInversion and DF-DearKD synthesis losses as small pure functions (docs/method.md), plus the BN-statistics hooks."""
+"""DeepInversion and DF-DearKD synthesis losses as small pure functions (docs/method.md) plus the BN-statistics hooks."""
 from __future__ import annotations
 
 from typing import Optional

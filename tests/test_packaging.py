@@ -32,3 +32,15 @@ def test_scikit_learn_is_a_core_dependency_and_kornia_is_gone():
     assert "scikit-learn" in core and "kornia" not in text
     sources = "".join(p.read_text() for p in [*ROOT.glob("dfkd/**/*.py"), *ROOT.glob("synth/**/*.py")])
     assert not re.search(r"^\s*(import|from) kornia", sources, re.M)
+
+
+def test_the_repository_refers_to_no_file_outside_it():
+    pattern = re.compile(r"\.\./shared|SPEC\.md|DESIGN\.md|SPEC §|SPEC section")
+    files = [ROOT / "README.md", ROOT / "CHANGELOG.md", *ROOT.glob("docs/*.md"), *ROOT.glob("bench/*"),
+             *ROOT.glob("dfkd/**/*.py"), *ROOT.glob("dfkd/recipes/*.yaml"), *ROOT.glob("synth/*.py"),
+             *ROOT.glob("tests/*.py")]
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for p in files if p.is_file() and p.name != "test_packaging.py"
+                 for i, line in enumerate(p.read_text().splitlines(), 1) if pattern.search(line)]
+    assert not offenders
+    assert 'pip install -e ".[dev]" && python -m pytest' in (ROOT / "README.md").read_text()
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith('pip install -e ".[dev]" && python -m pytest')

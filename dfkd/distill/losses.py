@@ -1,4 +1,4 @@
-"""DearKD's two-stage distillation loss (SPEC section 4), one small module in the manner of DeiT's DistillationLoss.
+"""DearKD's two-stage distillation loss (docs/method.md), one small module in the manner of DeiT's DistillationLoss.
 
 Stage 1: w_cls * CE(z_cls, target) + w_dist * D(z_dist) + a_hid * sum_k MSE(aligner_k(tokens_k), teacher stage_k)
   D = hard:   CE(z_dist, argmax T(x))                       (x: the student's augmented, possibly mixed input)
