@@ -21,7 +21,6 @@ from dfkd.evaluate.accuracy import shard_accuracy
 from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
 from synth.engine import Progress, SynthesisConfig, synthesize
-from synth.errors import UserError
 from synth.teacher import Teacher, load_teacher
 
 T = TypeVar("T")
