@@ -1,6 +1,6 @@
 """Digits quality benchmark: what each part of the data-free recipe is worth, measured on real held-out digits.
 
-    python bench/quality.py [--out bench-quality] [--recipe recipes/digits.yaml] [--threads 1] [--rows fm,di,...]
+    python bench/quality.py [--out bench-quality] [--recipe digits] [--threads 1] [--rows fm,di,...]
 
 Fixed seeds, one script. Every row distills the recipe's student for the recipe's epochs; a row changes one thing:
 
@@ -32,7 +32,7 @@ import torch
 
 from dfkd.config import load_recipe
 from dfkd.data.digits import write_image_folder
-from dfkd.demo import default_recipe, prepare_digits, recipe_config
+from dfkd.demo import prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, teacher_classifier
@@ -76,7 +76,7 @@ def locked(path: Path):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-quality")
-    parser.add_argument("--recipe", default=str(default_recipe(fast=False)))
+    parser.add_argument("--recipe", default="digits")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's distillation epochs")

@@ -4,7 +4,7 @@
         [--synth '{"losses.bn_norm": "normalized"}'] [--per-class 80] [--distill-epochs 0] [--threads 1]
 
 For each timm architecture: train a digits teacher (`dfkd train-teacher`, reused when present), synthesize
-`recipes/digits.yaml`'s set from it with the given overrides, and report teacher accuracy on the held-out real
+the `digits` recipe's set from it with the given overrides, and report teacher accuracy on the held-out real
 digits, fidelity, intra-class embedding distance, the last iteration's CE and BN terms, synthesis seconds and
 (with --distill-epochs N) the real-digit accuracy of the recipe's student distilled on the set for N epochs.
 Fixed seeds; finished steps are reused on a rerun.
@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dfkd.data.digits import load_digits_split, write_image_folder
-from dfkd.demo import default_recipe, recipe_config
+from dfkd.demo import recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, teacher_classifier
@@ -32,7 +32,7 @@ from synth.teacher import load_teacher
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-teachers")
-    parser.add_argument("--recipe", default=str(default_recipe(fast=False)))
+    parser.add_argument("--recipe", default="digits")
     parser.add_argument("--archs", default="dfkd_cnn_digits,resnet18,regnetx_002,mobilenetv3_small_100")
     parser.add_argument("--synth", default="{}", help="JSON overrides of the recipe's synthesize section")
     parser.add_argument("--tag", default="", help="name of this synthesis variant (folder name)")

@@ -14,13 +14,42 @@ from synth.errors import UserError, first_line
 T = TypeVar("T")
 
 
+def recipe_names() -> list[str]:
+    """Names of the recipes shipped inside the package (dfkd/recipes/NAME.yaml)."""
+    from importlib.resources import files
+
+    return sorted(p.name.removesuffix(".yaml") for p in files("dfkd").joinpath("recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def packaged_recipe(name: str) -> Path:
+    """The path of a shipped recipe, by name (`digits` or `digits.yaml`), resolved with importlib.resources so that
+    it works in any install (editable or not, from any working directory)."""
+    from importlib.resources import files
+
+    resource = files("dfkd").joinpath("recipes", name if name.endswith(".yaml") else f"{name}.yaml")
+    if not resource.is_file():
+        raise UserError(f"recipe '{name}' does not exist (a file path, or a shipped recipe: {', '.join(recipe_names())})")
+    return Path(str(resource))
+
+
+def resolve_recipe(path: str) -> Path:
+    """A recipe file path as given; or, when no such file exists and `path` is a bare name (no folder), the shipped
+    recipe of that name."""
+    file = Path(path)
+    if file.is_file():
+        return file
+    if file.parent == Path("."):
+        return packaged_recipe(path)
+    raise UserError(f"recipe '{path}' does not exist")
+
+
 def load_recipe(path: Optional[str], section: str) -> dict:
-    """The `section` mapping of a YAML recipe (or the whole file when it has no such section); {} without a path."""
+    """The `section` mapping of a YAML recipe (or the whole file when it has no such section); {} without a path.
+    `path` is a file, or the name of a shipped recipe (`digits`, `df_dearkd_imagenet.yaml`)."""
     if not path:
         return {}
-    file = Path(path)
-    if not file.is_file():
-        raise UserError(f"recipe '{path}' does not exist")
+    file = resolve_recipe(path)
     try:
         data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
     except (UnicodeDecodeError, OSError) as exc:

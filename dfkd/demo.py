@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional, TypeVar
 
 import torch
 
-from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
 from dfkd.data.digits import DigitsSplit, load_digits_split, write_image_folder
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
@@ -21,20 +21,13 @@ from dfkd.evaluate.accuracy import shard_accuracy
 from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
 from synth.engine import Progress, SynthesisConfig, synthesize
-from synth.errors import UserError
 from synth.teacher import Teacher, load_teacher
 
 T = TypeVar("T")
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"
-
-
 def default_recipe(fast: bool) -> Path:
-    """recipes/digits.yaml (or digits_fast.yaml) of the source tree."""
-    path = RECIPES / ("digits_fast.yaml" if fast else "digits.yaml")
-    if not path.is_file():
-        raise UserError(f"demo recipe '{path}' not found (install from the source tree, or pass --config FILE)")
-    return path
+    """The shipped recipe `digits` (or `digits_fast`), found with importlib.resources in any install."""
+    return packaged_recipe("digits_fast" if fast else "digits")
 
 
 @dataclass
@@ -47,13 +40,19 @@ class DigitsSetup:
     real_test: Path
 
 
-def prepare_digits(out: Path, recipe: str) -> DigitsSetup:
-    """Train the recipe's teacher (unless `out/teacher.pt` exists) and write the held-out real digits folder."""
+def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None) -> DigitsSetup:
+    """Train the recipe's teacher (unless `out/teacher.pt` exists; `progress` counts its epochs) and write the
+    held-out real digits folder."""
     settings = load_recipe(recipe, "train_teacher")
     out.mkdir(parents=True, exist_ok=True)
     teacher_file = out / "teacher.pt"
     if not teacher_file.is_file():
-        train_teacher(teacher_file, **settings)
+        progress = progress or Progress()
+        progress.start(int(settings.get("epochs", 12)))
+        try:
+            train_teacher(teacher_file, **settings, on_epoch=lambda epoch, loss: progress.advance(1, {"loss": loss}))
+        finally:
+            progress.close()
     split = load_digits_split(seed=int(settings.get("seed", 0)))
     real_test = out / "real-test"
     if not real_test.is_dir():
@@ -78,7 +77,7 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
         torch.set_num_threads(threads)
 
     started = time.time()
-    digits = prepare_digits(out, recipe)
+    digits = prepare_digits(out, recipe, progress_for("train-teacher"))
     teacher, real_test = digits.teacher, digits.real_test
     seconds["teacher"] = time.time() - started
 

@@ -20,7 +20,7 @@ import re
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -246,6 +246,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     ranks = ranks or Ranks()
     started = time.time()
     out = Path(out)
+    config = replace(config, teacher=absolute_teacher_spec(config.teacher))
 
     # 1. Every rank loads the teacher and works out the config; all must succeed and agree.
     error = None
@@ -531,9 +532,26 @@ def _same_teacher_file(existing: dict, identity: dict, manifest: Optional[dict],
     return all(recorded.get(key, now[key]) == now[key] for key in ("mean", "std", "input_size", "num_classes"))
 
 
+def absolute_teacher_spec(spec: str) -> str:
+    """A teacher file as an absolute path (so shards name it from any working directory); other specs unchanged."""
+    if spec and not spec.startswith(("timm:", "torchvision:")) and Path(spec).is_file():
+        return str(Path(spec).resolve())
+    return spec
+
+
+def _is_teacher_file(spec: Any) -> bool:
+    return isinstance(spec, str) and not spec.startswith(("timm:", "torchvision:"))
+
+
 def _first_difference(a: dict, b: dict) -> Optional[tuple[str, Any, Any]]:
-    """(dotted key, value in a, value in b) of the first setting where two nested configs differ, or None."""
+    """(dotted key, value in a, value in b) of the first setting where two nested configs differ, or None.
+
+    Two teacher files with the same weights (sha256) are the same teacher, whatever path names them (relative or
+    absolute, another node's mount point)."""
     flat_a, flat_b = _flatten(a), _flatten(b)
+    if (_is_teacher_file(flat_a.get("teacher")) and _is_teacher_file(flat_b.get("teacher"))
+            and flat_a.get("teacher_weights_sha256") == flat_b.get("teacher_weights_sha256")):
+        flat_a["teacher"] = flat_b["teacher"]
     key = next((k for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)), None)
     return None if key is None else (key, flat_a.get(key), flat_b.get(key))
 

@@ -1,4 +1,4 @@
-"""One batch of multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet losses (SPEC §2)."""
+"""One batch of multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet losses (docs/method.md)."""
 from __future__ import annotations
 
 import contextlib
@@ -118,7 +118,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     if gray:
         low, high = low[:, :1], high[:, :1]
     bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm)
-    tap = EmbeddingTap(teacher.classifier)
+    tap = EmbeddingTap(teacher.embedding_module)
     step = _compiled_step(compile)
     student = None
     if competitor is not None and weights.adi > 0:

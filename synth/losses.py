@@ -1,4 +1,4 @@
-"""DeepInversion and DF-DearKD synthesis losses as small pure functions (SPEC §2), plus the BN-statistics hooks."""
+"""DeepInversion and DF-DearKD synthesis losses as small pure functions (docs/method.md) plus the BN-statistics hooks."""
 from __future__ import annotations
 
 from typing import Optional
@@ -22,29 +22,35 @@ def _accumulation_dtype(x: torch.Tensor) -> torch.dtype:
 
 
 class _ChannelStats(torch.autograd.Function):
-    """mean_c = S1/M, var_c = S2/M - mean_c^2 from fp32 sums; backward d/dx = (g_mean + 2 g_var (x - mean)) / M."""
+    """mean_c = k_c + S1/M, var_c = S2/M - (S1/M)^2 from fp32 sums S1, S2 of x - k_c (k_c: a per-channel shift);
+    backward d/dx = (g_mean + 2 g_var (x - mean)) / M."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         count = x.numel() // x.shape[1]
         acc = _accumulation_dtype(x)
+        # Shifted sums: with a per-channel shift k (the channel's first value, a sample of its distribution),
+        # var = E[(x-k)^2] - E[x-k]^2 cancels only about (mean-k)^2/var digits instead of mean^2/var, so channels
+        # with |mean| >> std (mean/std 1000: 0.5% error unshifted) keep fp32 precision.
+        shift = x.detach()[(0, slice(None)) + (0,) * (x.dim() - 2)].to(acc)
+        d = x.detach() - shift.view((1, -1) + (1,) * (x.dim() - 2))  # in `acc` (type promotion): exact for bf16
         if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
             dims = (0, 2, 3)  # channels innermost: one vectorised reduction over everything else
-            s1 = x.sum(dims, dtype=acc)
-            s2 = torch.linalg.vector_norm(x, 2, dims, dtype=acc).square()
+            s1 = d.sum(dims, dtype=acc)
+            s2 = torch.linalg.vector_norm(d, 2, dims, dtype=acc).square()
         else:
             # Contiguous inner (spatial) reductions first, then over the batch: the CPU reduction kernels are
             # ~5x faster along the contiguous dimension than across strided (0, 2, 3).
             inner = tuple(range(2, x.dim()))
             if inner:
-                s1 = x.sum(inner, dtype=acc).sum(0)
-                s2 = torch.linalg.vector_norm(x, 2, inner, dtype=acc).square().sum(0)
+                s1 = d.sum(inner, dtype=acc).sum(0)
+                s2 = torch.linalg.vector_norm(d, 2, inner, dtype=acc).square().sum(0)
             else:
-                s1 = x.sum(0, dtype=acc)
-                s2 = torch.linalg.vector_norm(x, 2, 0, dtype=acc).square()
-        mean = s1 / count
-        # E[x^2] - mean^2: the absolute error is about 1e-7 * (mean^2 + var), far below what the loss resolves.
-        var = (s2 / count - mean * mean).clamp_min(0)
+                s1 = d.sum(0, dtype=acc)
+                s2 = torch.linalg.vector_norm(d, 2, 0, dtype=acc).square()
+        centred = s1 / count
+        mean = shift + centred
+        var = (s2 / count - centred * centred).clamp_min(0)
         ctx.save_for_backward(x, mean)
         return torch.stack((mean, var))
 

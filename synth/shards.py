@@ -1,4 +1,4 @@
-"""HDF5 shard format v1: atomic writer, lazy reader Dataset, manifest, verify (DESIGN.md, "Shard format v1")."""
+"""HDF5 shard format v1: atomic writer, lazy reader Dataset, manifest, verify (specified in docs/shards.md)."""
 from __future__ import annotations
 
 import bisect

@@ -39,6 +39,13 @@ class Teacher:
     class_names: Optional[list[str]] = None
     bn_layers: list[nn.Module] = field(default_factory=list)
     grayscale: bool = False  # the teacher saw grayscale images (R = G = B): synthesis optimises one channel
+    head: Optional[nn.Module] = None
+
+    @property
+    def embedding_module(self) -> nn.Module:
+        """The module whose input is the pooled penultimate embedding: the head (torchvision's multi-layer
+        `classifier` Sequential, e.g. MobileNetV3 or VGG) or, where the head is one layer, the classifier itself."""
+        return self.head if self.head is not None else self.classifier
 
     def to(self, device: torch.device | str) -> "Teacher":
         """Move the model to a device (in place) and return self."""
@@ -84,11 +91,12 @@ class Teacher:
 
 
 class EmbeddingTap:
-    """Captures the classifier's input (the pooled penultimate features) on every forward."""
+    """Captures a module's input on every forward; given `Teacher.embedding_module`, the pooled penultimate
+    features (the input of the whole classification head, not of its last layer)."""
 
-    def __init__(self, classifier: nn.Module):
+    def __init__(self, module: nn.Module):
         self.value: Optional[torch.Tensor] = None
-        self._handle = classifier.register_forward_pre_hook(self._hook)
+        self._handle = module.register_forward_pre_hook(self._hook)
 
     def _hook(self, module: nn.Module, inputs: tuple) -> None:
         self.value = inputs[0].flatten(1)
@@ -112,6 +120,30 @@ def find_bn_layers(model: nn.Module) -> list[nn.Module]:
             )
         layers.append(module)
     return layers
+
+
+def running_bn_layers(model: nn.Module, layers: list[nn.Module], input_size: int) -> list[nn.Module]:
+    """The subset of `layers` that a forward pass in eval mode actually runs (one dummy image at `input_size`).
+
+    Some architectures hold BN layers that inference never reaches (e.g. auxiliary heads run only in training);
+    their hooks would never fire, so the BN loss must not wait for them. If the dummy forward fails, all layers are
+    kept (the error then shows up in synthesis with its own message)."""
+    seen: set[int] = set()
+    handles = [layer.register_forward_hook(lambda m, i, o: seen.add(id(m))) for layer in layers]
+    was_training = model.training
+    try:
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        model.eval()
+        with torch.no_grad():
+            model(torch.zeros(1, 3, input_size, input_size, device=device))
+    except Exception:  # noqa: BLE001 - a model that needs another input keeps every layer
+        return list(layers)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    return [layer for layer in layers if id(layer) in seen]
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -185,8 +217,10 @@ def save_teacher_file(path: str | Path, arch: str, arch_kwargs: dict, model: nn.
     os.replace(tmp, path)
 
 
-def _finish(model: nn.Module, spec: str, mean, std, input_size: int, classifier_name: str,
-            class_names: Optional[list[str]]) -> Teacher:
+def teacher_from_model(model: nn.Module, spec: str, mean, std, input_size: int, classifier_name: str,
+                       class_names: Optional[list[str]] = None, head_name: Optional[str] = None) -> Teacher:
+    """Wrap a loaded model: its classifier (the last layer, which sets the class count), the head whose input is
+    the embedding (`head_name`, default the classifier), and the BN layers that a forward pass runs."""
     if not all(math.isfinite(float(v)) for v in (*mean, *std)) or min(float(v) for v in std) <= 0:
         raise UserError(f"teacher '{spec}' has a degenerate normalisation (mean {list(mean)}, std {list(std)}); "
                         "accepted: finite means and stds > 0")
@@ -194,11 +228,18 @@ def _finish(model: nn.Module, spec: str, mean, std, input_size: int, classifier_
     num_classes = classifier.weight.shape[0]
     if class_names is not None and len(class_names) != num_classes:
         class_names = None
+    bn_layers = running_bn_layers(model, find_bn_layers(model), int(input_size))
+    if not bn_layers:
+        raise UserError(f"teacher {spec} runs no BatchNorm layer in inference; DeepInversion needs BN running "
+                        "statistics to match")
     return Teacher(
         model=model, spec=spec, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
         input_size=int(input_size), classifier=classifier, weights_sha256=state_dict_sha256(model.state_dict()),
-        class_names=class_names, bn_layers=find_bn_layers(model),
+        class_names=class_names, bn_layers=bn_layers,
+        head=model.get_submodule(head_name) if head_name else None,
     )
+
+
 
 
 def _classifier_name(model: nn.Module) -> str:
@@ -260,7 +301,7 @@ def _load_timm(spec: str, weights: Optional[str]) -> Teacher:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": _timm_weights_file(name, cfg)})
     cfg = model.pretrained_cfg
     class_names = _imagenet_names(model) if model.num_classes == 1000 else None
-    return _finish(model, spec, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
+    return teacher_from_model(model, spec, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
                    cfg.get("input_size", (3, 224, 224))[-1], classifier_name, class_names)
 
 
@@ -298,13 +339,49 @@ def _timm_weights_file(name: str, cfg: Any) -> str:
     return hub_cached_download(cfg.url)
 
 
+# Torchvision builds these with auxiliary heads (training only) and transform_input=False unless pretrained weights
+# are asked for; its pretrained builders use transform_input=True and drop the auxiliary heads after loading. dfkd
+# builds them the same way, without the auxiliary heads (their BN layers never run in eval mode).
+_TORCHVISION_KWARGS = {
+    "googlenet": {"aux_logits": False, "transform_input": True, "init_weights": False},
+    "inception_v3": {"aux_logits": False, "transform_input": True, "init_weights": False},
+}
+_TORCHVISION_AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def build_torchvision(name: str, num_classes: Optional[int] = None) -> nn.Module:
+    """A torchvision classifier with random weights, built as torchvision builds it for its pretrained weights."""
+    import torchvision
+
+    kwargs = dict(_TORCHVISION_KWARGS.get(name, {}))
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes
+    return torchvision.models.get_model(name, weights=None, **kwargs)
+
+
+def torchvision_head_name(model: nn.Module, classifier_name: str) -> str:
+    """The top-level module holding the classifier (`fc`, or a `classifier` Sequential such as MobileNetV3's
+    Linear-Hardswish-Dropout-Linear): its input is the pooled penultimate embedding."""
+    return classifier_name.split(".")[0]
+
+
+def _torchvision_input_size(name: str) -> int:
+    import torchvision
+
+    try:
+        crop = torchvision.models.get_model_weights(name).DEFAULT.transforms().crop_size
+        return int(crop[0] if isinstance(crop, (list, tuple)) else crop)
+    except Exception:  # noqa: BLE001 - no weights enum: the usual ImageNet size
+        return 224
+
+
 def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
     import torchvision
 
     name = spec.removeprefix("torchvision:")
     if name not in torchvision.models.list_models():
         raise UserError(f"unknown torchvision model '{name}' (see torchvision.models.list_models())")
-    model = torchvision.models.get_model(name, weights=None)
+    model = build_torchvision(name)
     _check_bn(model, spec)
     classifier_name = _classifier_name(model)
     class_names = None
@@ -318,10 +395,13 @@ def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
             raise UserError(f"torchvision model '{name}' has no pretrained weights; pass --teacher-weights FILE") from None
         state_dict = read_state_dict(hub_cached_download(enum.url))
         source, class_names = enum.url, enum.meta.get("categories")
+    if name in _TORCHVISION_KWARGS:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_TORCHVISION_AUX_PREFIXES)}
     num_classes = _num_classes_from(state_dict, classifier_name, source)
-    model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    model = build_torchvision(name, num_classes)
     _load_strict(model, state_dict, source, spec)
-    return _finish(model, spec, IMAGENET_MEAN, IMAGENET_STD, 224, classifier_name, class_names)
+    return teacher_from_model(model, spec, IMAGENET_MEAN, IMAGENET_STD, _torchvision_input_size(name),
+                              classifier_name, class_names, torchvision_head_name(model, classifier_name))
 
 
 def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
@@ -349,8 +429,8 @@ def _load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
     _check_bn(model, path)
     state_dict = read_state_dict(weights) if weights else payload["state_dict"]
     _load_strict(model, state_dict, weights or path, path)
-    teacher = _finish(model, path, payload["mean"], payload["std"], payload["input_size"],
-                      _classifier_name(model), payload.get("class_names"))
+    teacher = teacher_from_model(model, path, payload["mean"], payload["std"], payload["input_size"],
+                                 _classifier_name(model), payload.get("class_names"))
     teacher.grayscale = bool(payload.get("grayscale", False))
     return teacher
 

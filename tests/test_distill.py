@@ -373,12 +373,12 @@ def test_cli_errors_exit_2_with_one_line(case, message, shards, digits_teacher, 
 
 
 RECIPES = sorted(p.name for pattern in ("dearkd_*.yaml", "df_dearkd_distill*.yaml")
-                 for p in (Path(__file__).parents[1] / "recipes").glob(pattern))
+                 for p in (Path(__file__).parents[1] / "dfkd" / "recipes").glob(pattern))
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_are_valid_distill_settings(name):
-    config = build(DistillConfig, load_recipe(str(Path(__file__).parents[1] / "recipes" / name), "distill"))
+    config = build(DistillConfig, load_recipe(str(Path(__file__).parents[1] / "dfkd" / "recipes" / name), "distill"))
     assert (config.epochs, config.stage1) in {(300, 250), (1000, 800), (60, 50)}
     assert config.subset == {"10": 0.1, "25": 0.25, "50": 0.5}.get(name.removesuffix(".yaml")[-2:], 1.0)
 

@@ -56,6 +56,25 @@ def test_channel_stats_channels_last_and_bf16():
     assert xl.grad.dtype == torch.bfloat16 and torch.isfinite(xl.grad.float()).all()
 
 
+@pytest.mark.parametrize("ratio", [1000.0, 3000.0])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_channel_stats_keep_precision_when_the_mean_dwarfs_the_spread(ratio, channels_last):
+    # E[x^2] - mean^2 in fp32 loses about mean^2/var * 1e-7 relative: 0.5% at mean/std 1000, 100% near 3000.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 6, 9, 9, generator=g) + ratio * torch.linspace(-1, 1, 6).view(1, 6, 1, 1).sign()
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    var, mean = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    stats = channel_stats(x)
+    torch.testing.assert_close(stats[1].double(), var, rtol=1e-5, atol=0)
+    torch.testing.assert_close(stats[0].double(), mean, rtol=1e-6, atol=0)
+    xg = x.clone().requires_grad_(True)
+    channel_stats(xg)[1].sum().backward()
+    xd = x.double().requires_grad_(True)
+    torch.var_mean(xd, dim=(0, 2, 3), correction=0)[0].sum().backward()
+    torch.testing.assert_close(xg.grad.double(), xd.grad, rtol=1e-2, atol=1e-2 * xd.grad.abs().max().item())
+
+
 def test_bn_stat_distance_equals_var_mean_formula():
     x = torch.randn(8, 4, 5, 5) * 1.5 + 0.3
     rm, rv = torch.randn(4), torch.rand(4) + 0.5

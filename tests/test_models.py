@@ -220,3 +220,15 @@ def test_bf16_autocast_forward() -> None:
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 32, 32))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_mhca_position_vectors_get_no_weight_decay():
+    from timm.optim import param_groups_weight_decay
+
+    model = timm.create_model("dearkd_nano_patch4_32")
+    groups = param_groups_weight_decay(model, 0.05, no_weight_decay_list=model.no_weight_decay())
+    no_decay = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    vs = [p for n, p in model.named_parameters() if n.endswith("attn.v")]
+    assert len(vs) == model.num_mhca == 4 and all(p.ndim == 2 for p in vs)
+    assert all(id(p) in no_decay for p in vs)
+    assert {"pos_embed", "cls_token", "dist_token"} <= model.no_weight_decay()

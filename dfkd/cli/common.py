@@ -24,11 +24,12 @@ def install_warning_filters() -> None:
         warnings.filterwarnings("ignore")
 
 
-def common_options(func: Callable) -> Callable:
-    """Add --config, --json and --quiet, and turn errors into one line plus an exit code."""
+def common_options(func: Optional[Callable] = None, *, config: bool = True) -> Callable:
+    """Add --config (unless `config=False`: a command with no recipe settings), --json and --quiet, and turn
+    errors into one line plus an exit code. Use as `@common_options` or `@common_options(config=False)`."""
+    if func is None:
+        return functools.partial(common_options, config=config)
 
-    @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                  help="YAML recipe; command-line options override it.")
     @click.option("--json", "json_mode", is_flag=True, help="Print exactly one JSON object on stdout.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages on stderr.")
     @functools.wraps(func)
@@ -46,6 +47,9 @@ def common_options(func: Callable) -> Callable:
                 traceback.print_exc()
             fail(f"{type(exc).__name__}: {exc}".splitlines()[0], EXIT_RUNTIME)
 
+    if config:
+        wrapper = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                               help="YAML recipe; command-line options override it.")(wrapper)
     return wrapper
 
 
@@ -68,10 +72,10 @@ class Reporter:
             click.echo(text, err=True)
 
     def bar(self, total: int, unit: str, desc: str):
-        """Start a tqdm bar on stderr (a disabled one under --quiet); returns it."""
+        """Start a tqdm bar on stderr (a disabled one under --quiet, or when there is nothing to do); returns it."""
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=self.quiet,
+        self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=self.quiet or not total,
                          dynamic_ncols=True, smoothing=0.1)
         return self._bar
 

@@ -19,7 +19,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
 @click.command(epilog=EXAMPLE)
 @click.option("--out", default="dfkd-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the teacher, shards, student, grid.")
-@click.option("--fast", is_flag=True, help="Toy scale (recipes/digits_fast.yaml), for tests and a first look.")
+@click.option("--fast", is_flag=True, help="Toy scale (the shipped recipe digits_fast), for tests and a first look.")
 @click.option("--threads", type=int, default=0, help="CPU threads. [default: all cores]")
 @click.option("--lpips-backbone", type=click.Path(dir_okay=False),
               help="AlexNet weights file for the LPIPS diversity figure (skipped without it).")
@@ -33,7 +33,8 @@ def demo(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: s
 
     reporter.message(f"dfkd demo: teacher -> synthesize -> distill -> evaluate, in {out}")
     result = run_demo(out, config_path, fast, threads, lpips_backbone,
-                      lambda step: reporter.progress(step, postfix=_postfix))
+                      lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img",
+                                                    postfix=_postfix))
     reporter.result(result, results_table(result) + [f"image grid: {result['grid']}"])
 
 

@@ -19,8 +19,8 @@ from synth.shards import check_integrity
 EXAMPLE = """
 \b
 Examples:
-  dfkd distill --config recipes/df_dearkd_distill.yaml --shards shards/ --out runs/df-dearkd-ti
-  dfkd distill --config recipes/dearkd_nano_digits.yaml --shards digits-shards/ \\
+  dfkd distill --config df_dearkd_distill --shards shards/ --out runs/df-dearkd-ti
+  dfkd distill --config dearkd_nano_digits --shards digits-shards/ \\
       --teacher digits-teacher.pt --val-data digits-test/ --out runs/digits-nano
   dfkd distill --shards shards/ --distillation stored --student dearkd_pico_patch4_32 \\
       --epochs 2 --stage1-epochs 1 --batch-size 16 --out runs/tiny --device cpu
@@ -31,13 +31,13 @@ through the aligners; stage 2: CE on both heads, no teacher.
 Function matching (--distillation function_matching; the data-free recipes' default): every batch is
 Mixup/CutMix-ed and both heads learn tau^2 * KL(teacher || student) on exactly that mixed view, so the
 teacher labels every image the student sees and the labels of the shards are not needed; it pays off
-over long schedules (recipes/digits.yaml: 80 epochs, no stage 2). Rerun with --resume to continue an
+over long schedules (the digits recipe: 120 epochs, no stage 2). Rerun with --resume to continue an
 interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
 
 \b
 Scale out with torchrun (DistributedDataParallel; --batch-size is per process, lr scales with the
 effective batch = batch size x processes):
-  torchrun --nproc_per_node 4 -m dfkd distill --config recipes/df_dearkd_distill.yaml --shards shards/ \\
+  torchrun --nproc_per_node 4 -m dfkd distill --config df_dearkd_distill --shards shards/ \\
       --batch-size 256 --out runs/df
 """
 

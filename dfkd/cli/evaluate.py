@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Union
 
 import click
 import torch
+import yaml
 
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
@@ -144,7 +146,10 @@ def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bo
     check_integrity(shards, verify_shards, warn=lambda text: click.echo(text, err=True))
     spec = cfg.teacher or ShardDataset(shards).teacher.get("spec")
     if not spec:
-        raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher SPEC")
+        raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher TEACHER")
+    if not cfg.teacher and not spec.startswith(("timm:", "torchvision:")) and not Path(spec).is_file():
+        raise UserError(f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with "
+                        "--teacher FILE")
     teacher = load_teacher(spec, cfg.teacher_weights)
     result = run_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
@@ -174,7 +179,7 @@ def accuracy(config_path: Optional[str], json_mode: bool, quiet: bool, **options
     reporter = Reporter(json_mode, quiet)
     cfg = _settings(config_path, options)
     if not cfg.data or not (cfg.student or cfg.teacher):
-        raise UserError("accuracy needs --data FOLDER and --student CKPT and/or --teacher SPEC")
+        raise UserError("accuracy needs --data FOLDER and --student CKPT and/or --teacher TEACHER")
     models = {}
     if cfg.student:
         models["student"] = load_student(cfg.student)
@@ -216,9 +221,11 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
         f"({min(counts)}-{max(counts)} images per class), complete: {result['complete']}",
         f"teacher: {result['teacher'].get('spec')}  weights sha256 {str(result['teacher'].get('weights_sha256'))[:12]}",
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
-        f"config: {result['config']}",
         "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
         f"dataset card: {result['card']}" if result["card"] else "dataset card: none (dfkd synthesize writes README.md)",
+        "config:",
+        *("  " + line for line in yaml.safe_dump(result["config"], sort_keys=False, default_flow_style=None,
+                                                  width=100).splitlines()),
     ]
     if grid:
         lines.append(f"grid: {grid} ({result['grid']['width']}x{result['grid']['height']} px)")
@@ -261,8 +268,8 @@ hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with t
 @click.option("--quality", type=int, default=95, show_default=True, help="webdataset: JPEG quality.")
 @click.option("--hf-format", type=click.Choice(["arrow", "parquet"]), default="arrow", show_default=True,
               help="hf: save_to_disk (arrow) or a Parquet file.")
-@common_options
-def export(shards: str, fmt: str, out: str, config_path: Optional[str], json_mode: bool, quiet: bool,
+@common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
+def export(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool,
            maxcount: int, shard_size: Optional[int], image_format: str, quality: int, hf_format: str) -> None:
     """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
     reporter = Reporter(json_mode, quiet)

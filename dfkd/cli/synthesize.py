@@ -12,21 +12,21 @@ from synth.engine import synthesize as run_synthesis
 EXAMPLE = """
 \b
 Examples:
-  dfkd synthesize --config recipes/df_dearkd_imagenet.yaml --out shards/ --classes 0-99
+  dfkd synthesize --config df_dearkd_imagenet --out shards/ --classes 0-99
   dfkd synthesize --teacher timm:resnet18 --out shards/ --classes 0-3 --per-class 4 \\
       --classes-per-batch 2 --images-per-class 2 --resolutions 32,64 --iterations 20,20 --device cpu
-  dfkd synthesize --teacher digits-teacher.pt --config recipes/digits.yaml --out shards/
+  dfkd synthesize --teacher digits-teacher.pt --config digits --out shards/
 
 Adaptive DeepInversion rounds (synthesize, distill, synthesize more against the student, continue on all):
-  dfkd synthesize --config recipes/digits.yaml --teacher t.pt --out round2/ --seed 1 \
+  dfkd synthesize --config digits --teacher t.pt --out round2/ --seed 1 \
       --student runs/round1/student.pth --a-adi 1
-  dfkd distill --config recipes/digits.yaml --teacher t.pt --shards round1/ --shards round2/ --out runs/round2
+  dfkd distill --config digits --teacher t.pt --shards round1/,round2/ --out runs/round2
 
 Rerunning the same command resumes an interrupted run; a finished run is left untouched.
 
 \b
 Scale out with torchrun (shards are split across processes; the result is the same):
-  torchrun --nproc_per_node 4 -m dfkd synthesize --config recipes/df_dearkd_imagenet.yaml --out shards/
+  torchrun --nproc_per_node 4 -m dfkd synthesize --config df_dearkd_imagenet --out shards/
 """
 
 
@@ -36,14 +36,17 @@ Scale out with torchrun (shards are split across processes; the result is the sa
               help="Weights file (state_dict, dict with state_dict/model, or .safetensors).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output shard directory.")
 @click.option("--classes", help="Classes to synthesize: all, 0-99, or 1,5,7-9. [default: all]")
-@click.option("--per-class", type=int, help="Images per class in total.")
-@click.option("--classes-per-batch", type=int, help="Classes in one batch (>= 2).")
-@click.option("--images-per-class", type=int, help="Images of each class in one batch (>= 2).")
-@click.option("--units-per-shard", type=int, help="Batches (work units) per shard file.")
+@click.option("--per-class", type=int,
+              help="Images per class in total (a multiple of --images-per-class). [default: 8]")
+@click.option("--classes-per-batch", type=int,
+              help="Classes in one batch (>= 2; divides the number of classes). [default: 8]")
+@click.option("--images-per-class", type=int, help="Images of each class in one batch (>= 2). [default: 4]")
+@click.option("--units-per-shard", type=int, help="Batches (work units) per shard file. [default: 16]")
 @click.option("--resolutions", help="Stage resolutions, low to high. [default: 112,224]")
 @click.option("--iterations", help="Iterations per stage. [default: 2000,2000]")
 @click.option("--multires", type=click.Choice(["upsample", "pool"]),
-              help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in early stages.")
+              help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in early stages. "
+                   "[default: upsample]")
 @click.option("--lr", type=float, help="Adam learning rate. [default: 0.25]")
 @click.option("--a-ce", type=float, help="Cross-entropy weight. [default: 1]")
 @click.option("--a-bn", type=float, help="BN-statistics weight. [default: 0.05]")
@@ -56,7 +59,9 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @click.option("--a-l2", type=float, help="L2 prior weight. [default: 1e-5]")
 @click.option("--a-ep", type=float, help="Intra-divergence weight. [default: 50]")
 @click.option("--ep-margin", type=float, help="Intra-divergence margin m_ep. [default: 0.5]")
-@click.option("--ep-form", type=click.Choice(["saturating", "unbounded"]), help="[default: saturating]")
+@click.option("--ep-form", type=click.Choice(["saturating", "unbounded"]),
+              help="Intra-divergence form: saturating mean max(0, m_ep - d) (stops at the margin) or unbounded "
+                   "-mean d (the paper's literal form; needs a small --a-ep). [default: saturating]")
 @click.option("--a-triplet", type=float, help="Triplet weight. [default: 0.5]")
 @click.option("--triplet-margin", type=float, help="Triplet margin. [default: 0.5]")
 @click.option("--student", type=click.Path(dir_okay=False),

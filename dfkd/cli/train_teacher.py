@@ -15,7 +15,7 @@ EXAMPLE = """
 \b
 Example:
   dfkd train-teacher --dataset digits --out digits-teacher.pt
-  dfkd synthesize --teacher digits-teacher.pt --config recipes/digits.yaml --out shards/
+  dfkd synthesize --teacher digits-teacher.pt --config digits --out shards/
 """
 
 

@@ -1,4 +1,4 @@
-"""Two-stage DearKD distillation from a CNN teacher: taps, losses, data, trainer (SPEC sections 3-4)."""
+"""Two-stage DearKD distillation from a CNN teacher: taps, losses, data, trainer (docs/method.md)."""
 from dfkd.distill.config import AugmentConfig, DistillConfig, LossConfig, OptimConfig
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.trainer import distill

@@ -10,7 +10,7 @@ from synth.errors import UserError
 
 @dataclass
 class LossConfig:
-    """Distillation type and loss weights (SPEC section 4)."""
+    """Distillation type and loss weights (docs/method.md, "Distillation: two stages")."""
 
     distillation: str = "hard"
     tau: float = 1.0

@@ -1,4 +1,4 @@
-"""DearKD's two-stage distillation loss (SPEC section 4), one small module in the manner of DeiT's DistillationLoss.
+"""DearKD's two-stage distillation loss (docs/method.md), one small module in the manner of DeiT's DistillationLoss.
 
 Stage 1: w_cls * C(z_cls) + w_dist * D(z_dist) + a_hid * sum_k MSE(aligner_k(tokens_k), teacher stage_k)
   C = CE(z_cls, target), except for function_matching, where C = D(z_cls): labels are not used

@@ -22,12 +22,14 @@ from synth.teacher import Teacher
 
 @dataclass(frozen=True)
 class Stage:
-    """A teacher feature stage at the training resolution: module name, channels, (h, w), reduction."""
+    """A teacher feature stage at the training resolution: module name, channels, (h, w), reduction, and whether
+    its output is never negative (post-ReLU) or can be (a linear bottleneck; its aligner then ends without ReLU)."""
 
     module: str
     channels: int
     hw: tuple[int, int]
     reduction: float
+    nonnegative: bool = True
 
 
 def _stage_modules(model: nn.Module, size: int) -> list[str]:
@@ -43,8 +45,10 @@ def _stage_modules(model: nn.Module, size: int) -> list[str]:
     return [chosen[size] for size in sorted(chosen, reverse=True)]
 
 
-def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Outputs (4-D tensors only) of the named modules, or of all modules, on one zero image, in completion order."""
+def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None,
+           random: bool = False) -> dict[str, torch.Tensor]:
+    """Outputs (4-D tensors only) of the named modules, or of all modules, on one zero image (or two seeded noise
+    images: `random`, from a private generator, leaving the global RNG alone), in completion order."""
     outputs: dict[str, torch.Tensor] = {}
     wanted = dict(model.named_modules()) if names is None else {n: model.get_submodule(n) for n in names}
 
@@ -57,9 +61,11 @@ def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None) -> d
 
     handles = [m.register_forward_hook(hook(n)) for n, m in wanted.items() if n]
     device = next(model.parameters()).device
+    x = (torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)) if random
+         else torch.zeros(1, 3, size, size)).to(device)
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, size, size, device=device))
+            model(x)
     except Exception as exc:  # noqa: BLE001 - too small an input for this teacher
         raise UserError(f"the teacher cannot run at the student's input size {size} px "
                         f"({type(exc).__name__}: {first_line(exc)})") from None
@@ -72,8 +78,9 @@ def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None) -> d
 def teacher_stages(teacher: Teacher, size: int) -> list[Stage]:
     """The teacher's feature stages, shallow to deep, measured on a `size` x `size` input."""
     names = _stage_modules(teacher.model, size)
-    shapes = _probe(teacher.model, size, names)
-    return [Stage(n, shapes[n].shape[1], tuple(shapes[n].shape[-2:]), size / shapes[n].shape[-1])
+    shapes = _probe(teacher.model, size, names, random=True)
+    return [Stage(n, shapes[n].shape[1], tuple(shapes[n].shape[-2:]), size / shapes[n].shape[-1],
+                  nonnegative=bool(shapes[n].min() >= 0))
             for n in names if n in shapes]
 
 

@@ -314,7 +314,8 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
         if config.hidden_kd:
             pairs = parse_pairs(config.loss.pairs, len(student.blocks), len(stages)) if config.loss.pairs \
                 else [(default_block(student), default_stage(stages, student.patch_embed.patch_size[0]))]
-            aligners = nn.ModuleList(Aligner(student.embed_dim, stages[t].channels, stages[t].hw) for _, t in pairs)
+            aligners = nn.ModuleList(Aligner(student.embed_dim, stages[t].channels, stages[t].hw, stages[t].nonnegative)
+                                     for _, t in pairs)
             block_taps = BlockTaps(student, [b for b, _ in pairs])
         taps = TeacherTaps(teacher, [stages[t] for _, t in pairs])
     criterion = DistillationLoss(

@@ -15,7 +15,7 @@ from synth.teacher import EmbeddingTap, Teacher
 def embedding_diversity(shards: str | Path, teacher: Teacher, batch_size: int = 256) -> dict[str, Any]:
     """Per class and mean over classes: the mean distance over all pairs of its images' normalised embeddings."""
     dataset = ShardDataset(shards)
-    tap = EmbeddingTap(teacher.classifier)
+    tap = EmbeddingTap(teacher.embedding_module)
     embeddings = []
     try:
         with torch.inference_mode():

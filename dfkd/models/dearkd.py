@@ -1,5 +1,5 @@
 """DearKD student: a distilled DeiT whose first blocks use MHCA, registered with timm."""
-from typing import Optional, Tuple
+from typing import Optional, Set, Tuple
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
@@ -38,6 +38,14 @@ class DearKD(VisionTransformerDistilled):
         self.weight_init_mode = 'reset' if weight_init == 'skip' else weight_init
         if weight_init != 'skip':
             self.init_weights(needs_reset=False)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """DeiT's exclusions plus MHCA's position vectors `v` (3 numbers per head): they set each head's locality
+        like a positional embedding does (DeiT does not decay `pos_embed`), and decaying them would pull every
+        head steadily back toward plain, position-blind attention. (ConViT decays its positional projection, a
+        full linear layer; `v` is too small to need a regulariser.)"""
+        return set(super().no_weight_decay()) | {f'blocks.{i}.attn.v' for i in range(self.num_mhca)}
 
     @property
     def grid_size(self) -> Tuple[int, int]:
