@@ -2,16 +2,18 @@
 
     python bench/quality.py [--out bench-quality] [--recipe digits] [--threads 1] [--rows fm,di,...]
 
-Fixed seeds, one script. Every row distills the recipe's student for the recipe's epochs; a row changes one thing:
+Fixed seeds, one script. The recipe rows distill the recipe's student for the recipe's epochs; every ablation row
+runs for --ablation-epochs (default: half the recipe's) and changes one thing against `short`:
 
   fm, fm-seed1, fm-seed2   DF-DearKD shards, DearKD student, the recipe (function matching); distillation seeds 0-2
+  short                    the recipe for --ablation-epochs: the reference of the rows below
   di                       DeepInversion shards (no L_ep, no triplet)
   deit                     a plain DeiT student (no MHCA, no hidden KD)
   hard, soft               hard (teacher argmax) / soft (KL, class head on labels) distillation instead
   stage2                   the last sixth of the epochs as stage 2 (labels only, no teacher)
   n400, n1600              400 / 1600 synthesized images instead of 800
   adi                      400 DF-DearKD images + 400 more synthesized against the n400 student (Adaptive
-                           DeepInversion, a_adi 1), trained on both sets (compare with fm: 800 images in one round)
+                           DeepInversion, a_adi 1), trained on both sets (compare with short: 800 images in one round)
   real                     the same student and recipe on 800 real training digits (the reference)
 
 Rows run in the order given and may be split across processes (`--rows`); each row's result is kept in
@@ -47,11 +49,13 @@ SETS = {
     "df1600": {"per_class": 160},
     "adi400": {"per_class": 40, "seed": 1, "losses.adi": 1.0},  # + student: the n400 row's
 }
+RECIPE_ROWS = ("fm", "fm-seed1", "fm-seed2")
 # rows: name -> (shard sets or "real", distillation overrides, description)
 ROWS = {
     "fm": (["df800"], {}, "DF-DearKD 800, DearKD nano, function matching (the recipe)"),
     "fm-seed1": (["df800"], {"seed": 1}, "the same, distillation seed 1"),
     "fm-seed2": (["df800"], {"seed": 2}, "the same, distillation seed 2"),
+    "short": (["df800"], {}, "the recipe, ablation epochs"),
     "di": (["di800"], {}, "DeepInversion 800 (no L_ep / triplet)"),
     "deit": (["df800"], {"student": "deit_nano_patch4_32", "loss.a_hid": 0.0}, "plain DeiT nano student"),
     "hard": (["df800"], {"loss.distillation": "hard", "loss.w_cls": 1.0}, "hard distillation"),
@@ -80,13 +84,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's distillation epochs")
+    parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs of the ablation rows "
+                        "[default: half the recipe's]")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     with locked(out / "locks" / "teacher"):
         digits = prepare_digits(out, args.recipe)
     teacher_top1 = accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")["top1"]
-    epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
+    recipe_epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
+    ablation_epochs = args.ablation_epochs or recipe_epochs // 2
     sets: dict[str, dict] = {}
 
     def shard_set(name: str) -> Path:
@@ -112,6 +119,7 @@ def main() -> None:
         if result_file.is_file():
             return json.loads(result_file.read_text())
         data, overrides, description = ROWS[name]
+        epochs = recipe_epochs if name in RECIPE_ROWS else ablation_epochs
         if data == "real":
             source = {"images": str(real_training_digits(out, digits.split, 800))}
         else:
@@ -152,14 +160,14 @@ def print_table(out: Path, recipe: str, teacher_top1: float) -> None:
     """The markdown table of every finished row, with the mean and spread of the seeded recipe rows."""
     rows = {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
     print(f"\n# digits quality, {time.strftime('%Y-%m-%d')}, recipe {recipe}; teacher {teacher_top1:.4f}")
-    print("| row | what | images | fidelity | embedding diversity | real held-out top-1 | CPU s |")
-    print("|---|---|---|---|---|---|---|")
+    print("| row | what | images | epochs | fidelity | embedding diversity | real held-out top-1 | CPU s |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in ROWS:
         if name in rows:
             r, s = rows[name], rows[name].get("set", {})
             fid = f"{s['fidelity']:.3f}" if s.get("fidelity") is not None else ""
             div = f"{s['embedding_diversity']:.3f}" if "embedding_diversity" in s else ""
-            print(f"| {name} | {r['description']} | {r['images']} | {fid} | {div} | {r['accuracy']:.4f} | "
+            print(f"| {name} | {r['description']} | {r['images']} | {r['epochs']} | {fid} | {div} | {r['accuracy']:.4f} | "
                   f"{r['cpu_s']} |")
     seeded = [rows[n]["accuracy"] for n in ("fm", "fm-seed1", "fm-seed2") if n in rows]
     if len(seeded) > 1:

@@ -17,12 +17,14 @@ from synth.teacher import EmbeddingTap, Teacher
 
 @dataclass
 class LossWeights:
-    """Weights of the synthesis objective (paper defaults, fitting ImageNet-scale teachers)."""
+    """Weights of the synthesis objective: the papers' values, except the BN term, whose default is the normalized
+    form (one weight for any teacher, see synth.losses.BNStatisticsLoss); bn_norm="paper" with bn=0.05 is
+    DeepInversion's."""
 
     ce: float = 1.0
-    bn: float = 0.05
+    bn: float = 10.0
     bn_first: float = 10.0
-    bn_norm: str = "paper"  # "normalized": scale-free per layer, mean over layers (synth.losses.BNStatisticsLoss)
+    bn_norm: str = "normalized"  # scale-free per layer, mean over layers; "paper": DeepInversion's sum
     tv: float = 1e-4
     l2: float = 1e-5
     ep: float = 50.0

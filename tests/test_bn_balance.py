@@ -67,7 +67,7 @@ def test_paper_form_is_deepinversions_weighted_sum():
 def _tiny(teacher, **losses) -> SynthesisConfig:
     return SynthesisConfig(teacher=teacher, classes="all", per_class=2, classes_per_batch=10, images_per_class=2,
                            threads=1, device="cpu", schedule=Schedule(resolutions=(16, 32), iterations=(30, 30)),
-                           losses=LossWeights(**{"bn": 1.0, "ep": 0.0, "triplet": 0.0, **losses}))
+                           losses=LossWeights(**{"bn_norm": "paper", "bn": 1.0, "ep": 0.0, "triplet": 0.0, **losses}))
 
 
 def test_low_fidelity_warning_fires_on_a_misweighted_run_and_not_on_a_healthy_one(digits_teacher, tmp_path):

@@ -139,7 +139,7 @@ def test_different_config_refused_and_nothing_touched(random_teacher, tmp_path):
     result = runner.invoke(main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL,
                                   "--a-bn", "0.5"])
     assert result.exit_code == 2
-    assert "holds a different synthesis (losses.bn: 0.05 there, 0.5 now)" in result.stderr
+    assert "holds a different synthesis (losses.bn: 10.0 there, 0.5 now)" in result.stderr
     assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
 

@@ -49,12 +49,13 @@ Scale out with torchrun (shards are split across processes; the result is the sa
                    "[default: upsample]")
 @click.option("--lr", type=float, help="Adam learning rate. [default: 0.25]")
 @click.option("--a-ce", type=float, help="Cross-entropy weight. [default: 1]")
-@click.option("--a-bn", type=float, help="BN-statistics weight. [default: 0.05]")
+@click.option("--a-bn", type=float, help="BN-statistics weight (0.05 is the paper's with --bn-norm paper). "
+                                      "[default: 10]")
 @click.option("--bn-first", type=float, help="Multiplier of the first BN layer. [default: 10]")
 @click.option("--bn-norm", type=click.Choice(["normalized", "paper"]),
               help="normalized: each layer's distance relative to its running statistics, averaged over layers "
                    "(one --a-bn fits any teacher); paper: DeepInversion's sum of absolute distances. "
-                   "[default: paper]")
+                   "[default: normalized]")
 @click.option("--a-tv", type=float, help="Total-variation prior weight. [default: 1e-4]")
 @click.option("--a-l2", type=float, help="L2 prior weight. [default: 1e-5]")
 @click.option("--a-ep", type=float, help="Intra-divergence weight. [default: 50]")
