@@ -35,7 +35,7 @@ CLOCK = time.perf_counter
 def floor_seconds(model: torch.nn.Module, batch: int, resolution: int, iterations: int) -> float:
     """Seconds per teacher forward + backward to the input (no parameter gradients)."""
     x = torch.randn(batch, 3, resolution, resolution, requires_grad=True)
-    labels = torch.randint(0, 1000, (batch,))
+    labels = torch.randint(0, model.num_classes, (batch,))
     start = CLOCK()
     for _ in range(iterations):
         x.grad = None
@@ -44,7 +44,7 @@ def floor_seconds(model: torch.nn.Module, batch: int, resolution: int, iteration
 
 
 def _run(teacher, batch: int, resolution: int, iterations: int, compile: bool | str) -> float:
-    labels = torch.arange(batch // 4).repeat_interleave(4)
+    labels = (torch.arange(batch // 4) % teacher.num_classes).repeat_interleave(4)
     schedule = Schedule(resolutions=(resolution,), iterations=(iterations,))
     start = CLOCK()
     invert_batch(teacher, labels, LossWeights(), schedule, torch.Generator().manual_seed(0),
@@ -83,8 +83,8 @@ def main() -> None:
     print(f"# {args.model}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()},"
           f" {time.strftime('%Y-%m-%d')}, {args.iterations} iterations x {args.repeats} repeats, medians, {clock} clock")
     head = " | ".join(f"{name} ms | {name} ratio" for name, _ in columns)
-    print(f"| resolution | batch | floor ms | {head} |")
-    print("|---|---|---|" + "---|---|" * len(columns))
+    print(f"| resolution | batch | floor ms | {head} | ms per image-iteration |")
+    print("|---|---|---|" + "---|---|" * len(columns) + "---|")
     for item in args.configs.split(","):
         resolution, batch = (int(v) for v in item.split("x"))
         floor_seconds(teacher.model, batch, resolution, 1)
@@ -100,7 +100,8 @@ def main() -> None:
         floor = statistics.median(floors)
         cells = " | ".join(f"{statistics.median(times[name]) * 1e3:.1f} | {statistics.median(times[name]) / floor:.2f}"
                            for name, _ in columns)
-        print(f"| {resolution} | {batch} | {floor * 1e3:.1f} | {cells} |", flush=True)
+        per_image = statistics.median(times[columns[0][0]]) / batch * 1e3
+        print(f"| {resolution} | {batch} | {floor * 1e3:.1f} | {cells} | {per_image:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
