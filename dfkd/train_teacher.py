@@ -76,7 +76,7 @@ def train_teacher(out: str | Path, dataset: str = "digits", arch: str = "dfkd_cn
             optimizer.step()
             scheduler.step()
         if on_epoch:
-            on_epoch(epoch, float(loss))
+            on_epoch(epoch, float(loss.detach()))
     test_accuracy = accuracy(model, test_x, test_y)
     save_teacher_file(out, f"timm:{arch}", {"num_classes": len(CLASS_NAMES)}, model, DIGITS_MEAN, DIGITS_STD,
                       split.train_images.shape[1], CLASS_NAMES,
