@@ -11,6 +11,7 @@ runs for --ablation-epochs (default: half the recipe's) and changes one thing ag
   deit                     a plain DeiT student (no MHCA, no hidden KD)
   hard, soft               hard (teacher argmax) / soft (KL, class head on labels) distillation instead
   stage2                   the last sixth of the epochs as stage 2 (labels only, no teacher)
+  hid1, hid30              hidden-layer KD weight a_hid 1 / 30 instead of the recipe's 10
   n400, n1600              400 / 1600 synthesized images instead of 800
   adi                      400 DF-DearKD images + 400 more synthesized against the n400 student (Adaptive
                            DeepInversion, a_adi 1), trained on both sets (compare with short: 800 images in one round)
@@ -61,6 +62,8 @@ ROWS = {
     "hard": (["df800"], {"loss.distillation": "hard", "loss.w_cls": 1.0}, "hard distillation"),
     "soft": (["df800"], {"loss.distillation": "soft", "loss.w_cls": 1.0}, "soft distillation (class head on labels)"),
     "stage2": (["df800"], {"stage1_epochs": 5 / 6}, "last sixth of the epochs in stage 2"),
+    "hid1": (["df800"], {"loss.a_hid": 1.0}, "hidden-layer KD weight 1 (per-sample KL against MSE)"),
+    "hid30": (["df800"], {"loss.a_hid": 30.0}, "hidden-layer KD weight 30"),
     "n400": (["df400"], {}, "400 DF-DearKD images"),
     "n1600": (["df1600"], {}, "1600 DF-DearKD images"),
     "adi": (["df400", "adi400"], {}, "400 + 400 Adaptive DeepInversion images (2 rounds)"),

@@ -31,7 +31,7 @@ through the aligners; stage 2: CE on both heads, no teacher.
 Function matching (--distillation function_matching; the data-free recipes' default): every batch is
 Mixup/CutMix-ed and both heads learn tau^2 * KL(teacher || student) on exactly that mixed view, so the
 teacher labels every image the student sees and the labels of the shards are not needed; it pays off
-over long schedules (the digits recipe: 120 epochs, no stage 2). Rerun with --resume to continue an
+over long schedules (the digits recipe: 80 epochs, no stage 2). Rerun with --resume to continue an
 interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
 
 \b
