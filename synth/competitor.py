@@ -36,11 +36,14 @@ class Competitor:
     path: str
     sha256: str
 
-    def logits(self, x: torch.Tensor, teacher_mean: torch.Tensor, teacher_std: torch.Tensor) -> torch.Tensor:
-        """Student logits on teacher-normalised images `x`: re-normalised for the student, resized to its input."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
-        view = ((x * teacher_std + teacher_mean) - mean) / std
+    def input_affine(self, teacher_mean, teacher_std, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), (1, 3, 1, 1) each: a teacher-normalised image * scale + shift is student-normalised."""
+        t_mean, t_std, s_mean, s_std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+                                        for v in (teacher_mean, teacher_std, self.mean, self.std))
+        return t_std / s_std, (t_mean - s_mean) / s_std
+
+    def logits(self, view: torch.Tensor) -> torch.Tensor:
+        """Student logits on student-normalised images of any size (resized to its input)."""
         if view.shape[-1] != self.input_size:
             view = F.interpolate(view, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)
         return self.model(view)

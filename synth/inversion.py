@@ -119,13 +119,14 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     gray = teacher.grayscale  # optimise one channel; the teacher sees it replicated (R = G = B)
     if gray:
         low, high = low[:, :1], high[:, :1]
+        gray_scale, gray_shift = teacher.gray_affine(device)
     bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm)
     tap = EmbeddingTap(teacher.embedding_module)
     step = _compiled_step(compile)
     student = None
     if competitor is not None and weights.adi > 0:
-        mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (teacher.mean, teacher.std))
-        student = lambda view: competitor.logits(view, mean, std)  # noqa: E731
+        scale, shift = competitor.input_affine(teacher.mean, teacher.std, device)
+        student = lambda view: competitor.logits(view * scale + shift)  # noqa: E731
     final = schedule.resolutions[-1]
     start = final if schedule.multires == "pool" else schedule.resolutions[0]
     x = torch.randn((len(labels), 1 if gray else 3, start, start), generator=generator).to(device)
@@ -145,7 +146,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
                 x.grad = None
                 view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
                 if gray:
-                    view = teacher.gray_to_input(view)
+                    view = view * gray_scale + gray_shift
                 augmented = torch.roll(view, shifts=tuple(offsets[it]), dims=(2, 3))
                 if schedule.flip and flips[it]:
                     augmented = augmented.flip(3)
@@ -171,7 +172,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     finally:
         bn_loss.remove()
         tap.remove()
-    final_x = teacher.gray_to_input(x.detach()) if gray else x.detach()
+    final_x = x.detach() * gray_scale + gray_shift if gray else x.detach()
     images = (teacher.denormalize(final_x) * 255).round().to(torch.uint8)
     with torch.no_grad():
         final_logits = teacher.model(teacher.normalize(images.float() / 255))

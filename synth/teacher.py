@@ -70,11 +70,12 @@ class Teacher:
         std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
         return (x * std + mean).clamp(0, 1)
 
-    def gray_to_input(self, x: torch.Tensor) -> torch.Tensor:
-        """One channel in the first channel's normalised space (B, 1, H, W) -> the same gray image, 3 channels."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
-        return (x * std[:, :1] + mean[:, :1] - mean) / std
+    def gray_affine(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+        """(scale, shift), (1, 3, 1, 1) each: one channel in the first channel's normalised space (B, 1, H, W)
+        * scale + shift is the same gray image in the teacher's 3-channel normalised space."""
+        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        return std[:, :1] / std, (mean[:, :1] - mean) / std
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able description stored in shards and manifests."""
