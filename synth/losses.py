@@ -98,7 +98,7 @@ class BNStatisticsLoss:
     serves small and large teachers.
     """
 
-    def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0, norm: str = "paper"):
+    def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0, norm: str = "normalized"):
         if norm not in BN_NORMS:
             raise ValueError(f"BN norm {norm!r} is not one of {BN_NORMS}")
         self.first_multiplier, self.norm = first_multiplier, norm
@@ -119,7 +119,8 @@ class BNStatisticsLoss:
             if self.norm == "paper":
                 self._terms[index] = torch.linalg.vector_norm(difference, dim=1).sum()
             else:
-                self._terms[index] = (difference / self._scale[index]).square().mean(dim=1).sqrt().sum()
+                # + 1e-12: a finite gradient even where a layer's statistics match exactly
+                self._terms[index] = (difference / self._scale[index]).square().mean(dim=1).add(1e-12).sqrt().sum()
         return hook
 
     def loss(self) -> torch.Tensor:
