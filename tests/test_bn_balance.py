@@ -74,7 +74,7 @@ def test_low_fidelity_warning_fires_on_a_misweighted_run_and_not_on_a_healthy_on
     notes = []
     progress = Progress(message=notes.append)
     healthy = synthesize(_tiny(digits_teacher), tmp_path / "ok", progress)
-    assert healthy["fidelity"] >= 0.9 and not healthy["low_fidelity"]
+    assert healthy["fidelity"] >= 0.8 and not healthy["low_fidelity"]
     assert not any("low fidelity" in n for n in notes)
     swamped = synthesize(_tiny(digits_teacher, ce=1.0, bn=1000.0), tmp_path / "bad", progress)
     assert swamped["low_fidelity"] and swamped["fidelity"] < 0.5
