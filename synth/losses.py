@@ -98,7 +98,7 @@ class BNStatisticsLoss:
     serves small and large teachers.
     """
 
-    def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0, norm: str = "normalized"):
+    def __init__(self, bn_layers: list[nn.Module], first_multiplier: float = 10.0, norm: str = "paper"):
         if norm not in BN_NORMS:
             raise ValueError(f"BN norm {norm!r} is not one of {BN_NORMS}")
         self.first_multiplier, self.norm = first_multiplier, norm
