@@ -344,7 +344,6 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                                        "threads": torch.get_num_threads(),
                                        "seconds": round(time.time() - unit_start, 3), "fidelity": agreement,
                                        "losses": result.losses, "stage_totals": result.stage_totals})
-                mine.units += 1
                 mine.unit_hits += int(agreement * len(labels) + 0.5)
                 mine.unit_total += len(labels)
                 if not mine.warned and mine.unit_hits < LOW_FIDELITY * mine.unit_total:
@@ -399,8 +398,7 @@ class _RankResult:
     hits: int = 0
     total: int = 0
     has_logits: bool = True
-    units: int = 0  # units this run synthesized, their teacher agreement (hits of total), and whether it warned
-    unit_hits: int = 0
+    unit_hits: int = 0  # teacher agreement on the units this run synthesized (hits of total), and whether it warned
     unit_total: int = 0
     warned: bool = False
 
