@@ -339,12 +339,13 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
                                     f"{bad or 'in the teacher logits'}; {shard_io.shard_name(k)} was not written. "
                                     "Lower --lr or the loss weights, or check the teacher")
                 results.append(result)
-                agreement = float((result.logits.argmax(1) == labels.cpu()).float().mean())
+                hits = int((result.logits.argmax(1) == labels.cpu()).sum())
+                agreement = hits / len(labels)
                 _append_log(log_path, {"unit": unit.id, "shard": k, "rank": ranks.rank,
                                        "threads": torch.get_num_threads(),
                                        "seconds": round(time.time() - unit_start, 3), "fidelity": agreement,
                                        "losses": result.losses, "stage_totals": result.stage_totals})
-                mine.unit_hits += int(agreement * len(labels) + 0.5)
+                mine.unit_hits += hits
                 mine.unit_total += len(labels)
                 if not mine.warned and mine.unit_hits < LOW_FIDELITY * mine.unit_total:
                     mine.warned = True
@@ -520,8 +521,7 @@ def _only_dfkd_files(out: Path) -> bool:
 def _same_teacher_file(existing: dict, identity: dict, manifest: Optional[dict], teacher: Teacher) -> bool:
     """Whether the recorded teacher and this one are the same teacher file under two paths: compared by content
     (weights sha256, normalisation, input size), never by the path."""
-    specs = (str(existing.get("teacher")), str(identity["teacher"]))
-    if any(spec.startswith(("timm:", "torchvision:")) for spec in specs):
+    if not (_is_teacher_file(existing.get("teacher")) and _is_teacher_file(identity["teacher"])):
         return False
     if existing.get("teacher_weights_sha256") != identity["teacher_weights_sha256"]:
         return False
@@ -532,7 +532,7 @@ def _same_teacher_file(existing: dict, identity: dict, manifest: Optional[dict],
 
 def absolute_teacher_spec(spec: str) -> str:
     """A teacher file as an absolute path (so shards name it from any working directory); other specs unchanged."""
-    if spec and not spec.startswith(("timm:", "torchvision:")) and Path(spec).is_file():
+    if spec and _is_teacher_file(spec) and Path(spec).is_file():
         return str(Path(spec).resolve())
     return spec
 

@@ -26,7 +26,6 @@ from timm.loss import SoftTargetCrossEntropy
 from dfkd.distill.taps import TeacherTaps
 
 KINDS = ("function_matching", "hard", "soft", "stored")
-TEACHER_PROBS = ("soft", "function_matching")  # kinds whose target is the teacher's distribution at tau
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: float) -> torch.Tensor:
