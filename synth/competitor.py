@@ -27,7 +27,8 @@ TEMPERATURE = 3.0  # the reference code's temperature for the competition term
 
 @dataclass
 class Competitor:
-    """A frozen student and how to feed it: teacher-normalised images at any size -> its logits."""
+    """A frozen student and how to feed it (its input size and normalisation). Loading mirrors dfkd's
+    `load_student`, which synth cannot import: the same student.json fields."""
 
     model: nn.Module
     input_size: int
