@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-import torch
 
 from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
 from dfkd.data.digits import DigitsSplit, load_digits_split, write_image_folder
@@ -20,7 +19,8 @@ from dfkd.evaluate import accuracy, class_grid, load_student, teacher_classifier
 from dfkd.evaluate.accuracy import shard_accuracy
 from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
-from synth.engine import Progress, SynthesisConfig, synthesize
+from synth.engine import SynthesisConfig, synthesize
+from synth.runtime import Progress, use_threads
 from synth.teacher import Teacher, load_teacher
 
 T = TypeVar("T")
@@ -73,8 +73,7 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
     out = Path(out)
     seconds: dict[str, float] = {}
     common = {"threads": threads} if threads else {}
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads or 0)
 
     started = time.time()
     digits = prepare_digits(out, recipe, progress_for("train-teacher"))

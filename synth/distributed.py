@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import atexit
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -109,6 +110,17 @@ class Ranks:
                 self.failed_together = True
                 user, message = report
                 raise (UserError if user else RuntimeError)(f"rank {rank} stopped the run: {message}")
+
+    @contextmanager
+    def together(self) -> Iterator[None]:
+        """Run a step that every rank must pass: an exception inside is reported to all ranks and every rank raises
+        (`check_all`), so none is left waiting at a later collective. One process: the exception propagates."""
+        error = None
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - reported to every rank, then re-raised
+            error = exc
+        self.check_all(error)
 
     def close(self) -> None:
         """Leave the process group if this object joined it. After a failure every rank saw (`check_all`), wait

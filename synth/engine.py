@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -33,6 +31,7 @@ from synth.distributed import Ranks
 from synth.competitor import Competitor, load_competitor
 from synth.errors import UserError
 from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.runtime import Progress, available_cores, default_threads, resolve_device, use_threads
 from synth.teacher import Teacher, load_teacher
 
 LOW_FIDELITY = 0.5  # below this teacher agreement with the targets a set is flagged: its images carry little class
@@ -113,7 +112,7 @@ class SynthesisConfig:
 
     def resolved_threads(self) -> int:
         """The CPU thread count: `threads`, or all cores when 0."""
-        return self.threads or available_cores()
+        return self.threads or default_threads()
 
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads, and
@@ -216,25 +215,6 @@ def unit_generator(seed: int, unit_id: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def resolve_device(name: str) -> torch.device:
-    """`auto` -> cuda when available, else cpu; a CUDA request without CUDA is refused."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device '{name}' requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-@dataclass
-class Progress:
-    """Callbacks the engine reports to (the CLI binds them to tqdm and stderr)."""
-
-    start: Callable[[int], None] = lambda total: None
-    advance: Callable[[int, dict], None] = lambda images, losses: None
-    message: Callable[[str], None] = lambda text: print(text, file=sys.stderr)
-    close: Callable[[], None] = lambda: None
-
-
 def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None,
                ranks: Optional[Ranks] = None) -> dict[str, Any]:
     """Run (or resume) a synthesis into `out`; returns a summary covering every rank's shards.
@@ -252,8 +232,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     error = None
     try:
         config.validate()
-        threads = config.resolved_threads()
-        torch.set_num_threads(threads)  # on every rank, whatever torchrun put in OMP_NUM_THREADS
+        threads = use_threads(config.resolved_threads())  # on every rank, whatever torchrun put in OMP_NUM_THREADS
         device = ranks.local_device(resolve_device(config.device))
         teacher = load_teacher(config.teacher, config.teacher_weights, device)
         classes = parse_classes(config.classes, teacher.num_classes)
@@ -442,11 +421,6 @@ def _check_same_identity(identities: list[dict]) -> None:
             raise UserError(f"rank {rank} computes a different config than rank 0 ({key}: {there!r} "
                             f"there, {first!r} on rank 0); give every node the same files and "
                             "an explicit --threads")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int,

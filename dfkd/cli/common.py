@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Optional
 
 import click
 
-from synth.engine import Progress
+from synth.runtime import Progress
 from synth.errors import UserError
 
 EXIT_USAGE = 2

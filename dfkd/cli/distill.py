@@ -11,7 +11,7 @@ from dfkd.distill import DistillConfig
 from dfkd.distill import distill as run_distill
 from dfkd.distill.losses import KINDS
 from synth import distributed
-from synth.engine import Progress
+from synth.runtime import Progress
 from synth.errors import UserError
 from dfkd.distill.data import shard_roots
 from synth.shards import check_integrity

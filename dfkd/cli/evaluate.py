@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import click
-import torch
+from synth.runtime import use_threads
 import yaml
 
 from dfkd.cli.common import Reporter, common_options, overrides
@@ -69,8 +69,7 @@ class EvaluateConfig:
 
 def _settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
     cfg = build(EvaluateConfig, apply_overrides(load_recipe(config_path, "evaluate"), overrides(options)))
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    use_threads(cfg.threads)
     return cfg
 
 

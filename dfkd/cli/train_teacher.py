@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 
 import click
-import torch
+from synth.runtime import use_threads
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.config import load_recipe
@@ -44,8 +44,7 @@ def train_teacher(out: str, config_path: str, json_mode: bool, quiet: bool, data
                      if v is not None})
     check_settings(settings["dataset"], settings["arch"], int(settings["epochs"]))
     _check_writable(Path(out))
-    if threads:
-        torch.set_num_threads(threads)
+    use_threads(threads or 0)
     reporter.bar(int(settings["epochs"]), "epoch", "train-teacher")
     try:
         result = train(out, on_epoch=lambda epoch, loss: reporter.update(1, loss=f"{loss:.3f}"), **settings)

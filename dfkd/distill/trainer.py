@@ -40,7 +40,7 @@ from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
 from synth.distributed import Ranks
-from synth.engine import Progress, available_cores, resolve_device
+from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.errors import UserError
 from synth.teacher import Teacher, load_teacher, state_dict_sha256
 
@@ -350,8 +350,7 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
     error = None
     try:
         config.validate()
-        threads = config.threads or available_cores()
-        torch.set_num_threads(threads)
+        threads = use_threads(config.threads)
         device = ranks.local_device(resolve_device(config.device))
         output = Output(out, main=ranks.rank == 0)
         saved = output.prepare(config.resume)

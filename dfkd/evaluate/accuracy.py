@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
-from synth.engine import Progress, resolve_device
+from synth.runtime import Progress, resolve_device
 from synth.errors import UserError, first_line
 from synth.shards import ShardDataset
 from synth.teacher import Teacher

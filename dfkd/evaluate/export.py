@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 
 from synth import card
-from synth.engine import Progress
+from synth.runtime import Progress
 from synth.errors import UserError
 from synth.shards import ShardDataset, list_shards, verify
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synth.engine import Progress, resolve_device
+from synth.runtime import Progress, resolve_device
 from synth.errors import UserError
 from synth.shards import ShardDataset
 from synth.teacher import hub_cached_download, read_state_dict
