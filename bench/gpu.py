@@ -53,7 +53,8 @@ import torch.nn.functional as F
 
 import synth  # noqa: F401  (registers the small teacher CNNs with timm)
 from synth import inversion
-from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.config import LossWeights, Schedule
+from synth.inversion import invert_batch
 from synth.losses import BNStatisticsLoss
 from synth.teacher import EmbeddingTap, Teacher, load_teacher
 
@@ -282,8 +283,9 @@ def numerics_check(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch
 
 def student_images_per_second(setup: Setup, compiled: bool) -> tuple[float, float]:
     """(training images/s, model FLOPs per image) of DearKD-Ti with a no-grad CNN teacher, AdamW, CE on both heads."""
-    import dfkd.models  # noqa: F401  (registers the DearKD students with timm)
     from torch.utils.flop_counter import FlopCounterMode
+
+    import dfkd.models  # noqa: F401  (registers the DearKD students with timm)
 
     cuda = setup.device.type == "cuda"
     res, batch = setup.student_resolution, setup.student_batch

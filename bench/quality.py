@@ -40,7 +40,8 @@ from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, teacher_classifier
 from dfkd.evaluate.embedding_diversity import embedding_diversity
-from synth.engine import SynthesisConfig, synthesize
+from synth.config import SynthesisConfig
+from synth.engine import synthesize
 
 # shard sets: name -> synthesis overrides of the recipe
 SETS = {

@@ -25,9 +25,9 @@ import time
 import timm
 import torch
 
-from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.config import LossWeights, Schedule
+from synth.inversion import invert_batch
 from synth.teacher import load_teacher
-
 
 CLOCK = time.perf_counter
 

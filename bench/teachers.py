@@ -25,7 +25,8 @@ from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, teacher_classifier
 from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
-from synth.engine import SynthesisConfig, synthesize
+from synth.config import SynthesisConfig
+from synth.engine import synthesize
 from synth.teacher import load_teacher
 
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-
 from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
 from dfkd.data.digits import DigitsSplit, load_digits_split, write_image_folder
 from dfkd.distill.config import DistillConfig
@@ -19,7 +18,8 @@ from dfkd.evaluate import accuracy, class_grid, load_student, teacher_classifier
 from dfkd.evaluate.accuracy import shard_accuracy
 from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
-from synth.engine import SynthesisConfig, synthesize
+from synth.config import SynthesisConfig
+from synth.engine import synthesize
 from synth.runtime import Progress, use_threads
 from synth.teacher import Teacher, load_teacher
 

@@ -11,70 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from synth.competitor import Competitor, competition
-from synth.losses import BN_NORMS, BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
+from synth.config import LossWeights, Schedule
+from synth.losses import BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
 from synth.teacher import EmbeddingTap, Teacher
-
-
-@dataclass
-class LossWeights:
-    """Weights of the synthesis objective: the papers' values, except the BN term, whose default is the normalized
-    form (one weight for any teacher, see synth.losses.BNStatisticsLoss); bn_norm="paper" with bn=0.05 is
-    DeepInversion's."""
-
-    ce: float = 1.0
-    bn: float = 10.0
-    bn_first: float = 10.0
-    bn_norm: str = "normalized"  # scale-free per layer, mean over layers; "paper": DeepInversion's sum
-    tv: float = 1e-4
-    l2: float = 1e-5
-    ep: float = 50.0
-    ep_margin: float = 0.5
-    ep_form: str = "saturating"
-    triplet: float = 0.5
-    triplet_margin: float = 0.5
-    adi: float = 0.0  # Adaptive DeepInversion's competition term; needs a student (synth.competitor)
-
-    def validate(self) -> None:
-        """Refuse an unknown intra-divergence form or negative weights."""
-        from synth.errors import UserError
-
-        if self.bn_norm not in BN_NORMS:
-            raise UserError(f"losses.bn_norm '{self.bn_norm}' is not one of {', '.join(BN_NORMS)}")
-        if self.ep_form not in ("saturating", "unbounded"):
-            raise UserError(f"losses.ep_form '{self.ep_form}' is not one of saturating, unbounded")
-        for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet", "adi"):
-            if getattr(self, name) < 0:
-                raise UserError(f"losses.{name} must be >= 0, not {getattr(self, name)}")
-
-
-@dataclass
-class Schedule:
-    """Resolutions and iterations per stage (low to high), optimiser and augmentation settings."""
-
-    resolutions: tuple[int, ...] = (112, 224)
-    iterations: tuple[int, ...] = (2000, 2000)
-    lr: float = 0.25
-    betas: tuple[float, ...] = (0.5, 0.9)
-    eps: float = 1e-8
-    jitter: float = 30 / 224
-    flip: bool = True
-    multires: str = "upsample"
-
-    def validate(self) -> None:
-        """Check stage lists and option values."""
-        from synth.errors import UserError
-
-        if not self.resolutions or len(self.resolutions) != len(self.iterations):
-            raise UserError(f"schedule.resolutions {list(self.resolutions)} and schedule.iterations "
-                            f"{list(self.iterations)} must list the same number of stages (at least one)")
-        if list(self.resolutions) != sorted(self.resolutions) or min(self.resolutions) < 4:
-            raise UserError(f"schedule.resolutions {list(self.resolutions)} must increase from low to high, each >= 4")
-        if min(self.iterations) < 1:
-            raise UserError(f"schedule.iterations {list(self.iterations)} must each be >= 1")
-        if self.multires not in ("upsample", "pool"):
-            raise UserError(f"schedule.multires '{self.multires}' is not one of upsample, pool")
-        if len(self.betas) != 2:
-            raise UserError(f"schedule.betas must hold two numbers, not {list(self.betas)}")
 
 
 @dataclass

@@ -8,9 +8,10 @@ import torch
 
 import dfkd.models  # noqa: F401  (registers the DearKD students)
 from synth.competitor import competition, load_competitor
-from synth.engine import SynthesisConfig, synthesize
+from synth.config import LossWeights, Schedule, SynthesisConfig
+from synth.engine import synthesize
 from synth.errors import UserError
-from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.inversion import invert_batch
 from synth.shards import read_manifest
 from synth.teacher import load_teacher
 

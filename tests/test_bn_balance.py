@@ -3,9 +3,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from synth.engine import Progress, SynthesisConfig, synthesize
-from synth.inversion import LossWeights, Schedule
+from synth.config import LossWeights, Schedule, SynthesisConfig
+from synth.engine import synthesize
 from synth.losses import BNStatisticsLoss
+from synth.runtime import Progress
 
 torch.set_num_threads(1)
 

@@ -13,14 +13,26 @@ from click.testing import CliRunner
 from dfkd.cli.distill import distill as distill_command
 from dfkd.config import build, load_recipe
 from dfkd.data.digits import load_digits_split, write_image_folder
-from dfkd.distill import AugmentConfig, DistillConfig, DistillationLoss, OptimConfig, distill
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
+from dfkd.distill import (
+    AugmentConfig,
+    DistillationLoss,
+    DistillConfig,
+    OptimConfig,
+    distill,
+)
 from dfkd.distill.data import BatchPrep, labels_of, subset, train_transform
 from dfkd.distill.losses import teacher_affine
-from dfkd.distill.taps import BlockTaps, Stage, TeacherTaps, default_stage, teacher_stages
+from dfkd.distill.taps import (
+    BlockTaps,
+    Stage,
+    TeacherTaps,
+    default_stage,
+    teacher_stages,
+)
 from dfkd.models import Aligner
-from synth.engine import SynthesisConfig, synthesize
-from synth.inversion import LossWeights, Schedule
+from synth.config import LossWeights, Schedule, SynthesisConfig
+from synth.engine import synthesize
 from synth.shards import write_shard
 from synth.small_cnn import SmallBNCNN
 from synth.teacher import load_teacher

@@ -50,8 +50,8 @@ def _json_line(result: subprocess.CompletedProcess) -> dict:
 def runs(random_teacher, tmp_path_factory):
     """Tiny shards (32 images of 4 classes, 32 px) and a 13-image validation folder; then both launches."""
     from dfkd.data.digits import write_image_folder
-    from synth.engine import SynthesisConfig, synthesize
-    from synth.inversion import Schedule
+    from synth.config import Schedule, SynthesisConfig
+    from synth.engine import synthesize
 
     root = tmp_path_factory.mktemp("ddp-distill")
     shards = root / "shards"

@@ -13,9 +13,15 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfkd.cli.evaluate import evaluate, export, inspect_command
-from dfkd.evaluate import fidelity, load_lpips, lpips_diversity
 from dfkd.data.image_folder import LabelledFolder
-from dfkd.evaluate.lpips_diversity import ALEXNET_FILE, lpips_features, lpips_from_features, sample_pairs, unrank_pairs
+from dfkd.evaluate import fidelity, load_lpips, lpips_diversity
+from dfkd.evaluate.lpips_diversity import (
+    ALEXNET_FILE,
+    lpips_features,
+    lpips_from_features,
+    sample_pairs,
+    unrank_pairs,
+)
 from synth.shards import write_shard
 from synth.teacher import load_teacher, save_teacher_file
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from dfkd.cli.evaluate import export, inspect_command
@@ -229,8 +228,8 @@ def test_card_layout_rewrite_rules_and_inspect(source, tmp_path: Path) -> None:
 
 
 def test_synthesis_writes_the_card_and_a_rerun_leaves_it(random_teacher, tmp_path: Path) -> None:
-    from synth.engine import SynthesisConfig, synthesize
-    from synth.inversion import Schedule
+    from synth.config import Schedule, SynthesisConfig
+    from synth.engine import synthesize
 
     config = SynthesisConfig(teacher=random_teacher, classes="0-1", per_class=2, classes_per_batch=2,
                              images_per_class=2, threads=1, device="cpu",

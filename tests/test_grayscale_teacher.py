@@ -4,8 +4,8 @@ import timm
 import torch
 
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
-from synth.engine import SynthesisConfig, synthesize
-from synth.inversion import LossWeights, Schedule
+from synth.config import LossWeights, Schedule, SynthesisConfig
+from synth.engine import synthesize
 from synth.shards import ShardDataset, read_manifest
 from synth.teacher import load_teacher, save_teacher_file
 

@@ -7,7 +7,8 @@ import torch
 
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
 from synth import inversion
-from synth.inversion import LossWeights, Schedule, invert_batch
+from synth.config import LossWeights, Schedule
+from synth.inversion import invert_batch
 from synth.losses import BNStatisticsLoss, bn_stat_distance, channel_stats, tv_prior
 from synth.teacher import load_teacher
 

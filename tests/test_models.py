@@ -6,7 +6,13 @@ from timm.layers import Attention
 from torch import nn
 from torch.nn import functional as F
 
-from dfkd.models import Aligner, MHCAttention, attention_distance, attention_probs, patch_tokens
+from dfkd.models import (
+    Aligner,
+    MHCAttention,
+    attention_distance,
+    attention_probs,
+    patch_tokens,
+)
 
 SMALL = ['dearkd_pico_patch4_32', 'dearkd_nano_patch4_32', 'deit_nano_patch4_32']
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synth.engine import SynthesisConfig, synthesize
-from synth.inversion import Schedule
+from synth.config import Schedule, SynthesisConfig
+from synth.engine import synthesize
 from synth.shards import ShardDataset
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "shards.md"

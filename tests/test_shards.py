@@ -8,8 +8,16 @@ import torch
 from torch.utils.data import DataLoader
 
 from synth.errors import UserError
-from synth.shards import (FORMAT_VERSION, ShardDataset, content_digest, shard_name, verify, verify_shard,
-                          write_manifest, write_shard)
+from synth.shards import (
+    FORMAT_VERSION,
+    ShardDataset,
+    content_digest,
+    shard_name,
+    verify,
+    verify_shard,
+    write_manifest,
+    write_shard,
+)
 
 
 def _write(root, index, n=6, size=8, logits=True, seed=0, **kwargs):

@@ -10,9 +10,10 @@ import pytest
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from synth.engine import SynthesisConfig, parse_classes, plan_units, synthesize
+from synth.config import LossWeights, Schedule, SynthesisConfig
+from synth.engine import parse_classes, plan_units, synthesize
 from synth.errors import UserError
-from synth.inversion import LossWeights, Schedule, learning_rate
+from synth.inversion import learning_rate
 from synth.shards import ShardDataset, list_shards, verify
 
 SMALL = ["--classes", "0-3", "--per-class", "4", "--classes-per-batch", "2", "--images-per-class", "2",

@@ -6,10 +6,20 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from synth.config import LossWeights, Schedule
 from synth.errors import UserError
-from synth.inversion import LossWeights, Schedule, invert_batch
-from synth.teacher import (EmbeddingTap, IMAGENET_MEAN, IMAGENET_STD, _classifier_name, build_torchvision,
-                           find_bn_layers, load_teacher, teacher_from_model, torchvision_head_name)
+from synth.inversion import invert_batch
+from synth.teacher import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EmbeddingTap,
+    _classifier_name,
+    build_torchvision,
+    find_bn_layers,
+    load_teacher,
+    teacher_from_model,
+    torchvision_head_name,
+)
 
 # Models above this many parameters are skipped to keep the test fast (construction with random init alone takes
 # seconds each): regnet_y_128gf/32gf/16gf, regnet_x_32gf/16gf, vgg*_bn, wide_resnet*, resnet101/152,

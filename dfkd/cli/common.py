@@ -11,8 +11,8 @@ from typing import Any, Callable, Iterable, Optional
 
 import click
 
-from synth.runtime import Progress
 from synth.errors import UserError
+from synth.runtime import Progress
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1

@@ -9,11 +9,11 @@ from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.distill import DistillConfig
 from dfkd.distill import distill as run_distill
+from dfkd.distill.data import shard_roots
 from dfkd.distill.losses import KINDS
 from synth import distributed
-from synth.runtime import Progress
 from synth.errors import UserError
-from dfkd.distill.data import shard_roots
+from synth.runtime import Progress
 from synth.shards import check_integrity
 
 EXAMPLE = """

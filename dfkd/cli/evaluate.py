@@ -7,17 +7,22 @@ from pathlib import Path
 from typing import Optional, Union
 
 import click
-from synth.runtime import use_threads
 import yaml
 
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.evaluate import accuracy as run_accuracy
-from dfkd.evaluate import export_shards
-from dfkd.evaluate import inspect_shards, load_student, lpips_diversity, teacher_classifier
+from dfkd.evaluate import (
+    export_shards,
+    inspect_shards,
+    load_student,
+    lpips_diversity,
+    teacher_classifier,
+)
 from dfkd.evaluate import fidelity as run_fidelity
 from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
 from synth.errors import UserError
+from synth.runtime import use_threads
 from synth.shards import ShardDataset, check_integrity
 from synth.teacher import load_teacher
 

@@ -6,8 +6,9 @@ import click
 from dfkd.cli.common import Reporter, common_options, overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from synth import distributed
-from synth.engine import Progress, SynthesisConfig
+from synth.config import SynthesisConfig
 from synth.engine import synthesize as run_synthesis
+from synth.runtime import Progress
 
 EXAMPLE = """
 \b

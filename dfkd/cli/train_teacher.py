@@ -5,11 +5,11 @@ import os
 from pathlib import Path
 
 import click
-from synth.runtime import use_threads
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.config import load_recipe
 from synth.errors import UserError
+from synth.runtime import use_threads
 
 EXAMPLE = """
 \b
@@ -31,7 +31,8 @@ Example:
 def train_teacher(out: str, config_path: str, json_mode: bool, quiet: bool, dataset, arch, epochs, seed,
                   threads) -> None:
     """Train a small BN CNN teacher on real images (held-out accuracy is reported and stored in the file)."""
-    from dfkd.train_teacher import check_settings, train_teacher as train
+    from dfkd.train_teacher import check_settings
+    from dfkd.train_teacher import train_teacher as train
 
     reporter = Reporter(json_mode, quiet)
     recipe = load_recipe(config_path, "train_teacher")

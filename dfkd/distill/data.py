@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import Mixup, auto_augment, create_transform
-from timm.data.random_erasing import RandomErasing
 from timm.data.mixup import mixup_target
+from timm.data.random_erasing import RandomErasing
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from dfkd.distill.config import AugmentConfig

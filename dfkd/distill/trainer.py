@@ -27,21 +27,38 @@ import numpy as np
 import timm
 import torch
 import torch.nn as nn
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import Dataset
 
 from dfkd.data.image_folder import open_image_folder
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.data import (Batch, BatchPrep, eval_transform, make_loader, open_shards,
-                               set_transform, subset, train_transform)
+from dfkd.distill.data import (
+    Batch,
+    BatchPrep,
+    eval_transform,
+    make_loader,
+    open_shards,
+    set_transform,
+    subset,
+    train_transform,
+)
 from dfkd.distill.losses import DistillationLoss
-from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
-from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
+from dfkd.distill.taps import (
+    BlockTaps,
+    TeacherTaps,
+    default_block,
+    default_stage,
+    parse_pairs,
+    teacher_stages,
+)
+from dfkd.models import (
+    Aligner,  # importing dfkd.models registers the DearKD students with timm
+)
 from synth.distributed import Ranks
-from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.errors import UserError
+from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.teacher import Teacher, load_teacher, state_dict_sha256
 
 CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"

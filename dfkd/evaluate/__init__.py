@@ -1,5 +1,10 @@
 """Evaluation: LPIPS diversity and teacher fidelity of shards, accuracy on real images, grids, inspect, export."""
-from dfkd.evaluate.accuracy import Classifier, accuracy, load_student, teacher_classifier
+from dfkd.evaluate.accuracy import (
+           Classifier,
+           accuracy,
+           load_student,
+           teacher_classifier,
+)
 from dfkd.evaluate.export import export_imagefolder, export_shards
 from dfkd.evaluate.fidelity import fidelity
 from dfkd.evaluate.grid import class_grid

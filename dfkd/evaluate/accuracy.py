@@ -11,8 +11,8 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
-from synth.runtime import Progress, resolve_device
 from synth.errors import UserError, first_line
+from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
 from synth.teacher import Teacher
 

@@ -23,9 +23,9 @@ import h5py
 import numpy as np
 
 from synth import card
-from synth.runtime import Progress
 from synth.errors import UserError
-from synth.shards import ShardDataset, list_shards, verify
+from synth.runtime import Progress
+from synth.shards import ShardDataset, verify
 
 FORMATS = ("imagefolder", "webdataset", "hf")
 BLOCK = 256  # images read from a shard at a time

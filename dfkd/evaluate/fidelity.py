@@ -7,8 +7,8 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from synth.runtime import Progress, resolve_device
 from synth.errors import UserError
+from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
 from synth.teacher import Teacher
 

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from synth.runtime import Progress, resolve_device
 from synth.errors import UserError
+from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
 from synth.teacher import hub_cached_download, read_state_dict
 

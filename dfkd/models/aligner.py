@@ -2,9 +2,9 @@
 from typing import Optional, Tuple, Union
 
 import torch
+from timm.layers import LayerNorm2d, to_2tuple
 from torch import nn
 from torch.nn import functional as F
-from timm.layers import LayerNorm2d, to_2tuple
 
 __all__ = ['Aligner', 'patch_tokens']
 

@@ -4,9 +4,9 @@ from itertools import product
 from typing import Optional, Tuple
 
 import torch
+from timm.layers import resolve_self_attn_mask, to_2tuple, use_fused_attn
 from torch import nn
 from torch.nn import functional as F
-from timm.layers import resolve_self_attn_mask, to_2tuple, use_fused_attn
 
 __all__ = ['MHCAttention', 'relative_encodings', 'attention_probs', 'attention_distance']
 
