@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from dfkd.config import load_recipe
-from dfkd.data.digits import write_image_folder
-from dfkd.demo import prepare_digits, recipe_config
+from dfkd.digits.data import write_image_folder
+from dfkd.digits.demo import prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, teacher_classifier

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import torch
 
-from dfkd.data.digits import load_digits_split, write_image_folder
-from dfkd.demo import recipe_config
+from dfkd.digits.data import load_digits_split, write_image_folder
+from dfkd.digits.demo import recipe_config
+from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, load_student, teacher_classifier
 from dfkd.evaluate.embedding_diversity import embedding_diversity
-from dfkd.train_teacher import train_teacher
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.teacher import load_teacher
@@ -54,7 +54,7 @@ def main() -> None:
         started = time.time()
         if not teacher_file.is_file():
             teacher_file.parent.mkdir(parents=True, exist_ok=True)
-            train_teacher(teacher_file, arch=arch, epochs=12, seed=0)
+            train_teacher(TeacherTrainingConfig(arch=arch, threads=args.threads), teacher_file)
         teacher_seconds = time.time() - started
         teacher = load_teacher(str(teacher_file))
         row = {"arch": arch, "bn_layers": len(teacher.bn_layers),
@@ -63,7 +63,7 @@ def main() -> None:
         shards = out / "shards" / (args.tag or "default") / arch
         config = recipe_config(SynthesisConfig, args.recipe, "synthesize",
                                {"teacher": str(teacher_file), "threads": args.threads, **overrides})
-        started, cpu = time.time(), time.process_time()
+        started = time.time()
         summary = synthesize(config, shards)
         last = [json.loads(line) for line in (shards / "logs" / "synthesis-rank0.jsonl").read_text().splitlines()]
         row.update(fidelity=summary["fidelity"], images=summary["images"],

@@ -12,6 +12,7 @@ import yaml
 from synth.errors import UserError, first_line
 
 T = TypeVar("T")
+SECTIONS = {"synthesize", "distill", "evaluate", "train_teacher"}  # one per command that reads a recipe
 
 
 def recipe_names() -> list[str]:
@@ -58,8 +59,11 @@ def load_recipe(path: Optional[str], section: str) -> dict:
         raise UserError(f"recipe '{path}' is not valid YAML: {first_line(exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"recipe '{path}' must be a mapping of settings")
-    sections = {"synthesize", "distill", "evaluate", "demo", "train_teacher"}
-    if sections & data.keys():
+    if SECTIONS & data.keys():
+        unknown = sorted(set(data) - SECTIONS)
+        if unknown:
+            raise UserError(f"recipe '{path}' has a section '{unknown[0]}' that no command reads; accepted: "
+                            f"{', '.join(sorted(SECTIONS))}")
         return dict(data.get(section) or {})
     return data
 

@@ -3,13 +3,22 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
 from synth import shards as shard_io
 from synth.errors import UserError
 from synth.losses import BN_NORMS
 from synth.runtime import default_threads
+from synth.settings import (
+    check_choices,
+    check_device,
+    device_setting,
+    setting,
+    teacher_setting,
+    teacher_weights_setting,
+    threads_setting,
+)
 
 if TYPE_CHECKING:
     from synth.competitor import Competitor
@@ -25,25 +34,28 @@ class LossWeights:
     form (one weight for any teacher, see synth.losses.BNStatisticsLoss); bn_norm="paper" with bn=0.05 is
     DeepInversion's."""
 
-    ce: float = 1.0
-    bn: float = 10.0
-    bn_first: float = 10.0
-    bn_norm: str = "normalized"  # scale-free per layer, mean over layers; "paper": DeepInversion's sum
-    tv: float = 1e-4
-    l2: float = 1e-5
-    ep: float = 50.0
-    ep_margin: float = 0.5
-    ep_form: str = "saturating"
-    triplet: float = 0.5
-    triplet_margin: float = 0.5
-    adi: float = 0.0  # Adaptive DeepInversion's competition term; needs a student (synth.competitor)
+    ce: float = setting(1.0, help="Cross-entropy weight.", flag="--a-ce")
+    bn: float = setting(10.0, help="BN-statistics weight (0.05 is the paper's with --bn-norm paper).", flag="--a-bn")
+    bn_first: float = setting(10.0, help="Multiplier of the first BN layer.", flag="--bn-first")
+    bn_norm: str = setting("normalized", flag=True, choices=BN_NORMS,
+                           help="normalized: each layer's distance relative to its running statistics, averaged "
+                                "over layers (one --a-bn fits any teacher); paper: DeepInversion's sum of absolute "
+                                "distances.")
+    tv: float = setting(1e-4, help="Total-variation prior weight.", flag="--a-tv")
+    l2: float = setting(1e-5, help="L2 prior weight.", flag="--a-l2")
+    ep: float = setting(50.0, help="Intra-divergence weight.", flag="--a-ep")
+    ep_margin: float = setting(0.5, help="Intra-divergence margin m_ep.", flag=True)
+    ep_form: str = setting("saturating", flag=True, choices=("saturating", "unbounded"),
+                           help="Intra-divergence form: saturating mean max(0, m_ep - d) (stops at the margin) or "
+                                "unbounded -mean d (the paper's literal form; needs a small --a-ep).")
+    triplet: float = setting(0.5, help="Triplet weight.", flag="--a-triplet")
+    triplet_margin: float = setting(0.5, help="Triplet margin.", flag=True)
+    adi: float = setting(0.0, help="Weight of the competition term 1 - JS(teacher, student) (Adaptive "
+                                   "DeepInversion; needs --student).", flag="--a-adi")
 
     def validate(self) -> None:
         """Refuse an unknown intra-divergence form or negative weights."""
-        if self.bn_norm not in BN_NORMS:
-            raise UserError(f"losses.bn_norm '{self.bn_norm}' is not one of {', '.join(BN_NORMS)}")
-        if self.ep_form not in ("saturating", "unbounded"):
-            raise UserError(f"losses.ep_form '{self.ep_form}' is not one of saturating, unbounded")
+        check_choices(self, "losses")
         for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet", "adi"):
             if getattr(self, name) < 0:
                 raise UserError(f"losses.{name} must be >= 0, not {getattr(self, name)}")
@@ -53,14 +65,18 @@ class LossWeights:
 class Schedule:
     """Resolutions and iterations per stage (low to high), optimiser and augmentation settings."""
 
-    resolutions: tuple[int, ...] = (112, 224)
-    iterations: tuple[int, ...] = (2000, 2000)
-    lr: float = 0.25
-    betas: tuple[float, ...] = (0.5, 0.9)
-    eps: float = 1e-8
-    jitter: float = 30 / 224
-    flip: bool = True
-    multires: str = "upsample"
+    resolutions: tuple[int, ...] = setting((112, 224), help="Stage resolutions, low to high.", flag=True)
+    iterations: tuple[int, ...] = setting((2000, 2000), help="Iterations per stage.", flag=True)
+    lr: float = setting(0.25, help="Adam learning rate.", flag=True)
+    betas: tuple[float, ...] = setting((0.5, 0.9), help="Adam betas.")
+    eps: float = setting(1e-8, help="Adam epsilon.")
+    jitter: float = setting(30 / 224, flag=True, default_text="30/224, 30 px at 224",
+                            help="Largest random circular shift of the teacher's view, as a fraction of the "
+                                 "resolution (small inputs of deep teachers need less: the digits recipe uses 1/32).")
+    flip: bool = setting(True, help="Random horizontal flips of the teacher's view.", flag="--flip/--no-flip")
+    multires: str = setting("upsample", flag=True, choices=("upsample", "pool"),
+                            help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in "
+                                 "early stages.")
 
     def validate(self) -> None:
         """Check stage lists and option values."""
@@ -71,8 +87,7 @@ class Schedule:
             raise UserError(f"schedule.resolutions {list(self.resolutions)} must increase from low to high, each >= 4")
         if min(self.iterations) < 1:
             raise UserError(f"schedule.iterations {list(self.iterations)} must each be >= 1")
-        if self.multires not in ("upsample", "pool"):
-            raise UserError(f"schedule.multires '{self.multires}' is not one of upsample, pool")
+        check_choices(self, "schedule")
         if len(self.betas) != 2:
             raise UserError(f"schedule.betas must hold two numbers, not {list(self.betas)}")
 
@@ -81,22 +96,27 @@ class Schedule:
 class SynthesisConfig:
     """Everything `dfkd synthesize` needs; `identity()` is the part that changes the images."""
 
-    teacher: str = ""
-    teacher_weights: Optional[str] = None
-    classes: Union[str, list[int]] = "all"
-    per_class: int = 8
-    classes_per_batch: int = 8
-    images_per_class: int = 4
-    units_per_shard: int = 16
-    seed: int = 0
-    threads: int = 0
-    losses: LossWeights = field(default_factory=LossWeights)
-    schedule: Schedule = field(default_factory=Schedule)
-    store_logits: bool = True
-    compression: str = "none"
-    device: str = "auto"
-    compile: bool = False
-    student: Optional[str] = None  # Adaptive DeepInversion: the frozen student (student.pth) that losses.adi competes with
+    teacher: Optional[str] = teacher_setting()
+    teacher_weights: Optional[str] = teacher_weights_setting()
+    classes: Union[str, list[int]] = setting("all", help="Classes to synthesize: all, 0-99, or 1,5,7-9.", flag=True)
+    per_class: int = setting(8, help="Images per class in total (a multiple of --images-per-class).", flag=True)
+    classes_per_batch: int = setting(8, help="Classes in one batch (>= 2; divides the number of classes).",
+                                     flag=True)
+    images_per_class: int = setting(4, help="Images of each class in one batch (>= 2).", flag=True)
+    units_per_shard: int = setting(16, help="Batches (work units) per shard file.", flag=True)
+    schedule: Schedule = setting(factory=Schedule, help="Resolutions, iterations, optimiser and view augmentation.")
+    losses: LossWeights = setting(factory=LossWeights, help="Weights of the synthesis objective.")
+    student: Optional[str] = setting(None, flag=True, path="file",
+                                     help="Adaptive DeepInversion: a student.pth from `dfkd distill`; new images go "
+                                          "where it still disagrees with the teacher (needs --a-adi). Its file and "
+                                          "sha256 join the shard config.")
+    seed: int = setting(0, help="Global seed.", flag=True)
+    threads: int = threads_setting("CPU threads (part of the config).")
+    device: str = device_setting()
+    compression: str = setting("none", help="HDF5 compression of the images.", flag=True,
+                               choices=shard_io.COMPRESSIONS)
+    store_logits: bool = setting(True, help="Store teacher logits.", flag="--logits/--no-logits")
+    compile: bool = setting(False, help="torch.compile the teacher.", flag="--compile/--no-compile")
 
     def validate(self) -> None:
         """Check settings that need no teacher."""
@@ -111,10 +131,8 @@ class SynthesisConfig:
                             f"{self.images_per_class}")
         if self.units_per_shard < 1:
             raise UserError(f"units_per_shard must be >= 1, not {self.units_per_shard}")
-        if self.compression not in shard_io.COMPRESSIONS:
-            raise UserError(f"compression '{self.compression}' is not one of {', '.join(shard_io.COMPRESSIONS)}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UserError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
+        check_choices(self)
+        check_device(self.device)
         if self.threads < 0:
             raise UserError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
         if bool(self.student) != (self.losses.adi > 0):

@@ -14,10 +14,10 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> str:
     """A dfkd_cnn_tiny teacher trained on the real digits (about 97% held-out accuracy, ~10 s)."""
-    from dfkd.train_teacher import train_teacher
+    from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "digits-tiny.pt"
-    train_teacher(path, arch="dfkd_cnn_tiny", epochs=10)
+    train_teacher(TeacherTrainingConfig(arch="dfkd_cnn_tiny", epochs=10, threads=1), path)
     return str(path)
 
 

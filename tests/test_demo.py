@@ -5,8 +5,8 @@ import torch
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from dfkd.data.digits import load_digits_split
-from dfkd.train_teacher import to_normalized
+from dfkd.digits.data import load_digits_split
+from dfkd.digits.teacher import to_normalized
 from synth.teacher import load_teacher
 
 

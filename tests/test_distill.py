@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from dfkd.cli.distill import distill as distill_command
 from dfkd.config import build, load_recipe
-from dfkd.data.digits import load_digits_split, write_image_folder
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
+from dfkd.digits.data import load_digits_split, write_image_folder
 from dfkd.distill import (
     AugmentConfig,
     DistillationLoss,

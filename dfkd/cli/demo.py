@@ -27,7 +27,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
 def demo(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: str, json_mode: bool,
          quiet: bool) -> None:
     """Train a digits teacher, synthesize shards from it, distill a DearKD student, evaluate on real digits."""
-    from dfkd.demo import results_table, run_demo
+    from dfkd.digits.demo import results_table, run_demo
 
     reporter = Reporter(json_mode, quiet)
 

@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional
 
 import click
 import yaml
 
-from dfkd.cli.common import Reporter, common_options, overrides
+from dfkd.cli.common import Reporter, common_options
+from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.evaluate import accuracy as run_accuracy
 from dfkd.evaluate import (
@@ -20,7 +20,7 @@ from dfkd.evaluate import (
     teacher_classifier,
 )
 from dfkd.evaluate import fidelity as run_fidelity
-from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
+from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError
 from synth.runtime import use_threads
 from synth.shards import ShardDataset, check_integrity
@@ -35,45 +35,8 @@ Examples:
 """
 
 
-MAX_GRID_PER_CLASS = 256
-
-
-@dataclass
-class EvaluateConfig:
-    """Settings of evaluate, inspect and export (recipe section `evaluate`)."""
-
-    device: str = "auto"
-    batch_size: int = 64
-    workers: int = 0
-    threads: Optional[int] = None
-    seed: int = 0
-    pairs: Union[int, str] = DEFAULT_PAIRS
-    lpips_backbone: Optional[str] = None
-    teacher: Optional[str] = None
-    teacher_weights: Optional[str] = None
-    student: Optional[str] = None
-    data: Optional[str] = None
-    crop_pct: float = 1.0
-    per_class_grid: int = 8
-
-    def validate(self) -> None:
-        """Refuse values no command could use."""
-        if self.pairs != "all" and not (isinstance(self.pairs, int) and self.pairs > 0):
-            raise UserError(f"pairs '{self.pairs}' must be 'all' or a positive number of pairs per class")
-        for name, least in (("batch_size", 1), ("per_class_grid", 1), ("workers", 0)):
-            if getattr(self, name) < least:
-                raise UserError(f"{name.replace('_', '-')} must be at least {least}, not {getattr(self, name)}")
-        if not 0 < self.crop_pct <= 1:
-            raise UserError(f"crop-pct {self.crop_pct} must be in (0, 1]")
-        if self.threads is not None and self.threads < 0:
-            raise UserError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
-        if self.per_class_grid > MAX_GRID_PER_CLASS:
-            raise UserError(f"per-class-grid {self.per_class_grid} is too many images per class for one PNG; "
-                            f"accepted: 1-{MAX_GRID_PER_CLASS}")
-
-
 def _settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
-    cfg = build(EvaluateConfig, apply_overrides(load_recipe(config_path, "evaluate"), overrides(options)))
+    cfg = build(EvaluateConfig, apply_overrides(load_recipe(config_path, "evaluate"), config_overrides(options)))
     use_threads(cfg.threads)
     return cfg
 
@@ -83,10 +46,7 @@ def _class_label(result: dict, c: int) -> str:
     return f"{c} ({name})" if name else str(c)
 
 
-device_option = click.option("--device", help="auto, cpu, cuda or cuda:N. [default: auto]")
-batch_option = click.option("--batch-size", type=int, help="Images per batch. [default: 64]")
-threads_option = click.option("--threads", type=int, help="CPU threads. [default: all cores]")
-workers_option = click.option("--workers", type=int, help="DataLoader worker processes. [default: 0]")
+run_options = ("device", "batch_size", "workers", "threads")
 shards_argument = click.argument("shards", type=click.Path(file_okay=False))
 verify_option = click.option("--verify/--no-verify", "verify_shards", default=True,
                              help="Refuse damaged, missing or unfinished shards (reads each shard once). "
@@ -106,18 +66,12 @@ at most --pairs seeded random pairs; then the mean over classes. Images under 64
 --lpips-backbone, else the torch hub cache ($TORCH_HOME/hub/checkpoints), else a download.
 """)
 @shards_argument
-@click.option("--lpips-backbone", type=click.Path(dir_okay=False), help="torchvision AlexNet state_dict file.")
-@click.option("--pairs", help="all, or at most M random pairs per class. [default: 1000]")
-@click.option("--seed", type=int, help="Seed of the pair sampling. [default: 0]")
-@device_option
-@batch_option
-@threads_option
+@config_options(EvaluateConfig, only=("lpips_backbone", "pairs", "seed", "device", "batch_size", "threads"))
 @common_options
 def diversity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """LPIPS diversity of the images of each class (higher is more diverse)."""
     reporter = Reporter(json_mode, quiet)
-    pairs = options.pop("pairs")
-    cfg = _settings(config_path, {**options, "pairs": int(pairs) if pairs and pairs.isdigit() else pairs})
+    cfg = _settings(config_path, options)
     result = lpips_diversity(shards, cfg.lpips_backbone, None if cfg.pairs == "all" else cfg.pairs, cfg.seed,
                              cfg.device, cfg.batch_size, reporter.progress("lpips"))
     lines = [f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)"
@@ -134,12 +88,8 @@ teacher expects) and counts how often its top-1 class is the target label.
 Without --teacher, the teacher recorded in the shards is loaded.
 """)
 @shards_argument
-@click.option("--teacher", help="timm:<name>[.<tag>], torchvision:<name>, or a teacher file. [default: the shards']")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights file for the teacher.")
-@device_option
-@batch_option
-@workers_option
-@threads_option
+@config_options(EvaluateConfig, only=("teacher", "teacher_weights", *run_options),
+                help={"teacher": "timm:<name>[.<tag>], torchvision:<name>, or a teacher file. [default: the shards']"})
 @verify_option
 @common_options
 def fidelity(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, verify_shards: bool,
@@ -168,15 +118,8 @@ the ids must be the model's class ids. Images: shorter side resized to input_siz
 centre-cropped to the model's input size, scaled to [0, 1], normalised with the model's mean/std
 (the student's from student.json next to the checkpoint).
 """)
-@click.option("--student", type=click.Path(dir_okay=False), help="Student state_dict (student.pth + student.json).")
-@click.option("--teacher", help="Also score this teacher (reference line).")
-@click.option("--teacher-weights", type=click.Path(dir_okay=False), help="Weights file for the teacher.")
-@click.option("--data", type=click.Path(file_okay=False), help="Labelled image folder (ImageFolder layout).")
-@click.option("--crop-pct", type=float, help="Centre-crop fraction (0.875: the ImageNet protocol). [default: 1]")
-@device_option
-@batch_option
-@workers_option
-@threads_option
+@config_options(EvaluateConfig, only=("student", "teacher", "teacher_weights", "data", "crop_pct", *run_options),
+                help={"teacher": "Also score this teacher (reference line)."})
 @common_options
 def accuracy(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
@@ -208,14 +151,14 @@ name or id in a 128-px label column: (128 + k*(R+2) + 2) x (classes*(R+2) + 2) p
 """)
 @shards_argument
 @click.option("--grid", type=click.Path(dir_okay=False), help="Write a PNG grid of images per class.")
-@click.option("--per-class-grid", type=int, help="Images per class in the grid. [default: 8]")
+@config_options(EvaluateConfig, only=("per_class_grid",))
 @click.option("--grid-classes", help="Classes in the grid: all, 0-9, or 1,5,7-9. [default: those present]")
 @common_options
 def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, grid: Optional[str],
-                    per_class_grid: Optional[int], grid_classes: Optional[str]) -> None:
+                    grid_classes: Optional[str], **options) -> None:
     """Describe a shard directory: counts per class, resolution, teacher, config, format, verify result."""
     reporter = Reporter(json_mode, quiet)
-    cfg = _settings(config_path, {"per_class_grid": per_class_grid})
+    cfg = _settings(config_path, options)
     result = inspect_shards(shards, grid, cfg.per_class_grid, grid_classes)
     counts = list(result["per_class"].values())
     check = result["verify"]

@@ -1,1 +1,1 @@
-"""Real data sources: scikit-learn's bundled digits, image folders."""
+"""Real data sources: labelled image folders."""

@@ -1,53 +1,75 @@
-"""Distillation settings (the `distill:` section of a recipe); defaults are DeiT's / DearKD's ImageNet recipe."""
+"""Distillation settings (the `distill:` section of a recipe, the options of `dfkd distill`); defaults are DeiT's /
+DearKD's ImageNet recipe."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass
 from typing import Optional
 
 from dfkd.distill.losses import KINDS
 from synth.errors import UserError
+from synth.settings import (
+    check_choices,
+    check_device,
+    device_setting,
+    setting,
+    teacher_setting,
+    teacher_weights_setting,
+    threads_setting,
+)
 
 
 @dataclass
 class LossConfig:
     """Distillation type and loss weights (docs/method.md, "Distillation: two stages")."""
 
-    distillation: str = "hard"
-    tau: float = 1.0
-    w_cls: float = 1.0
-    w_dist: float = 1.0
-    a_hid: float = 1.0
-    pairs: list[str] = field(default_factory=list)  # "block:stage"; empty: the last MHCA block + stride-matched stage
+    distillation: str = setting("hard", flag=True, choices=KINDS,
+                                help="function_matching: both heads match the teacher's distribution (KL at tau) on "
+                                     "the very mixed view they train on, labels unused (the data-free default); hard: "
+                                     "CE to the teacher's argmax; soft: KL at tau on the distillation head; stored: "
+                                     "the shards' teacher logits, no teacher run (hidden KD off).")
+    tau: float = setting(1.0, help="Temperature of soft/function_matching/stored distillation.", flag=True)
+    w_cls: float = setting(1.0, help="Weight of the class-head term.", flag=True)
+    w_dist: float = setting(1.0, help="Weight of the distillation-head term.")
+    a_hid: float = setting(1.0, help="Weight of the hidden-feature MSE (0: off).", flag=True)
+    pairs: list[str] = setting(help="Hidden KD pairs block:stage, e.g. 7:3,3:2.", flag=True, factory=list,
+                               default_text="last MHCA block with the teacher stage whose stride matches the "
+                                            "patch size")
 
 
 @dataclass
 class OptimConfig:
     """AdamW with linear warm-up and cosine decay; lr is per 512 images (scaled by batch_size / 512, as DeiT)."""
 
-    opt: str = "adamw"
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 5.0
-    warmup_lr: float = 1e-6
-    min_lr: float = 1e-5
+    opt: str = setting("adamw", help="timm optimizer name.")
+    lr: float = setting(5e-4, help="Learning rate per 512 images (scaled by effective batch/512).", flag=True)
+    weight_decay: float = setting(0.05, help="AdamW weight decay.", flag=True)
+    warmup_epochs: float = setting(5.0, help="Linear warm-up epochs.", flag=True)
+    warmup_lr: float = setting(1e-6, help="Learning rate at the start of the warm-up.")
+    min_lr: float = setting(1e-5, help="Final cosine learning rate.", flag=True)
 
 
 @dataclass
 class AugmentConfig:
     """DeiT's augmentations (timm.data); small-image recipes turn them down."""
 
-    rand_augment: Optional[str] = "rand-m9-mstd0.5-inc1"
-    color_jitter: float = 0.3  # timm applies it only without RandAugment
-    scale: tuple[float, float] = (0.08, 1.0)
-    hflip: float = 0.5
-    grayscale: float = 0.0  # probability of a grayscale copy (helps when the teacher's data were grayscale)
-    interpolation: str = "bicubic"
-    mixup: float = 0.8
-    cutmix: float = 1.0
-    mix_prob: float = 1.0
-    switch_prob: float = 0.5
-    reprob: float = 0.25
-    smoothing: float = 0.1
+    rand_augment: Optional[str] = setting("rand-m9-mstd0.5-inc1", help="timm RandAugment string, or none.",
+                                          flag=True)
+    color_jitter: float = setting(0.3, help="Colour jitter strength (timm applies it only without RandAugment).")
+    scale: tuple[float, float] = setting((0.08, 1.0), help="RandomResizedCrop area range.")
+    hflip: float = setting(0.5, help="Horizontal flip probability.", flag=True)
+    grayscale: float = setting(0.0, help="Probability of a grayscale copy (teachers of grayscale data).", flag=True)
+    interpolation: str = setting("bicubic", help="Resize interpolation.")
+    mixup: float = setting(0.8, help="Mixup alpha (0: off).", flag=True)
+    cutmix: float = setting(1.0, help="CutMix alpha (0: off).", flag=True)
+    mix_prob: float = setting(1.0, help="Probability that a batch is mixed.", flag=True)
+    switch_prob: float = setting(0.5, help="Probability of CutMix instead of Mixup when both are on.")
+    reprob: float = setting(0.25, help="Random erasing probability.", flag=True)
+    smoothing: float = setting(0.1, help="Label smoothing.", flag=True)
+
+    def __post_init__(self) -> None:
+        if self.rand_augment == "none":  # the word users type for "off"
+            self.rand_augment = ""
 
     @property
     def mixing(self) -> bool:
@@ -59,37 +81,45 @@ class AugmentConfig:
 class DistillConfig:
     """Everything `dfkd distill` needs."""
 
-    shards: Optional[str] = None
-    images: Optional[str] = None
-    subset: float = 1.0
-    subset_seed: int = 0
-    val_data: Optional[str] = None
-    val_every: int = 1
-    teacher: Optional[str] = None
-    teacher_weights: Optional[str] = None
-    student: str = "dearkd_tiny_patch16_224"
-    num_mhca: Optional[int] = None
-    locality_strength: Optional[float] = None
-    input_size: Optional[int] = None
-    drop_path: float = 0.1
-    epochs: int = 300
-    stage1_epochs: float = 5 / 6  # below 1: a fraction of epochs; else a count (250 of 300)
-    batch_size: int = 256
-    workers: int = 4
-    seed: int = 0
-    threads: int = 0
-    device: str = "auto"
-    resume: bool = False
-    loss: LossConfig = field(default_factory=LossConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    shards: Optional[str] = setting(None, flag=True, help="Synthesized shard directory to train on; several sets of "
+                                                          "the same teacher combine as one: a,b (comma-separated).")
+    images: Optional[str] = setting(None, flag=True, path="dir",
+                                    help="Real image folder (<dir>/<class>/<image>; integer folder names are class "
+                                         "ids) instead of shards.")
+    subset: float = setting(1.0, help="Seeded class-stratified fraction of the training images.", flag=True)
+    subset_seed: int = setting(0, help="Seed of the subset.", flag=True)
+    val_data: Optional[str] = setting(None, help="Real image folder for top-1 validation.", flag=True, path="dir")
+    val_every: int = setting(1, help="Validate every N epochs (and after the last).", flag=True)
+    teacher: Optional[str] = teacher_setting()
+    teacher_weights: Optional[str] = teacher_weights_setting()
+    student: str = setting("dearkd_tiny_patch16_224", flag=True,
+                           help="timm student with a distillation head, e.g. dearkd_tiny_patch16_224 (see "
+                                "timm.list_models('dearkd*')).")
+    num_mhca: Optional[int] = setting(None, help="MHCA blocks of the student.", flag=True, default_text="the model's")
+    locality_strength: Optional[float] = setting(None, help="MHCA local-init strength alpha (0: plain MHSA start).",
+                                                 flag=True)
+    input_size: Optional[int] = setting(None, help="Student input px, a multiple of its patch.", flag=True,
+                                        default_text="the model's")
+    drop_path: float = setting(0.1, help="Student stochastic depth rate.", flag=True)
+    epochs: int = setting(300, help="Total epochs.", flag=True)
+    stage1_epochs: float = setting(5 / 6, help="Stage-1 epochs: a count, or a fraction of --epochs below 1.",
+                                   flag=True, default_text="5/6")
+    batch_size: int = setting(256, flag=True, help="Images per step and process (under torchrun the effective batch "
+                                                   "is this x the number of processes).")
+    workers: int = setting(4, help="DataLoader worker processes.", flag=True)
+    seed: int = setting(0, help="Seed.", flag=True)
+    threads: int = threads_setting()
+    device: str = device_setting()
+    resume: bool = setting(False, help="Continue from out/checkpoint.pt.", flag=True)
+    loss: LossConfig = setting(factory=LossConfig, help="Distillation type and loss weights.")
+    optim: OptimConfig = setting(factory=OptimConfig, help="Optimiser and learning-rate schedule.")
+    augment: AugmentConfig = setting(factory=AugmentConfig, help="Training augmentations.")
 
     def validate(self) -> None:
         """Check settings that need no files."""
         if (self.shards is None) == (self.images is None):
             raise UserError("give exactly one training source: --shards DIR (synthesized) or --images DIR (real)")
-        if self.loss.distillation not in KINDS:
-            raise UserError(f"distillation '{self.loss.distillation}' is not one of {', '.join(KINDS)}")
+        check_choices(self.loss, "loss")
         if self.loss.distillation == "stored" and self.shards is None:
             raise UserError("stored distillation reads teacher logits from shards; it needs --shards, not --images")
         if self.loss.distillation != "stored" and not self.teacher:
@@ -107,12 +137,25 @@ class DistillConfig:
             (self.val_every >= 1, f"val_every must be >= 1, not {self.val_every}"),
             (self.workers >= 0 and self.threads >= 0, "workers and threads must be >= 0"),
             (self.loss.tau > 0, f"tau must be > 0, not {self.loss.tau}"),
-            (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N"),
         ]
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
+        check_device(self.device)
+        self._check_numbers()
+
+    def _check_numbers(self) -> None:
+        """Refuse non-finite or out-of-range optimiser numbers as typed (before any batch scaling)."""
+        optim = self.optim
+        for name, value, least in (("lr", optim.lr, None), ("min-lr", optim.min_lr, 0),
+                                   ("warmup-lr", optim.warmup_lr, 0), ("weight-decay", optim.weight_decay, 0),
+                                   ("warmup-epochs", optim.warmup_epochs, 0)):
+            if not math.isfinite(value) or (least is None and value <= 0) or (least is not None and value < least):
+                accepted = "a finite number > 0" if least is None else f"a finite number >= {least}"
+                raise UserError(f"{name} {value} is not accepted; give {accepted}")
+        for name, value in (("tau", self.loss.tau), ("a-hid", self.loss.a_hid), ("drop-path", self.drop_path)):
+            if not math.isfinite(value) or value < 0:
+                raise UserError(f"{name} {value} is not accepted; give a finite number >= 0")
 
     @property
     def stage1(self) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -10,8 +11,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from dfkd.data.digits import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD, load_digits_split
+from dfkd.digits.data import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD, load_digits_split
 from synth.errors import UserError
+from synth.runtime import use_threads
+from synth.settings import check_choices, setting, threads_setting
 from synth.teacher import save_teacher_file
 
 DATASETS = ("digits",)
@@ -39,21 +42,35 @@ def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: in
     return hits / len(x)
 
 
-def check_settings(dataset: str, arch: str, epochs: int) -> None:
-    """Refuse an unknown dataset or architecture, or a non-positive epoch count."""
-    if dataset not in DATASETS:
-        raise UserError(f"dataset '{dataset}' is not one of {', '.join(DATASETS)}")
-    if not timm.is_model(arch):
-        raise UserError(f"unknown timm architecture '{arch}'")
-    if epochs < 1:
-        raise UserError(f"epochs must be >= 1, not {epochs}")
+@dataclass
+class TeacherTrainingConfig:
+    """Settings of `dfkd train-teacher` (the `train_teacher:` section of a recipe)."""
+
+    dataset: str = setting("digits", flag=True, choices=DATASETS,
+                           help="Real training data (digits: scikit-learn's bundled handwritten digits, 32x32 RGB).")
+    arch: str = setting("dfkd_cnn_digits", help="timm architecture with BatchNorm.", flag=True)
+    epochs: int = setting(12, help="Training epochs.", flag=True)
+    batch_size: int = setting(64, help="Images per step.")
+    lr: float = setting(3e-3, help="Peak learning rate of the one-cycle schedule.")
+    seed: int = setting(0, help="Seed of the split and the training.", flag=True)
+    threads: int = threads_setting()
+
+    def validate(self) -> None:
+        """Refuse an unknown dataset or architecture, or a non-positive epoch count."""
+        check_choices(self)
+        if not timm.is_model(self.arch):
+            raise UserError(f"unknown timm architecture '{self.arch}'")
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, not {self.epochs}")
 
 
-def train_teacher(out: str | Path, dataset: str = "digits", arch: str = "dfkd_cnn_digits", epochs: int = 12,
-                  batch_size: int = 64, lr: float = 3e-3, seed: int = 0,
+def train_teacher(config: TeacherTrainingConfig, out: str | Path,
                   on_epoch: Optional[Callable[[int, float], None]] = None) -> dict:
-    """Train `arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
-    check_settings(dataset, arch, epochs)
+    """Train `config.arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
+    config.validate()
+    use_threads(config.threads)
+    dataset, arch, epochs, batch_size, lr, seed = (config.dataset, config.arch, config.epochs, config.batch_size,
+                                                   config.lr, config.seed)
     started = time.time()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

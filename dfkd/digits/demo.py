@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
-from dfkd.data.digits import DigitsSplit, load_digits_split, write_image_folder
+from dfkd.digits.data import DigitsSplit, load_digits_split, write_image_folder
+from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import distill
 from dfkd.evaluate import accuracy, class_grid, load_student, teacher_classifier
 from dfkd.evaluate.accuracy import shard_accuracy
 from dfkd.evaluate.embedding_diversity import embedding_diversity
-from dfkd.train_teacher import train_teacher
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.runtime import Progress, use_threads
@@ -40,20 +40,21 @@ class DigitsSetup:
     real_test: Path
 
 
-def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None) -> DigitsSetup:
+def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None, threads: int = 0) -> DigitsSetup:
     """Train the recipe's teacher (unless `out/teacher.pt` exists; `progress` counts its epochs) and write the
     held-out real digits folder."""
-    settings = load_recipe(recipe, "train_teacher")
+    config = build(TeacherTrainingConfig, apply_overrides(load_recipe(recipe, "train_teacher"),
+                                                          {"threads": threads or None}))
     out.mkdir(parents=True, exist_ok=True)
     teacher_file = out / "teacher.pt"
     if not teacher_file.is_file():
         progress = progress or Progress()
-        progress.start(int(settings.get("epochs", 12)))
+        progress.start(config.epochs)
         try:
-            train_teacher(teacher_file, **settings, on_epoch=lambda epoch, loss: progress.advance(1, {"loss": loss}))
+            train_teacher(config, teacher_file, on_epoch=lambda epoch, loss: progress.advance(1, {"loss": loss}))
         finally:
             progress.close()
-    split = load_digits_split(seed=int(settings.get("seed", 0)))
+    split = load_digits_split(seed=config.seed)
     real_test = out / "real-test"
     if not real_test.is_dir():
         write_image_folder(split.test_images, split.test_labels, real_test)
@@ -76,7 +77,7 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
     use_threads(threads or 0)
 
     started = time.time()
-    digits = prepare_digits(out, recipe, progress_for("train-teacher"))
+    digits = prepare_digits(out, recipe, progress_for("train-teacher"), threads)
     teacher, real_test = digits.teacher, digits.real_test
     seconds["teacher"] = time.time() - started
 

@@ -1,0 +1,86 @@
+"""Command-line options generated from config dataclasses (synth.settings): each setting's flag, type, accepted
+values, help and `[default: ...]` come from its one field declaration."""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from typing import Any, Callable, Iterator, Optional
+
+import click
+
+PREFIX = "cfg__"  # click parameter names of generated options: cfg__losses__bn is the setting losses.bn
+
+
+def config_options(cls: type, only: Optional[tuple[str, ...]] = None,
+                   help: Optional[dict[str, str]] = None) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per flagged field of `cls` (nested configs included, in field order).
+    `only`: the dotted names to offer (a command that uses part of a shared config); `help`: per-command wording
+    for some of them (the default shown still comes from the field)."""
+    entries = [(name, f, owner) for name, f, owner in _flagged(cls) if only is None or name in only]
+
+    def decorate(func: Callable) -> Callable:
+        for name, f, owner in reversed(entries):  # click lists options in the order they are applied, last first
+            func = _option(name, f, owner, (help or {}).get(name))(func)
+        return func
+
+    return decorate
+
+
+def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The generated options the user gave, as dotted-key overrides of a recipe (`losses.bn`: 0.1)."""
+    return {key[len(PREFIX):].replace("__", "."): value for key, value in options.items()
+            if key.startswith(PREFIX) and value is not None and value != ()}
+
+
+def format_default(value: Any) -> str:
+    """How a default reads in --help: on/off, 1e-4, 0.25, 112,224."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if isinstance(value, float):
+        if value and abs(value) < 1e-3:
+            mantissa, exponent = f"{value:e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return ",".join(format_default(v) for v in value)
+    return str(value)
+
+
+def _flagged(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, type]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from _flagged(hints[f.name], f"{prefix}{f.name}.")
+        elif f.metadata.get("flag"):
+            yield f"{prefix}{f.name}", f, cls
+
+
+def _option(name: str, f: dataclasses.Field, owner: type, help_text: Optional[str]) -> Callable[[Callable], Callable]:
+    meta, kind = f.metadata, _kind(owner, f)
+    flag = meta["flag"] if isinstance(meta["flag"], str) else "--" + f.name.replace("_", "-")
+    text = help_text or meta["help"]
+    default = meta["default_text"] or (None if f.default in (None, dataclasses.MISSING) else format_default(f.default))
+    if default is not None and not (kind is bool and "/" not in flag):  # an on-only flag needs no default
+        text = f"{text} [default: {default}]"
+    param = PREFIX + name.replace(".", "__")
+    if kind is bool:
+        return click.option(flag, param, is_flag=True, default=None, help=text)
+    return click.option(flag, param, type=_click_type(kind, meta), default=None, help=text)
+
+
+def _kind(owner: type, f: dataclasses.Field) -> Any:
+    """The field's type without Optional."""
+    kind = typing.get_type_hints(owner)[f.name]
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(kind) if a is not type(None)]
+        return args[0] if len(args) == 1 else str
+    return kind
+
+
+def _click_type(kind: Any, meta: dict) -> Any:
+    if meta["choices"]:
+        return click.Choice(meta["choices"])
+    if meta["path"]:
+        return click.Path(dir_okay=meta["path"] == "dir", file_okay=meta["path"] == "file")
+    return kind if kind in (int, float) else str
