@@ -16,7 +16,7 @@ SMALL = ["--classes", "0-1", "--per-class", "2", "--classes-per-batch", "2", "--
 
 
 def test_synthesize_help_shows_every_default_and_explains_ep_form():
-    from dfkd.cli.synthesize import synthesize
+    from dfkd.cli.synthesize import synthesize_command as synthesize
 
     helps = {param.opts[0]: param.help or "" for param in synthesize.params}
     for option in ("--per-class", "--classes-per-batch", "--images-per-class", "--units-per-shard", "--multires",

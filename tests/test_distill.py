@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 
-from dfkd.cli.distill import distill as distill_command
+from dfkd.cli.distill import distill_command
 from dfkd.config import build, load_recipe
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from dfkd.digits.data import load_digits_split, write_image_folder

@@ -12,7 +12,9 @@ import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
-from dfkd.cli.evaluate import evaluate, export, inspect_command
+from dfkd.cli.evaluate import evaluate_group as evaluate
+from dfkd.cli.shards import export_command as export
+from dfkd.cli.shards import inspect_command
 from dfkd.data.image_folder import LabelledFolder
 from dfkd.evaluate import fidelity, load_lpips, lpips_diversity
 from dfkd.evaluate.lpips_diversity import (

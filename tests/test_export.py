@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dfkd.cli.evaluate import export, inspect_command
+from dfkd.cli.shards import export_command as export
+from dfkd.cli.shards import inspect_command
 from dfkd.distill.data import open_shards
 from dfkd.evaluate.export import export_shards
 from synth.card import CARD, MARKER, render, write_card

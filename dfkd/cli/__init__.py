@@ -6,11 +6,12 @@ import sys
 import click
 
 from dfkd.cli.common import EXIT_RUNTIME, EXIT_USAGE, install_warning_filters
-from dfkd.cli.demo import demo
-from dfkd.cli.distill import distill
-from dfkd.cli.evaluate import evaluate, export, inspect_command
-from dfkd.cli.synthesize import synthesize
-from dfkd.cli.train_teacher import train_teacher
+from dfkd.cli.demo import demo_command
+from dfkd.cli.distill import distill_command
+from dfkd.cli.evaluate import evaluate_group
+from dfkd.cli.shards import export_command, inspect_command
+from dfkd.cli.synthesize import synthesize_command
+from dfkd.cli.train_teacher import train_teacher_command
 
 
 class OneLineErrors(click.Group):
@@ -56,10 +57,6 @@ def main() -> None:
     install_warning_filters()
 
 
-main.add_command(synthesize)
-main.add_command(train_teacher)
-main.add_command(distill)
-main.add_command(evaluate)
-main.add_command(inspect_command)
-main.add_command(export)
-main.add_command(demo)
+for command in (synthesize_command, train_teacher_command, distill_command, evaluate_group, inspect_command,
+                export_command, demo_command):
+    main.add_command(command)

@@ -16,7 +16,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
 """
 
 
-@click.command(epilog=EXAMPLE)
+@click.command("demo", epilog=EXAMPLE)
 @click.option("--out", default="dfkd-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the teacher, shards, student, grid.")
 @click.option("--fast", is_flag=True, help="Toy scale (the shipped recipe digits_fast), for tests and a first look.")
@@ -24,7 +24,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
 @click.option("--lpips-backbone", type=click.Path(dir_okay=False),
               help="AlexNet weights file for the LPIPS diversity figure (skipped without it).")
 @common_options
-def demo(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: str, json_mode: bool,
+def demo_command(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: str, json_mode: bool,
          quiet: bool) -> None:
     """Train a digits teacher, synthesize shards from it, distill a DearKD student, evaluate on real digits."""
     from dfkd.digits.demo import results_table, run_demo

@@ -39,13 +39,13 @@ effective batch = batch size x processes):
 """
 
 
-@click.command(epilog=EXAMPLE)
+@click.command("distill", epilog=EXAMPLE)
 @config_options(DistillConfig)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--verify/--no-verify", "verify_shards", default=True,
               help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]")
 @common_options
-def distill(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
+def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
     reporter = Reporter(json_mode, quiet)
     config = build(DistillConfig, apply_overrides(load_recipe(config_path, "distill"), config_overrides(options)))

@@ -8,7 +8,7 @@ from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
 from synth import distributed
 from synth.config import SynthesisConfig
-from synth.engine import synthesize as run_synthesis
+from synth.engine import synthesize
 from synth.runtime import Progress
 
 EXAMPLE = """
@@ -32,16 +32,16 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 """
 
 
-@click.command(epilog=EXAMPLE)
+@click.command("synthesize", epilog=EXAMPLE)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output shard directory.")
 @config_options(SynthesisConfig)
 @common_options
-def synthesize(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
+def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
     reporter = Reporter(json_mode, quiet)
     config = build(SynthesisConfig, apply_overrides(load_recipe(config_path, "synthesize"), config_overrides(options)))
     ranks = distributed.init(config.device)
-    summary = run_synthesis(config, out, _progress(reporter, ranks), ranks)
+    summary = synthesize(config, out, _progress(reporter, ranks), ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
     if ranks.rank == 0:
         reporter.result(summary, _lines(summary))

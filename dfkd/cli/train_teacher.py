@@ -9,8 +9,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.digits.teacher import TeacherTrainingConfig
-from dfkd.digits.teacher import train_teacher as train
+from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from synth.errors import UserError
 
 EXAMPLE = """
@@ -26,7 +25,7 @@ Example:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write.")
 @config_options(TeacherTrainingConfig, only=("arch", "epochs", "seed", "threads"))
 @common_options
-def train_teacher(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
+def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Train a small BN CNN teacher on real images (held-out accuracy is reported and stored in the file)."""
     reporter = Reporter(json_mode, quiet)
     config = build(TeacherTrainingConfig,
@@ -34,7 +33,7 @@ def train_teacher(out: str, config_path: str, json_mode: bool, quiet: bool, **op
     _check_writable(Path(out))
     reporter.bar(config.epochs, "epoch", "train-teacher")
     try:
-        result = train(config, out, on_epoch=lambda epoch, loss: reporter.update(1, loss=f"{loss:.3f}"))
+        result = train_teacher(config, out, on_epoch=lambda epoch, loss: reporter.update(1, loss=f"{loss:.3f}"))
     finally:
         reporter.close_bar()
     reporter.result(result, [f"wrote {result['out']}: {result['arch']} on {result['dataset']}, "
