@@ -21,7 +21,8 @@ from dfkd.distill import (
     OptimConfig,
     distill,
 )
-from dfkd.distill.data import BatchPrep, labels_of, subset, train_transform
+from dfkd.distill.batch import BatchPrep
+from dfkd.distill.data import labels_of, subset
 from dfkd.distill.losses import teacher_affine
 from dfkd.distill.taps import (
     BlockTaps,
@@ -30,6 +31,7 @@ from dfkd.distill.taps import (
     default_stage,
     teacher_stages,
 )
+from dfkd.distill.transforms import train_transform
 from dfkd.models import Aligner
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize

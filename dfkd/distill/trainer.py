@@ -33,17 +33,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
 from dfkd.data.image_folder import open_image_folder
+from dfkd.distill.batch import Batch, BatchPrep
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.data import (
-    Batch,
-    BatchPrep,
-    eval_transform,
-    make_loader,
-    open_shards,
-    set_transform,
-    subset,
-    train_transform,
-)
+from dfkd.distill.data import make_loader, open_shards, set_transform, subset
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import (
     BlockTaps,
@@ -53,6 +45,7 @@ from dfkd.distill.taps import (
     parse_pairs,
     teacher_stages,
 )
+from dfkd.distill.transforms import eval_transform, train_transform
 from dfkd.models import (
     Aligner,  # importing dfkd.models registers the DearKD students with timm
 )
