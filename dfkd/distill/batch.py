@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
-from timm.data import Mixup
-from timm.data.mixup import mixup_target
+from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 from timm.data.random_erasing import RandomErasing
 
 from dfkd.distill.config import AugmentConfig
@@ -19,6 +19,44 @@ class Batch:
     inputs: torch.Tensor
     target: torch.Tensor
     stored_probs: Optional[torch.Tensor] = None
+
+
+class BatchMix:
+    """Mixup or CutMix of a whole batch, image i with image B-1-i, with one lambda (timm's Mixup in "batch" mode,
+    drawing the same numpy random numbers in the same order). Unlike timm's Mixup it returns lambda, so that stored
+    teacher probabilities can be mixed alike."""
+
+    def __init__(self, mixup: float, cutmix: float, prob: float, switch_prob: float):
+        self.mixup, self.cutmix, self.prob, self.switch_prob = mixup, cutmix, prob, switch_prob
+
+    def draw(self) -> tuple[float, bool]:
+        """Lambda (1: no mixing this batch) and whether to cut and paste (CutMix) instead of blending (Mixup)."""
+        lam, use_cutmix = 1.0, False
+        if np.random.rand() < self.prob:
+            if self.mixup > 0 and self.cutmix > 0:
+                use_cutmix = np.random.rand() < self.switch_prob
+                lam = np.random.beta(self.cutmix, self.cutmix) if use_cutmix \
+                    else np.random.beta(self.mixup, self.mixup)
+            elif self.mixup > 0:
+                lam = np.random.beta(self.mixup, self.mixup)
+            else:
+                use_cutmix, lam = True, np.random.beta(self.cutmix, self.cutmix)
+            lam = float(lam)
+        return lam, use_cutmix
+
+    def __call__(self, x: torch.Tensor) -> float:
+        """Mix `x` (B, C, H, W) in place; returns lambda, the share of each image's own pixels (for CutMix the box
+        area clipped at the borders decides it)."""
+        lam, use_cutmix = self.draw()
+        if lam == 1.0:
+            return 1.0
+        if use_cutmix:
+            (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(x.shape, lam, correct_lam=True)
+            x[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]
+        else:
+            flipped = x.flip(0).mul_(1.0 - lam)
+            x.mul_(lam).add_(flipped)
+        return lam
 
 
 class BatchPrep:
@@ -34,9 +72,8 @@ class BatchPrep:
         self.num_classes, self.smoothing, self.device, self.tau = num_classes, augment.smoothing, device, tau
         self.erasing = RandomErasing(augment.reprob, mode="pixel", max_count=1, device=device) \
             if augment.reprob > 0 else None
-        self.mixup = Mixup(mixup_alpha=augment.mixup, cutmix_alpha=augment.cutmix, prob=augment.mix_prob,
-                           switch_prob=augment.switch_prob, mode="batch", label_smoothing=augment.smoothing,
-                           num_classes=num_classes) if augment.mixing else None
+        self.mix = BatchMix(augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob) \
+            if augment.mixing else None
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float, normalised with the student's mean and std, on the device."""
@@ -49,7 +86,7 @@ class BatchPrep:
         labels = labels.to(self.device, non_blocking=True)
         if self.erasing is not None:
             x = self.erasing(x)
-        lam = self.mixup._mix_batch(x) if self.mixup is not None else 1.0  # mixes x in place; x[i] with x[-1-i]
+        lam = self.mix(x) if self.mix is not None else 1.0  # mixes x in place
         target = mixup_target(labels, self.num_classes, lam, self.smoothing)
         stored = None
         if stored_logits is not None:
