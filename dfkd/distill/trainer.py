@@ -14,16 +14,12 @@ Rank 0 alone writes files; every rank reads the checkpoint on --resume.
 """
 from __future__ import annotations
 
-import json
-import os
-import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import timm
 import torch
 import torch.nn as nn
@@ -37,6 +33,8 @@ from dfkd.distill.batch import Batch, BatchPrep
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.data import make_loader, open_shards, set_transform, subset
 from dfkd.distill.losses import DistillationLoss
+from dfkd.distill.output import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, Output
+from dfkd.distill.rng import rank_seed, rng_state, seed_all, set_rng_state
 from dfkd.distill.taps import (
     BlockTaps,
     TeacherTaps,
@@ -54,76 +52,8 @@ from synth.errors import UserError
 from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.teacher import Teacher, load_teacher, state_dict_sha256
 
-CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
-CHECKPOINT_VERSION = 1
 # settings a run may be resumed with changed: they do not change what is trained (threads: up to float rounding)
 RESUME_FREE = ("resume", "workers", "threads", "device", "val_data", "val_every")
-
-
-class Output:
-    """Every file a run writes; only the main process (rank 0 under DDP) writes."""
-
-    def __init__(self, root: str | Path, main: bool = True):
-        self.root, self.main = Path(root), main
-        self.checkpoint = self.root / "checkpoint.pt"
-        self.metrics = self.root / "metrics.jsonl"
-        self.student = self.root / "student.pth"
-        self.student_json = self.root / "student.json"
-
-    def prepare(self, resume: bool) -> Optional[dict]:
-        """The checkpoint to resume from (None: a fresh run); refuses to start over an existing one."""
-        if self.root.exists() and not self.root.is_dir():
-            raise UserError(f"output '{self.root}' exists and is not a directory")
-        if self.checkpoint.is_file() and not resume:
-            raise UserError(f"'{self.checkpoint}' exists; pass --resume to continue it or choose another --out")
-        if not (resume and self.checkpoint.is_file()):
-            # results without a checkpoint belong to another run (or a copy): never overwrite them
-            others = [p.name for p in (self.student, self.student_json, self.metrics) if p.exists()]
-            if others:
-                raise UserError(f"'{self.root}' holds {', '.join(others)} of another run but no checkpoint.pt to "
-                                "resume; choose another --out (dfkd does not overwrite them)")
-            return None
-        try:
-            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign files
-            raise UserError(f"cannot read '{self.checkpoint}' ({type(exc).__name__}); it is damaged: continue "
-                            "from a copy or choose another --out") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
-                or state.get("version", 0) > CHECKPOINT_VERSION:
-            raise UserError(f"'{self.checkpoint}' is not a dfkd distill checkpoint this version can read")
-        if self.main and self.metrics.is_file():  # drop records of an epoch that ran after the last checkpoint
-            kept = [line for line in self.metrics.read_text().splitlines()
-                    if line and json.loads(line)["epoch"] <= state["epoch"]]
-            self._atomic_text(self.metrics, "".join(line + "\n" for line in kept))
-        return state
-
-    def save_checkpoint(self, state: dict) -> None:
-        """Write checkpoint.pt atomically (tmp + os.replace), creating the directory on the first write."""
-        if self.main:
-            self.root.mkdir(parents=True, exist_ok=True)
-            tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, self.checkpoint)
-
-    def log(self, record: dict) -> None:
-        """Append one JSON line to metrics.jsonl."""
-        if self.main:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def export_student(self, student: nn.Module, info: dict) -> None:
-        """student.pth (a plain state_dict, loadable with timm.create_model(checkpoint_path=...)) and student.json."""
-        if self.main:
-            tmp = self.student.with_name(self.student.name + ".tmp")
-            torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, tmp)
-            os.replace(tmp, self.student)
-            self._atomic_text(self.student_json, json.dumps(info, indent=2) + "\n")
-
-    @staticmethod
-    def _atomic_text(path: Path, text: str) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
 
 
 def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
@@ -147,32 +77,6 @@ def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
                         f"{patch}-px patch grid; choose an input size that is a multiple of {patch}")
     student.set_distilled_training(True)
     return student
-
-
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict:
-    """The torch, CUDA, numpy and python RNG states (as weights_only-loadable data)."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "python": random.getstate()}
-
-
-def set_rng_state(state: dict) -> None:
-    """Restore what rng_state() captured."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(state["python"])
 
 
 class Distiller(nn.Module):
@@ -253,11 +157,6 @@ def _check_world(state: dict, world_size: int, batch_size: int) -> None:
         raise UserError(f"cannot resume: the checkpoint was made with {saved} process(es) (effective batch "
                         f"{saved * batch_size}), now {world_size}; launch the same number of processes "
                         "or use another --out")
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    """The seed of rank `rank`'s own RNG stream under DDP."""
-    return int(np.random.SeedSequence([seed, rank]).generate_state(1, dtype=np.uint32)[0])
 
 
 @dataclass
@@ -376,7 +275,7 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
         run = setup(config, device, progress, ranks.world_size)
         student, optimizer, scheduler, steps = run.student, run.optimizer, run.scheduler, run.steps
         if ranks.distributed:  # the same initial weights on every rank; then each its own augmentations, drop path
-            seed_all(_rank_seed(config.seed, ranks.rank))
+            seed_all(rank_seed(config.seed, ranks.rank))
         start, updates = 0, 0
         if saved is not None:
             student.load_state_dict(saved["student"])
