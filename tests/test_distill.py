@@ -344,7 +344,7 @@ def test_image_folder_training_with_subset_and_validation(digits_folders, digits
 
 
 def test_stored_logits_need_no_teacher(shards, tmp_path, monkeypatch):
-    monkeypatch.setattr("dfkd.distill.trainer.load_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
+    monkeypatch.setattr("dfkd.distill.build.load_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
     result = _run_cli("--shards", shards, "--distillation", "stored", *CLI_ARGS, "--out", tmp_path, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
