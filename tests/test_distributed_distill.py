@@ -109,7 +109,7 @@ def test_validation_split_across_ranks_counts_every_image_once(runs):
     from dfkd.distill import AugmentConfig
     from dfkd.distill.batch import BatchPrep
     from dfkd.distill.data import make_loader, set_transform
-    from dfkd.distill.trainer import evaluate
+    from dfkd.distill.engine import evaluate
     from dfkd.distill.transforms import eval_transform
 
     summary = _json_line(runs["script"])
