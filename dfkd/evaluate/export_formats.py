@@ -94,7 +94,8 @@ def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, maxcount: 
                 meta["class_name"] = dataset.class_names[sample.label]
             members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
             sample_bytes = sum(len(data) + 512 for _, data in members)
-            if tar is None or lengths[-1] >= maxcount or (shard_size and lengths[-1] and size + sample_bytes > shard_size):
+            if tar is None or lengths[-1] >= maxcount \
+                    or (shard_size and lengths[-1] and size + sample_bytes > shard_size):
                 if tar is not None:
                     tar.close()
                 filenames.append(f"{WDS_SPLIT}-{len(filenames):06d}.tar")
