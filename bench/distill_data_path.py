@@ -25,8 +25,10 @@ import timm
 import torch
 
 from dfkd.distill import AugmentConfig, DistillConfig
-from dfkd.distill.data import make_loader, set_transform, train_transform
-from dfkd.distill.trainer import setup, train_step
+from dfkd.distill.build import setup
+from dfkd.distill.data import make_loader, set_transform
+from dfkd.distill.engine import train_step
+from dfkd.distill.transforms import train_transform
 from synth.shards import write_shard
 from synth.teacher import save_teacher_file
 

@@ -21,7 +21,8 @@ from dfkd.distill import (
     OptimConfig,
     distill,
 )
-from dfkd.distill.data import BatchPrep, labels_of, subset, train_transform
+from dfkd.distill.batch import BatchPrep
+from dfkd.distill.data import labels_of, subset
 from dfkd.distill.losses import teacher_affine
 from dfkd.distill.taps import (
     BlockTaps,
@@ -30,6 +31,7 @@ from dfkd.distill.taps import (
     default_stage,
     teacher_stages,
 )
+from dfkd.distill.transforms import train_transform
 from dfkd.models import Aligner
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
@@ -342,7 +344,7 @@ def test_image_folder_training_with_subset_and_validation(digits_folders, digits
 
 
 def test_stored_logits_need_no_teacher(shards, tmp_path, monkeypatch):
-    monkeypatch.setattr("dfkd.distill.trainer.load_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
+    monkeypatch.setattr("dfkd.distill.build.load_teacher", lambda *a, **k: pytest.fail("teacher loaded"))
     result = _run_cli("--shards", shards, "--distillation", "stored", *CLI_ARGS, "--out", tmp_path, "--json")
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)

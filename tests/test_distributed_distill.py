@@ -107,8 +107,10 @@ def test_resume_under_ddp_reproduces_the_uninterrupted_run(runs):
 def test_validation_split_across_ranks_counts_every_image_once(runs):
     from dfkd.data.image_folder import open_image_folder
     from dfkd.distill import AugmentConfig
-    from dfkd.distill.data import BatchPrep, eval_transform, make_loader, set_transform
-    from dfkd.distill.trainer import evaluate
+    from dfkd.distill.batch import BatchPrep
+    from dfkd.distill.data import make_loader, set_transform
+    from dfkd.distill.engine import evaluate
+    from dfkd.distill.transforms import eval_transform
 
     summary = _json_line(runs["script"])
     student = timm.create_model(STUDENT, num_classes=4, checkpoint_path=str(runs["root"] / "straight" / "student.pth"))

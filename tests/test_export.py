@@ -20,7 +20,7 @@ from synth.errors import UserError
 from synth.shards import ShardDataset, write_shard
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-export_module = importlib.import_module("dfkd.evaluate.export")
+export_module = importlib.import_module("dfkd.evaluate.export_formats")
 NAMES = ["zero", "one", "two", "three"]
 
 

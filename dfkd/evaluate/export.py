@@ -8,93 +8,20 @@ failed or interrupted export leaves no OUT. The source is verified against its d
 """
 from __future__ import annotations
 
-import io
-import json
 import os
 import shutil
-import tarfile
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Optional
 
-import h5py
 import numpy as np
 
+from dfkd.evaluate.export_formats import CHECKS, FORMATS, WRITERS
+from dfkd.evaluate.export_source import verified_source
 from synth import card
 from synth.errors import UserError
 from synth.runtime import Progress
-from synth.shards import ShardDataset, verify
-
-FORMATS = ("imagefolder", "webdataset", "hf")
-BLOCK = 256  # images read from a shard at a time
-
-
-def class_folder(label: int, num_classes: int) -> str:
-    """Folder name of a class: its id zero-padded to the width of the largest id (num_classes - 1)."""
-    return f"{label:0{len(str(num_classes - 1))}d}"
-
-
-@dataclass
-class Sample:
-    """One stored image: uint8 HWC pixels, label, sample id and (when stored) float16 teacher logits."""
-
-    image: np.ndarray
-    label: int
-    sample_id: int
-    logits: Optional[np.ndarray]
-
-
-def verified_source(shards: str | Path) -> ShardDataset:
-    """The shard directory as a dataset, after every shard matched its digest and none the manifest lists is
-    missing; else a UserError naming what is wrong."""
-    report = verify(shards)
-    if report.problems:
-        first = next(iter(report.problems.items()))
-        raise UserError(f"'{shards}' has {len(report.problems)} damaged shard(s) ({first[0]}: {first[1]}); "
-                        "rerun the synthesis to regenerate them before exporting")
-    if report.missing:
-        raise UserError(f"'{shards}' is incomplete ({len(report.missing)} shard(s) missing, e.g. "
-                        f"{report.missing[0]}); rerun the synthesis to finish it before exporting")
-    return ShardDataset(shards)
-
-
-def iter_samples(dataset: ShardDataset, with_logits: bool = True) -> Iterator[Sample]:
-    """Every sample in shard order, read BLOCK images at a time (constant memory for any set size)."""
-    for path in dataset.paths:
-        with h5py.File(path, "r") as f:
-            images, labels, ids = f["images"], f["labels"], f["sample_ids"]
-            logits = f["teacher_logits"] if with_logits and "teacher_logits" in f else None
-            for start in range(0, len(labels), BLOCK):
-                stop = min(start + BLOCK, len(labels))
-                block = images[start:stop]
-                block_labels, block_ids = labels[start:stop], ids[start:stop]
-                block_logits = logits[start:stop] if logits is not None else None
-                for i in range(stop - start):
-                    yield Sample(block[i], int(block_labels[i]), int(block_ids[i]),
-                                 block_logits[i] if block_logits is not None else None)
-
-
-def has_logits(dataset: ShardDataset) -> bool:
-    """True when every shard stores teacher logits."""
-    for path in dataset.paths:
-        with h5py.File(path, "r") as f:
-            if "teacher_logits" not in f:
-                return False
-    return True
-
-
-def encode_image(array: np.ndarray, image_format: str = "png", quality: int = 95) -> bytes:
-    """uint8 HWC -> PNG (lossless) or JPEG bytes."""
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    if image_format == "png":
-        Image.fromarray(array).save(buffer, format="PNG")
-    else:
-        Image.fromarray(array).save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
 
 
 @contextmanager
@@ -133,12 +60,12 @@ def copy_card(shards: str | Path, tmp: Path) -> None:
 
 
 def export_shards(shards: str | Path, out: str | Path, fmt: str = "imagefolder", progress: Optional[Progress] = None,
-           **options: Any) -> dict[str, Any]:
+                  **options: Any) -> dict[str, Any]:
     """Export SHARDS to OUT in format `fmt` (imagefolder, webdataset or hf); returns a summary."""
     if fmt not in FORMATS:
         raise UserError(f"export format '{fmt}' is not one of {', '.join(FORMATS)}")
-    writer = {"imagefolder": _imagefolder, "webdataset": _webdataset, "hf": _hf}[fmt]
-    writer_check = {"webdataset": _check_webdataset, "hf": _check_hf}.get(fmt)
+    writer = WRITERS[fmt]
+    writer_check = CHECKS.get(fmt)
     if writer_check:
         writer_check(**options)
     progress = progress or Progress()
@@ -160,159 +87,3 @@ def export_shards(shards: str | Path, out: str | Path, fmt: str = "imagefolder",
 def export_imagefolder(shards: str | Path, out: str | Path, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Every image as lossless PNG in OUT/<class id, zero-padded>/<sample id, 8 digits>.png."""
     return export_shards(shards, out, "imagefolder", progress)
-
-
-def _imagefolder(dataset: ShardDataset, tmp: Path, progress: Progress) -> dict[str, Any]:
-    for c in np.unique(dataset.labels).tolist():
-        (tmp / class_folder(c, dataset.num_classes)).mkdir()
-    for sample in iter_samples(dataset, with_logits=False):
-        path = tmp / class_folder(sample.label, dataset.num_classes) / f"{sample.sample_id:08d}.png"
-        path.write_bytes(encode_image(sample.image))
-        progress.advance(1, {})
-    return {}
-
-
-# WebDataset --------------------------------------------------------------------------------------------------------
-
-WDS_SPLIT = "train"
-
-
-def _check_webdataset(maxcount: int = 10000, shard_size: Optional[int] = None, image_format: str = "png",
-                      quality: int = 95) -> None:
-    if maxcount < 1:
-        raise UserError(f"maxcount must be at least 1, not {maxcount}")
-    if shard_size is not None and shard_size < 1:
-        raise UserError(f"shard-size must be at least 1 byte, not {shard_size}")
-    if image_format not in ("png", "jpg"):
-        raise UserError(f"image format '{image_format}' is not one of png, jpg")
-    if not 1 <= quality <= 100:
-        raise UserError(f"quality {quality} must be in 1-100")
-
-
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array, dtype="<f2"), allow_pickle=False)
-    return buffer.getvalue()
-
-
-def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, maxcount: int = 10000,
-                shard_size: Optional[int] = None, image_format: str = "png", quality: int = 95) -> dict[str, Any]:
-    """Tar shards `train-NNNNNN.tar` of at most `maxcount` samples and (about) `shard_size` bytes; one sample per key
-    (`<sample id>.png|jpg`, `.cls`, `.logits.npy`, `.json`), plus `_info.json` (timm's split description)."""
-    filenames: list[str] = []
-    lengths: list[int] = []
-    tar: Optional[tarfile.TarFile] = None
-    size = 0
-    try:
-        for sample in iter_samples(dataset):
-            key = f"{sample.sample_id:08d}"
-            members = [(f"{key}.{image_format}", encode_image(sample.image, image_format, quality)),
-                       (f"{key}.cls", str(sample.label).encode())]
-            if sample.logits is not None:
-                members.append((f"{key}.logits.npy", _npy(sample.logits)))
-            meta = {"sample_id": sample.sample_id, "label": sample.label, "resolution": int(sample.image.shape[0])}
-            if dataset.class_names:
-                meta["class_name"] = dataset.class_names[sample.label]
-            members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
-            sample_bytes = sum(len(data) + 512 for _, data in members)
-            if tar is None or lengths[-1] >= maxcount or (shard_size and lengths[-1] and size + sample_bytes > shard_size):
-                if tar is not None:
-                    tar.close()
-                filenames.append(f"{WDS_SPLIT}-{len(filenames):06d}.tar")
-                tar = tarfile.open(tmp / filenames[-1], "w", format=tarfile.USTAR_FORMAT)
-                lengths.append(0)
-                size = 0
-            for name, data in members:
-                _tar_add(tar, name, data)
-            lengths[-1] += 1
-            size += sample_bytes
-            progress.advance(1, {})
-    finally:
-        if tar is not None:
-            tar.close()
-    info = {
-        "name": Path(dataset.paths[0]).parent.name,
-        "num_classes": dataset.num_classes, "class_names": dataset.class_names, "resolution": dataset.resolution,
-        "mean": list(dataset.mean), "std": list(dataset.std), "teacher": dataset.teacher,
-        "splits": {WDS_SPLIT: {"name": WDS_SPLIT, "num_samples": sum(lengths), "filenames": filenames,
-                               "shard_lengths": lengths}},
-    }
-    (tmp / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return {"shards": len(filenames), "image_format": image_format,
-            "pattern": f"{WDS_SPLIT}-{{000000..{len(filenames) - 1:06d}}}.tar"}
-
-
-# Hugging Face datasets ---------------------------------------------------------------------------------------------
-
-def _require(module: str, extra: str):
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(f"this export needs the '{module}' package: pip install \"dfkd[{extra}]\"") from None
-
-
-def _check_hf(hf_format: str = "arrow") -> None:
-    if hf_format not in ("arrow", "parquet"):
-        raise UserError(f"hf format '{hf_format}' is not one of arrow, parquet")
-    _require("datasets", "hf")
-
-
-def _hf_generator(paths: list[str], with_logits: bool):
-    """Rows for `datasets.Dataset.from_generator` (a module-level function of picklable arguments, so datasets can
-    fingerprint it)."""
-    dataset = ShardDataset(paths)
-    try:
-        for sample in iter_samples(dataset, with_logits):
-            row = {"image": {"bytes": encode_image(sample.image), "path": None}, "label": sample.label,
-                   "sample_id": sample.sample_id}
-            if with_logits:
-                row["logits"] = sample.logits.astype(np.float32)
-            yield row
-    finally:
-        dataset.close()
-
-
-def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, hf_format: str = "arrow") -> dict[str, Any]:
-    """A `datasets.Dataset` built from a generator (Arrow files on disk, constant memory), saved with
-    `save_to_disk` (arrow) or as `data/train-00000-of-00001.parquet` (parquet)."""
-    datasets = _require("datasets", "hf")
-    names = dataset.class_names or [str(c) for c in range(dataset.num_classes)]
-    with_logits = has_logits(dataset)
-    columns = {"image": datasets.Image(), "label": datasets.ClassLabel(names=names),
-               "sample_id": datasets.Value("int64")}
-    if with_logits:
-        columns["logits"] = datasets.Sequence(datasets.Value("float32"))
-    features = datasets.Features(columns)
-    cache = tmp / ".cache"
-    paths = [str(p) for p in dataset.paths]
-
-    def rows(paths: list[str], with_logits: bool):
-        for row in _hf_generator(paths, with_logits):
-            progress.advance(1, {})
-            yield row
-
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        built = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(cache),
-                                                gen_kwargs={"paths": paths, "with_logits": with_logits},
-                                                split="train")
-        if hf_format == "arrow":
-            built.save_to_disk(str(tmp))
-        else:
-            (tmp / "data").mkdir()
-            built.to_parquet(str(tmp / "data" / "train-00000-of-00001.parquet"))
-        del built
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-        shutil.rmtree(cache, ignore_errors=True)
-    return {"hf_format": hf_format, "logits": with_logits}
