@@ -37,9 +37,9 @@ from dfkd.config import load_recipe
 from dfkd.digits.data import write_image_folder
 from dfkd.digits.demo import prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.trainer import distill
-from dfkd.evaluate import accuracy, load_student, teacher_classifier
-from dfkd.evaluate.embedding_diversity import embedding_diversity
+from dfkd.distill.trainer import train_student
+from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
+from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 
@@ -95,7 +95,7 @@ def main() -> None:
     out = Path(args.out)
     with locked(out / "locks" / "teacher"):
         digits = prepare_digits(out, args.recipe)
-    teacher_top1 = accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")["top1"]
+    teacher_top1 = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")["top1"]
     recipe_epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
     ablation_epochs = args.ablation_epochs or recipe_epochs // 2
     sets: dict[str, dict] = {}
@@ -110,7 +110,7 @@ def main() -> None:
                 started = time.process_time()
                 summary = synthesize(config, path)
             sets[name] = {"fidelity": summary["fidelity"], "cpu_s": round(time.process_time() - started, 1),
-                          "embedding_diversity": embedding_diversity(path, digits.teacher)["mean"]}
+                          "embedding_diversity": measure_embedding_diversity(path, digits.teacher)["mean"]}
             print(f"set {name}: {json.dumps(sets[name])}", flush=True)
         return path
 
@@ -134,9 +134,9 @@ def main() -> None:
             "epochs": epochs, **overrides,
             "stage1_epochs": round(stage1 * epochs) if stage1 < 1 else epochs})
         started = time.process_time()
-        run = distill(config, out / "students" / name)
+        run = train_student(config, out / "students" / name)
         row = {"row": name, "description": description, "data": data, "images": run["images"],
-               "accuracy": accuracy(load_student(run["student"]), digits.real_test, device="cpu")["top1"],
+               "accuracy": measure_accuracy(load_student(run["student"]), digits.real_test, device="cpu")["top1"],
                "epochs": epochs, "cpu_s": round(time.process_time() - started, 1),
                **({"set": sets.get(data[0], {})} if data != "real" else {})}
         result_file.parent.mkdir(parents=True, exist_ok=True)

@@ -22,9 +22,9 @@ from dfkd.digits.data import load_digits_split, write_image_folder
 from dfkd.digits.demo import recipe_config
 from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.trainer import distill
-from dfkd.evaluate import accuracy, load_student, teacher_classifier
-from dfkd.evaluate.embedding_diversity import embedding_diversity
+from dfkd.distill.trainer import train_student
+from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
+from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.teacher import load_teacher
@@ -58,7 +58,7 @@ def main() -> None:
         teacher_seconds = time.time() - started
         teacher = load_teacher(str(teacher_file))
         row = {"arch": arch, "bn_layers": len(teacher.bn_layers),
-               "teacher_accuracy": accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
+               "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
                "teacher_seconds": round(teacher_seconds, 1)}
         shards = out / "shards" / (args.tag or "default") / arch
         config = recipe_config(SynthesisConfig, args.recipe, "synthesize",
@@ -67,16 +67,16 @@ def main() -> None:
         summary = synthesize(config, shards)
         last = [json.loads(line) for line in (shards / "logs" / "synthesis-rank0.jsonl").read_text().splitlines()]
         row.update(fidelity=summary["fidelity"], images=summary["images"],
-                   embedding_diversity=embedding_diversity(shards, teacher)["mean"],
+                   embedding_diversity=measure_embedding_diversity(shards, teacher)["mean"],
                    final_ce=sum(r["losses"]["ce"] for r in last) / len(last),
                    final_bn=sum(r["losses"]["bn"] for r in last) / len(last),
                    synth_seconds=round(sum(r["seconds"] for r in last), 1))
         if args.distill_epochs:
             epochs = args.distill_epochs
-            run = distill(recipe_config(DistillConfig, args.recipe, "distill", {
+            run = train_student(recipe_config(DistillConfig, args.recipe, "distill", {
                 "shards": str(shards), "teacher": str(teacher_file), "resume": True, "threads": args.threads,
                 "epochs": epochs, "stage1_epochs": epochs}), out / "students" / (args.tag or "default") / arch)
-            row["student_accuracy"] = accuracy(load_student(run["student"]), real_test, device="cpu")["top1"]
+            row["student_accuracy"] = measure_accuracy(load_student(run["student"]), real_test, device="cpu")["top1"]
         rows.append(row)
         print(json.dumps(row), flush=True)
     (out / f"results-{args.tag or 'default'}.json").write_text(json.dumps(rows, indent=2))

@@ -19,7 +19,7 @@ from dfkd.distill import (
     DistillationLoss,
     DistillConfig,
     OptimConfig,
-    distill,
+    train_student,
 )
 from dfkd.distill.batch import BatchPrep
 from dfkd.distill.data import labels_of, subset
@@ -269,7 +269,7 @@ def test_teacher_runs_once_per_stage1_step_and_never_in_stage2(shards, digits_te
         lambda m, i, o: calls.append(len(i[0])) if isinstance(m, SmallBNCNN) else None)
     per_epoch = []
     try:
-        result = distill(_config(shards, digits_teacher), tmp_path,
+        result = train_student(_config(shards, digits_teacher), tmp_path,
                          on_epoch=lambda record: per_epoch.append(calls.count(8)))
     finally:
         hook.remove()
@@ -280,7 +280,7 @@ def test_teacher_runs_once_per_stage1_step_and_never_in_stage2(shards, digits_te
 def test_training_lowers_the_loss(shards, digits_teacher, tmp_path):
     config = _config(shards, digits_teacher, epochs=4, stage1_epochs=4, augment=NO_AUG,
                      optim=OptimConfig(lr=0.3, warmup_epochs=0))
-    result = distill(config, tmp_path)
+    result = train_student(config, tmp_path)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], losses
     assert result["final_loss"] == losses[-1]
@@ -300,7 +300,7 @@ def test_interrupt_and_resume_reproduce_the_uninterrupted_run(shards, digits_tea
     config = _config(shards, digits_teacher, optim=OptimConfig(lr=0.02, warmup_epochs=0.5), augment=AugmentConfig(),
                      drop_path=0.1)  # the same settings as CLI_ARGS: DeiT augmentations and stochastic depth on
     with pytest.raises(KeyboardInterrupt):
-        distill(config, tmp_path / "b", on_epoch=stop)
+        train_student(config, tmp_path / "b", on_epoch=stop)
     assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "student.pth").exists()
     again = _run_cli("--shards", shards, "--teacher", digits_teacher, *CLI_ARGS, "--out", tmp_path / "b")
     assert again.exit_code == 2 and "pass --resume" in again.stderr
@@ -317,7 +317,7 @@ def test_interrupt_and_resume_reproduce_the_uninterrupted_run(shards, digits_tea
 
 
 def test_student_file_loads_with_timm_and_gives_identical_outputs(shards, digits_teacher, tmp_path):
-    distill(_config(shards, digits_teacher, epochs=1, stage1_epochs=1), tmp_path)
+    train_student(_config(shards, digits_teacher, epochs=1, stage1_epochs=1), tmp_path)
     info = json.loads((tmp_path / "student.json").read_text())
     assert info == {"model": STUDENT, "num_classes": 10, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
                     "epochs": 1, "model_kwargs": {}}

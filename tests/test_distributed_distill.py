@@ -109,7 +109,7 @@ def test_validation_split_across_ranks_counts_every_image_once(runs):
     from dfkd.distill import AugmentConfig
     from dfkd.distill.batch import BatchPrep
     from dfkd.distill.data import make_loader, set_transform
-    from dfkd.distill.engine import evaluate
+    from dfkd.distill.engine import measure_top1
     from dfkd.distill.transforms import eval_transform
 
     summary = _json_line(runs["script"])
@@ -118,24 +118,24 @@ def test_validation_split_across_ranks_counts_every_image_once(runs):
     val_set = open_image_folder(str(runs["val"]), 4)
     set_transform(val_set, eval_transform(32, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
     prep = BatchPrep(cfg["mean"], cfg["std"], 4, AugmentConfig(), torch.device("cpu"))
-    expected = evaluate(student, make_loader(val_set, BATCH, 0, train=False), prep)  # one process, all 13 images
+    expected = measure_top1(student, make_loader(val_set, BATCH, 0, train=False), prep)  # one process, all 13 images
     assert summary["val_top1"] == expected  # 7 + 6 images on the two ranks, hits summed, no padding
 
 
 def _main(shards: str, teacher: str, val: str, straight: str, stopped: str) -> None:
     """Under torchrun: an uninterrupted DDP run, then the same run stopped after epoch 1 (end of stage 1)."""
-    from dfkd.distill import distill
+    from dfkd.distill import train_student
     from synth import distributed
 
     torch.set_num_threads(1)
     ranks = distributed.init("cpu")
-    summary = distill(_config(shards, teacher, val), straight, ranks=ranks)
+    summary = train_student(_config(shards, teacher, val), straight, ranks=ranks)
 
     def stop(record):
         raise KeyboardInterrupt
 
     try:
-        distill(_config(shards, teacher, val), stopped, on_epoch=stop, ranks=ranks)
+        train_student(_config(shards, teacher, val), stopped, on_epoch=stop, ranks=ranks)
     except KeyboardInterrupt:
         pass
     ranks.close()

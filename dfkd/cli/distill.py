@@ -6,8 +6,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.distill import DistillConfig
-from dfkd.distill import distill as run_distill
+from dfkd.distill import DistillConfig, train_student
 from dfkd.distill.data import shard_roots
 from synth import distributed
 from synth.runtime import Progress
@@ -52,7 +51,7 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
     for root in shard_roots(config.shards) if config.shards is not None else ():
         check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)
-    summary = run_distill(config, out, _progress(reporter, ranks), ranks=ranks)
+    summary = train_student(config, out, _progress(reporter, ranks), ranks=ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
     if ranks.rank == 0:
         reporter.result(summary, _lines(summary))

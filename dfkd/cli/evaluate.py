@@ -9,11 +9,11 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.evaluate import accuracy as run_accuracy
-from dfkd.evaluate import fidelity as run_fidelity
 from dfkd.evaluate import (
     load_student,
-    lpips_diversity,
+    measure_accuracy,
+    measure_fidelity,
+    measure_lpips_diversity,
     teacher_classifier,
 )
 from dfkd.evaluate.config import EvaluateConfig
@@ -69,7 +69,7 @@ def diversity_command(shards: str, config_path: Optional[str], json_mode: bool, 
     """LPIPS diversity of the images of each class (higher is more diverse)."""
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
-    result = lpips_diversity(shards, cfg.lpips_backbone, None if cfg.pairs == "all" else cfg.pairs, cfg.seed,
+    result = measure_lpips_diversity(shards, cfg.lpips_backbone, None if cfg.pairs == "all" else cfg.pairs, cfg.seed,
                              cfg.device, cfg.batch_size, reporter.progress("lpips"))
     lines = [f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)"
              for c, v in result["per_class"].items()]
@@ -102,7 +102,7 @@ def fidelity_command(shards: str, config_path: Optional[str], json_mode: bool, q
         raise UserError(f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with "
                         "--teacher FILE")
     teacher = load_teacher(spec, cfg.teacher_weights)
-    result = run_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
+    result = measure_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
 
@@ -131,7 +131,7 @@ def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, *
         models["teacher"] = teacher_classifier(load_teacher(cfg.teacher, cfg.teacher_weights))
     result = {"data": cfg.data}
     for role, classifier in models.items():
-        result[role] = run_accuracy(classifier, cfg.data, cfg.device, cfg.batch_size, cfg.workers, cfg.crop_pct,
+        result[role] = measure_accuracy(classifier, cfg.data, cfg.device, cfg.batch_size, cfg.workers, cfg.crop_pct,
                                     reporter.progress(role))
     reporter.result(result, [f"{role}: top-1 {result[role]['top1']:.2%}  top-{result[role]['k']} "
                              f"{result[role]['top5']:.2%}  ({result[role]['images']} images)" for role in models])

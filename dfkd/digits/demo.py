@@ -14,10 +14,15 @@ from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
 from dfkd.digits.data import DigitsSplit, load_digits_split, write_image_folder
 from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.trainer import distill
-from dfkd.evaluate import accuracy, class_grid, load_student, teacher_classifier
-from dfkd.evaluate.accuracy import shard_accuracy
-from dfkd.evaluate.embedding_diversity import embedding_diversity
+from dfkd.distill.trainer import train_student
+from dfkd.evaluate import (
+    draw_class_grid,
+    load_student,
+    measure_accuracy,
+    teacher_classifier,
+)
+from dfkd.evaluate.accuracy import measure_shard_accuracy
+from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.runtime import Progress, use_threads
@@ -90,21 +95,21 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
     distill_config = recipe_config(DistillConfig, recipe, "distill", {
         "shards": str(out / "shards"), "teacher": str(digits.teacher_file), "val_data": str(real_test),
         "resume": True, **common})
-    distillation = distill(distill_config, out / "student", progress_for("distill"))
+    distillation = train_student(distill_config, out / "student", progress_for("distill"))
     seconds["distill"] = time.time() - started
 
     started = time.time()
     classifier = load_student(distillation["student"])
-    student = accuracy(classifier, real_test, device="cpu")
-    student_synthetic = shard_accuracy(classifier, out / "shards", device="cpu")
-    teacher_top1 = accuracy(teacher_classifier(teacher), real_test, device="cpu")
-    diversity = embedding_diversity(out / "shards", teacher)
+    student = measure_accuracy(classifier, real_test, device="cpu")
+    student_synthetic = measure_shard_accuracy(classifier, out / "shards", device="cpu")
+    teacher_top1 = measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")
+    diversity = measure_embedding_diversity(out / "shards", teacher)
     lpips = None
     if lpips_backbone:
-        from dfkd.evaluate import lpips_diversity
+        from dfkd.evaluate import measure_lpips_diversity
 
-        lpips = lpips_diversity(out / "shards", lpips_backbone, device="cpu")["mean"]
-    class_grid(out / "shards", per_class=8).save(out / "grid.png")
+        lpips = measure_lpips_diversity(out / "shards", lpips_backbone, device="cpu")["mean"]
+    draw_class_grid(out / "shards", per_class=8).save(out / "grid.png")
     seconds["evaluate"] = time.time() - started
     return {
         "teacher_accuracy": teacher_top1["top1"], "student_accuracy": student["top1"],

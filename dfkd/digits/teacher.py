@@ -35,7 +35,7 @@ def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> to
 
 
 @torch.no_grad()
-def accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+def held_out_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
     """Top-1 accuracy of `model` (eval mode) on normalised inputs."""
     model.eval()
     hits = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
@@ -94,7 +94,7 @@ def train_teacher(config: TeacherTrainingConfig, out: str | Path,
             scheduler.step()
         if on_epoch:
             on_epoch(epoch, float(loss.detach()))
-    test_accuracy = accuracy(model, test_x, test_y)
+    test_accuracy = held_out_accuracy(model, test_x, test_y)
     save_teacher_file(out, f"timm:{arch}", {"num_classes": len(CLASS_NAMES)}, model, DIGITS_MEAN, DIGITS_STD,
                       split.train_images.shape[1], CLASS_NAMES,
                       extra={"dataset": dataset, "test_accuracy": test_accuracy, "seed": seed, "epochs": epochs},

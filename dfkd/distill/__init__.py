@@ -2,6 +2,6 @@
 up, engine trains and validates, resume and output keep its checkpoint and files."""
 from dfkd.distill.config import AugmentConfig, DistillConfig, LossConfig, OptimConfig
 from dfkd.distill.losses import DistillationLoss
-from dfkd.distill.trainer import distill
+from dfkd.distill.trainer import train_student
 
-__all__ = ["AugmentConfig", "DistillConfig", "DistillationLoss", "LossConfig", "OptimConfig", "distill"]
+__all__ = ["AugmentConfig", "DistillConfig", "DistillationLoss", "LossConfig", "OptimConfig", "train_student"]

@@ -57,7 +57,7 @@ def train_one_epoch(model: nn.Module, run: Run, loader: DataLoader, epoch: int, 
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, loader, prep: BatchPrep, ranks: Optional[Ranks] = None) -> float:
+def measure_top1(student: nn.Module, loader, prep: BatchPrep, ranks: Optional[Ranks] = None) -> float:
     """Top-1 accuracy of the student (eval mode: mean of its two heads). Under DDP each rank runs the plain
     student (no collective inside) on its share of the images, then the ranks' hits and counts are summed."""
     student.eval()

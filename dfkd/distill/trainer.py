@@ -20,7 +20,7 @@ from dfkd.distill.build import Run, setup
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.data import make_loader, set_transform
 from dfkd.distill.distiller import for_stage
-from dfkd.distill.engine import evaluate, train_one_epoch
+from dfkd.distill.engine import measure_top1, train_one_epoch
 from dfkd.distill.output import Output
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
@@ -31,7 +31,7 @@ from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.teacher import state_dict_sha256
 
 
-def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress] = None,
+def train_student(config: DistillConfig, out: str | Path, progress: Optional[Progress] = None,
             on_epoch: Optional[Callable[[dict], None]] = None, ranks: Optional[Ranks] = None) -> dict[str, Any]:
     """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`.
 
@@ -59,7 +59,7 @@ def distill(config: DistillConfig, out: str | Path, progress: Optional[Progress]
                                  world_size=ranks.world_size)
             record, updates = train_one_epoch(model, run, loader, epoch, stage, updates, progress, ranks)
             if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
-                val_top1 = record["val_top1"] = evaluate(run.student, val_loader, run.prep, ranks)
+                val_top1 = record["val_top1"] = measure_top1(run.student, val_loader, run.prep, ranks)
             output.save_checkpoint(checkpoint(config, run, epoch + 1, stage, updates, record, ranks))
             output.log(record)
             if on_epoch is not None:

@@ -72,14 +72,14 @@ def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0
     return open_image_folder(data, classifier.num_classes, transform)
 
 
-def accuracy(classifier: Classifier, data: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0,
+def measure_accuracy(classifier: Classifier, data: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0,
              crop_pct: float = 1.0, progress: Optional[Progress] = None) -> dict[str, Any]:
     """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data`."""
     dataset = image_folder(data, classifier, crop_pct)
     return {**_topk(classifier, dataset, device, batch_size, workers, progress), "classes": len(dataset.classes)}
 
 
-def shard_accuracy(classifier: Classifier, shards: str | Path, device: str = "auto",
+def measure_shard_accuracy(classifier: Classifier, shards: str | Path, device: str = "auto",
                    batch_size: int = 64) -> dict[str, Any]:
     """Top-1 / top-5 of `classifier` against the target labels of synthesized shards (how well it fits them)."""
     normalize = transforms.Normalize(classifier.mean, classifier.std)

@@ -12,7 +12,7 @@ from synth.shards import ShardDataset
 from synth.teacher import EmbeddingTap, Teacher
 
 
-def embedding_diversity(shards: str | Path, teacher: Teacher, batch_size: int = 256) -> dict[str, Any]:
+def measure_embedding_diversity(shards: str | Path, teacher: Teacher, batch_size: int = 256) -> dict[str, Any]:
     """Per class and mean over classes: the mean distance over all pairs of its images' normalised embeddings."""
     dataset = ShardDataset(shards)
     tap = EmbeddingTap(teacher.embedding_module)

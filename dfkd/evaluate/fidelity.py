@@ -13,7 +13,7 @@ from synth.shards import ShardDataset
 from synth.teacher import Teacher
 
 
-def fidelity(shards: str | Path, teacher: Teacher, device: str = "auto", batch_size: int = 128, workers: int = 0,
+def measure_fidelity(shards: str | Path, teacher: Teacher, device: str = "auto", batch_size: int = 128, workers: int = 0,
              progress: Optional[Progress] = None) -> dict[str, Any]:
     """Re-run `teacher` on the shards' images at their stored resolution; agreement per class and overall."""
     progress = progress or Progress()

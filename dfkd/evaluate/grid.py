@@ -15,7 +15,7 @@ PADDING = 2
 LABEL_WIDTH = 128
 
 
-def class_grid(shards: str | Path | Sequence[str | Path], per_class: int = 8,
+def draw_class_grid(shards: str | Path | Sequence[str | Path], per_class: int = 8,
                classes: Optional[Sequence[int]] = None) -> Image.Image:
     """Grid of the first k images per class: (128 + k*(R+2) + 2) x (rows*(R+2) + 2) px for R-px images."""
     dataset = ShardDataset(shards)

@@ -6,7 +6,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from dfkd.evaluate.grid import class_grid
+from dfkd.evaluate.grid import draw_class_grid
 from synth.card import CARD
 from synth.engine import parse_classes
 from synth.errors import UserError
@@ -36,7 +36,7 @@ def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_cl
     if isinstance(grid_classes, str):
         grid_classes = parse_classes(grid_classes, dataset.num_classes)
     if grid:
-        image = class_grid(good, per_class_grid, grid_classes)
+        image = draw_class_grid(good, per_class_grid, grid_classes)
         image.save(grid)
         result["grid"] = {"path": str(grid), "width": image.width, "height": image.height}
     return result

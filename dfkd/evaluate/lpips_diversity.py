@@ -81,7 +81,7 @@ def lpips_from_features(model: torch.nn.Module, a: list[torch.Tensor], b: list[t
     return sum(lin((fa - fb) ** 2).mean((2, 3)) for lin, fa, fb in zip(model.lins, a, b)).flatten()
 
 
-def lpips_diversity(shards: str | Path, backbone: Optional[str | Path] = None, pairs: Optional[int] = DEFAULT_PAIRS,
+def measure_lpips_diversity(shards: str | Path, backbone: Optional[str | Path] = None, pairs: Optional[int] = DEFAULT_PAIRS,
                     seed: int = 0, device: str = "auto", batch_size: int = 64,
                     progress: Optional[Progress] = None) -> dict[str, Any]:
     """Per-class mean LPIPS over all pairs (or `pairs` seeded random ones), the mean over classes, the size used."""
