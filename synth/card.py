@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from synth import shards as shard_io
+from synth.manifest import read_manifest
 
 CARD = "README.md"
 MARKER = "<!-- dataset card written by dfkd from manifest.json and the shards; it is rewritten when they change -->"
@@ -55,7 +56,7 @@ def _size_category(n: int) -> str:
 def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     """The card text of a shard directory (from its manifest, when given or present, and its shards)."""
     root = Path(root)
-    manifest = manifest if manifest is not None else (shard_io.read_manifest(root) or {})
+    manifest = manifest if manifest is not None else (read_manifest(root) or {})
     stats = _stats(root)
     teacher = manifest.get("teacher") or {}
     config = manifest.get("config") or {}

@@ -32,7 +32,10 @@ from synth.config import LossWeights, SynthesisConfig
 from synth.distributed import Ranks
 from synth.errors import UserError
 from synth.inversion import invert_batch
+from synth.manifest import read_manifest, write_manifest
 from synth.runtime import Progress, available_cores, resolve_device, use_threads
+from synth.shard_verify import VerifiedShard, load_verified
+from synth.shard_writer import write_shard
 from synth.teacher import Teacher, load_teacher
 
 LOW_FIDELITY = 0.5  # below this teacher agreement with the targets a set is flagged: its images carry little class
@@ -191,7 +194,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
         for k in range(ranks.rank, num_shards, ranks.world_size):
             path = out / shard_io.shard_name(k)
             if path.exists():
-                shard, problem = shard_io.load_verified(path, identity)
+                shard, problem = load_verified(path, identity)
                 if problem is None:
                     mine.add_existing(shard)
                     continue
@@ -242,7 +245,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
             labels = np.concatenate([u.labels for u in shard_units]).astype(np.int64)
             logits = torch.cat([r.logits for r in results]).half().numpy() if config.store_logits else None
             path = out / shard_io.shard_name(k)
-            digest = shard_io.write_shard(
+            digest = write_shard(
                 path, images=torch.cat([r.images for r in results]).numpy(), labels=labels,
                 sample_ids=np.concatenate([u.sample_ids() for u in shard_units]), logits=logits,
                 num_classes=teacher.num_classes, mean=teacher.mean, std=teacher.std, teacher=teacher.describe(),
@@ -258,7 +261,7 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     images = sum(s["count"] for s in shards)
     damaged = {name: problem for r in gathered for name, problem in r.damaged.items()}
     if ranks.rank == 0:
-        manifest = shard_io.read_manifest(out) or {}
+        manifest = read_manifest(out) or {}
         updated = dict(manifest, shards=shards, images=images, complete=len(shards) == num_shards)
         _write_manifest_if_changed(out, manifest, updated)
         card.write_card(out, updated, progress.message)
@@ -290,7 +293,7 @@ class _RankResult:
     unit_total: int = 0
     warned: bool = False
 
-    def add_existing(self, shard: shard_io.VerifiedShard) -> None:
+    def add_existing(self, shard: VerifiedShard) -> None:
         self.shards.append(shard.summary())
         self.skipped += 1
         self._count(shard.labels, shard.logits)
@@ -340,7 +343,7 @@ def _prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int
     normalisation and size), `identity` and `teacher` adopt the recorded path: the path is information only."""
     if out.exists() and not out.is_dir():
         raise UserError(f"output '{out}' exists and is not a directory")
-    manifest = shard_io.read_manifest(out) if out.is_dir() else None
+    manifest = read_manifest(out) if out.is_dir() else None
     shards = shard_io.list_shards(out)
     if manifest is not None and manifest.get("format") != shard_io.FORMAT:
         raise UserError(f"'{out / shard_io.MANIFEST}' is not a dfkd manifest (format {manifest.get('format')!r}); "
@@ -386,7 +389,7 @@ def _write_manifest_if_changed(out: Path, old: dict, new: dict) -> None:
     ignore = ("updated",)
     if {k: v for k, v in old.items() if k not in ignore} != {k: v for k, v in new.items() if k not in ignore} \
             or not (out / shard_io.MANIFEST).is_file():
-        shard_io.write_manifest(out, dict(new, updated=_now()))
+        write_manifest(out, dict(new, updated=_now()))
 
 
 def _only_dfkd_files(out: Path) -> bool:
@@ -447,7 +450,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
 
 
 def _existing_identity(out: Path) -> Optional[dict]:
-    manifest = shard_io.read_manifest(out) if out.is_dir() else None
+    manifest = read_manifest(out) if out.is_dir() else None
     if manifest and "config" in manifest:
         return manifest["config"]
     for path in shard_io.list_shards(out):

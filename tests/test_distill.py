@@ -33,7 +33,7 @@ from dfkd.distill.taps import (
 from dfkd.models import Aligner
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
-from synth.shards import write_shard
+from synth.shard_writer import write_shard
 from synth.small_cnn import SmallBNCNN
 from synth.teacher import load_teacher
 

@@ -22,7 +22,7 @@ from dfkd.evaluate.lpips_diversity import (
     sample_pairs,
     unrank_pairs,
 )
-from synth.shards import write_shard
+from synth.shard_writer import write_shard
 from synth.teacher import load_teacher, save_teacher_file
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

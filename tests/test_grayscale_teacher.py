@@ -6,7 +6,8 @@ import torch
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
-from synth.shards import ShardDataset, read_manifest
+from synth.manifest import read_manifest
+from synth.shards import ShardDataset
 from synth.teacher import load_teacher, save_teacher_file
 
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ from dfkd.distill.losses import KINDS
 from synth import distributed
 from synth.errors import UserError
 from synth.runtime import Progress
-from synth.shards import check_integrity
+from synth.shard_verify import check_integrity
 
 EXAMPLE = """
 \b

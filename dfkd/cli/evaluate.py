@@ -23,7 +23,8 @@ from dfkd.evaluate import fidelity as run_fidelity
 from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
 from synth.errors import UserError
 from synth.runtime import use_threads
-from synth.shards import ShardDataset, check_integrity
+from synth.shard_verify import check_integrity
+from synth.shards import ShardDataset
 from synth.teacher import load_teacher
 
 EVALUATE_EXAMPLES = """

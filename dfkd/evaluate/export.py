@@ -25,7 +25,8 @@ import numpy as np
 from synth import card
 from synth.errors import UserError
 from synth.runtime import Progress
-from synth.shards import ShardDataset, verify
+from synth.shard_verify import verify
+from synth.shards import ShardDataset
 
 FORMATS = ("imagefolder", "webdataset", "hf")
 BLOCK = 256  # images read from a shard at a time

@@ -10,7 +10,9 @@ from dfkd.evaluate.grid import class_grid
 from synth.card import CARD
 from synth.engine import parse_classes
 from synth.errors import UserError
-from synth.shards import ShardDataset, list_shards, read_manifest, verify
+from synth.manifest import read_manifest
+from synth.shard_verify import verify
+from synth.shards import ShardDataset, list_shards
 
 
 def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_class_grid: int = 8,
