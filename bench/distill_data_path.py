@@ -28,7 +28,7 @@ from dfkd.distill import AugmentConfig, DistillConfig
 from dfkd.distill.data import make_loader, set_transform, train_transform
 from dfkd.distill.trainer import setup, train_step
 from synth.shard_writer import write_shard
-from synth.teacher import save_teacher_file
+from synth.teacher_file import save_teacher_file
 
 NO_PER_IMAGE_AUG = dict(rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0)
 

@@ -55,7 +55,8 @@ import synth  # noqa: F401  (registers the small teacher CNNs with timm)
 from synth.config import LossWeights, Schedule
 from synth.inversion import compiled_inversion_step, inversion_step, invert_batch
 from synth.losses import BNStatisticsLoss
-from synth.teacher import EmbeddingTap, Teacher, load_teacher
+from synth.teacher import EmbeddingTap, Teacher
+from synth.teacher_sources import load_teacher
 
 SCHEDULES = {  # name: ((resolution, iterations), ...) at full scale; --smoke keeps the counts, halves/quarters sizes
     "DeepInversion 2k@112+1k@224": ((0, 2000), (1, 1000)),

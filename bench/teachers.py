@@ -27,7 +27,7 @@ from dfkd.evaluate.embedding_diversity import embedding_diversity
 from dfkd.train_teacher import train_teacher
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from dfkd.data.digits import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD, load_digits_split
 from synth.errors import UserError
-from synth.teacher import save_teacher_file
+from synth.teacher_file import save_teacher_file
 
 DATASETS = ("digits",)
 

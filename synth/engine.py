@@ -36,7 +36,8 @@ from synth.manifest import read_manifest, write_manifest
 from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.shard_verify import VerifiedShard, load_verified
 from synth.shard_writer import write_shard
-from synth.teacher import Teacher, load_teacher
+from synth.teacher import Teacher
+from synth.teacher_sources import load_teacher
 
 LOW_FIDELITY = 0.5  # below this teacher agreement with the targets a set is flagged: its images carry little class
 @dataclass(frozen=True)

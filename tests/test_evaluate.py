@@ -23,7 +23,8 @@ from dfkd.evaluate.lpips_diversity import (
     unrank_pairs,
 )
 from synth.shard_writer import write_shard
-from synth.teacher import load_teacher, save_teacher_file
+from synth.teacher_file import save_teacher_file
+from synth.teacher_sources import load_teacher
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

@@ -9,7 +9,8 @@ import torch
 from synth.config import LossWeights
 from synth.inversion import compiled_inversion_step, inversion_step
 from synth.losses import BNStatisticsLoss
-from synth.teacher import EmbeddingTap, load_teacher
+from synth.teacher import EmbeddingTap
+from synth.teacher_sources import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 

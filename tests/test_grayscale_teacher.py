@@ -8,7 +8,8 @@ from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
 from synth.manifest import read_manifest
 from synth.shards import ShardDataset
-from synth.teacher import load_teacher, save_teacher_file
+from synth.teacher_file import save_teacher_file
+from synth.teacher_sources import load_teacher
 
 torch.set_num_threads(1)
 

@@ -25,7 +25,7 @@ from synth.errors import UserError
 from synth.runtime import use_threads
 from synth.shard_verify import check_integrity
 from synth.shards import ShardDataset
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 EVALUATE_EXAMPLES = """
 \b

@@ -59,7 +59,9 @@ from dfkd.models import (
 from synth.distributed import Ranks
 from synth.errors import UserError
 from synth.runtime import Progress, available_cores, resolve_device, use_threads
-from synth.teacher import Teacher, load_teacher, state_dict_sha256
+from synth.teacher import Teacher
+from synth.teacher_sources import load_teacher
+from synth.weights import state_dict_sha256
 
 CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
 CHECKPOINT_VERSION = 1
