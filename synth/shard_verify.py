@@ -40,7 +40,7 @@ class VerifiedShard:
 
 def expected_content(config: Any, index: int) -> Optional[tuple[np.ndarray, np.ndarray]]:
     """(sample_ids, labels) that shard `index` of a synthesis with this config must hold (the unit order of
-    synth.engine), or None when `config` holds no unit plan (e.g. hand-made shards)."""
+    synth.units), or None when `config` holds no unit plan (e.g. hand-made shards)."""
     if not isinstance(config, dict) or not all(key in config for key in PLAN_KEYS):
         return None
     try:
