@@ -63,11 +63,17 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     if not teacher and shard_io.list_shards(root):
         with h5py.File(shard_io.list_shards(root)[0], "r") as f:
             teacher, config = json.loads(f.attrs["teacher"]), json.loads(f.attrs["config"])
-    names = stats["class_names"]
     spec = teacher.get("spec", "unknown")
-    sha = teacher.get("weights_sha256", "unknown")
     name = root.resolve().name
-    lines = [
+    lines = _header(name, spec, stats) + _teacher_and_config(spec, teacher, config, stats) \
+        + _counts(root, manifest, stats) + _fidelity_and_diversity(manifest, stats) + _format(manifest) \
+        + _how_to_load() + _licence(spec)
+    return "\n".join(lines)
+
+
+def _header(name: str, spec: str, stats: dict[str, Any]) -> list[str]:
+    """The Hugging Face metadata block, the title and what the set is."""
+    return [
         "---",
         "license: other",
         "license_name: teacher-license",
@@ -97,10 +103,16 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "optimised for; the teacher's logits are stored with it when the synthesis kept them. Use it to distil "
         "students from the teacher (data-free knowledge distillation).",
         "",
+    ]
+
+
+def _teacher_and_config(spec: str, teacher: dict, config: dict, stats: dict[str, Any]) -> list[str]:
+    """The teacher (spec, weights sha256, classes, normalisation) and the synthesis config."""
+    return [
         "## Teacher",
         "",
         f"- spec: `{spec}`",
-        f"- weights sha256: `{sha}`",
+        f"- weights sha256: `{teacher.get('weights_sha256', 'unknown')}`",
         f"- classes: {stats['num_classes']}, input size {teacher.get('input_size', 'unknown')}, "
         f"mean {teacher.get('mean')}, std {teacher.get('std')}",
         "",
@@ -110,6 +122,13 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         json.dumps(config, indent=2, sort_keys=True),
         "```",
         "",
+    ]
+
+
+def _counts(root: Path, manifest: dict, stats: dict[str, Any]) -> list[str]:
+    """Images per class (with class names when known) and the shard count."""
+    names = stats["class_names"]
+    lines = [
         "## Counts per class",
         "",
         "| class | name | images |",
@@ -117,12 +136,18 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     ]
     lines += [f"| {c} | {names[c] if names and c < len(names) else ''} | {n} |" for c, n in stats["counts"].items()]
     complete = manifest.get("complete")
-    lines += [
+    return lines + [
         "",
         f"Shards: {len(manifest.get('shards', [])) or len(shard_io.list_shards(root))}"
         + (f" of {manifest['num_shards']}" if "num_shards" in manifest else "")
         + ("" if complete is None else f"; complete: {str(bool(complete)).lower()}") + ".",
         "",
+    ]
+
+
+def _fidelity_and_diversity(manifest: dict, stats: dict[str, Any]) -> list[str]:
+    """Teacher fidelity of the stored logits and LPIPS diversity, or how to measure them."""
+    lines = [
         "## Fidelity and diversity",
         "",
     ]
@@ -133,8 +158,12 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     diversity = manifest.get("diversity")
     lines.append(f"- LPIPS diversity: {diversity}" if diversity is not None
                  else "- LPIPS diversity: not measured; `dfkd evaluate diversity DIR` measures it")
-    lines += [
-        "",
+    return lines + [""]
+
+
+def _format(manifest: dict) -> list[str]:
+    """The shard format in brief."""
+    return [
         "## Format",
         "",
         f"HDF5 shards, format `{shard_io.FORMAT}` version {manifest.get('format_version', shard_io.FORMAT_VERSION)} "
@@ -143,6 +172,12 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "attributes hold the resolution, normalisation mean/std, teacher, config and a sha256 `digest` of the "
         "content (`dfkd inspect DIR` verifies it).",
         "",
+    ]
+
+
+def _how_to_load() -> list[str]:
+    """Three ways to load the set: plain h5py, dfkd's ShardDataset, a Hugging Face export."""
+    return [
         "## How to load it",
         "",
         "Plain h5py:",
@@ -171,6 +206,12 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "",
         "`dfkd export DIR --to webdataset OUT` and `--to imagefolder OUT` write tar shards and PNG class folders.",
         "",
+    ]
+
+
+def _licence(spec: str) -> list[str]:
+    """The teacher's licence terms apply to the set."""
+    return [
         "## Licence",
         "",
         f"These images were synthesized from the teacher `{spec}` and encode what it learned: the licence terms "
@@ -178,7 +219,6 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "dfkd itself is Apache-2.0; that does not relicense the teacher.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_card(root: str | Path, manifest: Optional[dict] = None,
