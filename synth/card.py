@@ -46,6 +46,7 @@ def _stats(root: Path) -> dict[str, Any]:
 
 
 def _size_category(n: int) -> str:
+    """The Hugging Face size bucket of a set of `n` images."""
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
         if n < limit:

@@ -235,6 +235,7 @@ def compiled_inversion_step(option: bool | str) -> Optional[Callable]:
 
 
 def _compile_key(option: bool | str) -> str:
+    """The cache key of a compile option: True is torch.compile's default mode."""
     return "default" if option is True else str(option)
 
 
@@ -259,6 +260,7 @@ def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.T
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to `dtype` on the device's type, or no autocast when `dtype` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -27,6 +27,7 @@ def content_digest(images: np.ndarray, labels: np.ndarray, sample_ids: np.ndarra
 
 
 def _package_version() -> str:
+    """The installed dfkd version, recorded in each shard."""
     try:
         from importlib.metadata import version
 

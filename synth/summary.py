@@ -52,6 +52,7 @@ class RankResult:
         return False
 
     def _count(self, labels: np.ndarray, logits: Optional[np.ndarray]) -> None:
+        """Add a shard's teacher agreement (top-1 of its stored logits equals the label)."""
         if logits is None:  # the same fp16 logits that are stored: fresh and resumed runs count alike
             self.has_logits = False
             return
