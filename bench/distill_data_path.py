@@ -29,8 +29,8 @@ from dfkd.distill.build import setup
 from dfkd.distill.data import make_loader, set_transform
 from dfkd.distill.engine import train_step
 from dfkd.distill.transforms import train_transform
-from synth.shards import write_shard
-from synth.teacher import save_teacher_file
+from synth.shard_writer import write_shard
+from synth.teacher_file import save_teacher_file
 
 NO_PER_IMAGE_AUG = dict(rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0)
 

@@ -52,11 +52,11 @@ import torch
 import torch.nn.functional as F
 
 import synth  # noqa: F401  (registers the small teacher CNNs with timm)
-from synth import inversion
 from synth.config import LossWeights, Schedule
-from synth.inversion import invert_batch
+from synth.inversion import compiled_inversion_step, inversion_step, invert_batch
 from synth.losses import BNStatisticsLoss
-from synth.teacher import EmbeddingTap, Teacher, load_teacher
+from synth.teacher import EmbeddingTap, Teacher
+from synth.teacher_sources import load_teacher
 
 SCHEDULES = {  # name: ((resolution, iterations), ...) at full scale; --smoke keeps the counts, halves/quarters sizes
     "DeepInversion 2k@112+1k@224": ((0, 2000), (1, 1000)),
@@ -161,7 +161,7 @@ def count_flops(teacher: Teacher, batch: int, resolution: int, device: torch.dev
     bn_loss, tap = BNStatisticsLoss(teacher.bn_layers), EmbeddingTap(teacher.classifier)
     try:
         with FlopCounterMode(display=False) as counter:
-            terms = inversion._step(teacher.model, x, labels, bn_loss, tap, LossWeights(), None)
+            terms = inversion_step(teacher.model, x, labels, bn_loss, tap, LossWeights(), None)
             terms["total"].backward()
         iteration = counter.get_total_flops()
         with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -247,7 +247,7 @@ def numerics_check(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch
         aug = inp.contiguous(memory_format=torch.channels_last) if low_precision and setup.channels_last else inp * 1
         bn_loss, tap = BNStatisticsLoss(teacher.bn_layers, weights.bn_first), EmbeddingTap(teacher.classifier)
         try:
-            fn = inversion._compiled_step(compile_option(mode)) or inversion._step
+            fn = compiled_inversion_step(compile_option(mode)) or inversion_step
             terms = fn(model, aug, labels, bn_loss, tap, weights, setup.dtype if low_precision else None)
             terms["total"].backward()
         finally:

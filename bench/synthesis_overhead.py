@@ -27,7 +27,7 @@ import torch
 
 from synth.config import LossWeights, Schedule
 from synth.inversion import invert_batch
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 CLOCK = time.perf_counter
 

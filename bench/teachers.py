@@ -27,7 +27,7 @@ from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 
 def main() -> None:

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from synth import shards as shard_io
+from synth.manifest import read_manifest
 
 CARD = "README.md"
 MARKER = "<!-- dataset card written by dfkd from manifest.json and the shards; it is rewritten when they change -->"
@@ -45,6 +46,7 @@ def _stats(root: Path) -> dict[str, Any]:
 
 
 def _size_category(n: int) -> str:
+    """The Hugging Face size bucket of a set of `n` images."""
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
         if n < limit:
@@ -55,18 +57,24 @@ def _size_category(n: int) -> str:
 def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     """The card text of a shard directory (from its manifest, when given or present, and its shards)."""
     root = Path(root)
-    manifest = manifest if manifest is not None else (shard_io.read_manifest(root) or {})
+    manifest = manifest if manifest is not None else (read_manifest(root) or {})
     stats = _stats(root)
     teacher = manifest.get("teacher") or {}
     config = manifest.get("config") or {}
     if not teacher and shard_io.list_shards(root):
         with h5py.File(shard_io.list_shards(root)[0], "r") as f:
             teacher, config = json.loads(f.attrs["teacher"]), json.loads(f.attrs["config"])
-    names = stats["class_names"]
     spec = teacher.get("spec", "unknown")
-    sha = teacher.get("weights_sha256", "unknown")
     name = root.resolve().name
-    lines = [
+    lines = _header(name, spec, stats) + _teacher_and_config(spec, teacher, config, stats) \
+        + _counts(root, manifest, stats) + _fidelity_and_diversity(manifest, stats) + _format(manifest) \
+        + _how_to_load() + _licence(spec)
+    return "\n".join(lines)
+
+
+def _header(name: str, spec: str, stats: dict[str, Any]) -> list[str]:
+    """The Hugging Face metadata block, the title and what the set is."""
+    return [
         "---",
         "license: other",
         "license_name: teacher-license",
@@ -96,10 +104,16 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "optimised for; the teacher's logits are stored with it when the synthesis kept them. Use it to distil "
         "students from the teacher (data-free knowledge distillation).",
         "",
+    ]
+
+
+def _teacher_and_config(spec: str, teacher: dict, config: dict, stats: dict[str, Any]) -> list[str]:
+    """The teacher (spec, weights sha256, classes, normalisation) and the synthesis config."""
+    return [
         "## Teacher",
         "",
         f"- spec: `{spec}`",
-        f"- weights sha256: `{sha}`",
+        f"- weights sha256: `{teacher.get('weights_sha256', 'unknown')}`",
         f"- classes: {stats['num_classes']}, input size {teacher.get('input_size', 'unknown')}, "
         f"mean {teacher.get('mean')}, std {teacher.get('std')}",
         "",
@@ -109,6 +123,13 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         json.dumps(config, indent=2, sort_keys=True),
         "```",
         "",
+    ]
+
+
+def _counts(root: Path, manifest: dict, stats: dict[str, Any]) -> list[str]:
+    """Images per class (with class names when known) and the shard count."""
+    names = stats["class_names"]
+    lines = [
         "## Counts per class",
         "",
         "| class | name | images |",
@@ -116,12 +137,18 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     ]
     lines += [f"| {c} | {names[c] if names and c < len(names) else ''} | {n} |" for c, n in stats["counts"].items()]
     complete = manifest.get("complete")
-    lines += [
+    return lines + [
         "",
         f"Shards: {len(manifest.get('shards', [])) or len(shard_io.list_shards(root))}"
         + (f" of {manifest['num_shards']}" if "num_shards" in manifest else "")
         + ("" if complete is None else f"; complete: {str(bool(complete)).lower()}") + ".",
         "",
+    ]
+
+
+def _fidelity_and_diversity(manifest: dict, stats: dict[str, Any]) -> list[str]:
+    """Teacher fidelity of the stored logits and LPIPS diversity, or how to measure them."""
+    lines = [
         "## Fidelity and diversity",
         "",
     ]
@@ -132,8 +159,12 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     diversity = manifest.get("diversity")
     lines.append(f"- LPIPS diversity: {diversity}" if diversity is not None
                  else "- LPIPS diversity: not measured; `dfkd evaluate diversity DIR` measures it")
-    lines += [
-        "",
+    return lines + [""]
+
+
+def _format(manifest: dict) -> list[str]:
+    """The shard format in brief."""
+    return [
         "## Format",
         "",
         f"HDF5 shards, format `{shard_io.FORMAT}` version {manifest.get('format_version', shard_io.FORMAT_VERSION)} "
@@ -142,6 +173,12 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "attributes hold the resolution, normalisation mean/std, teacher, config and a sha256 `digest` of the "
         "content (`dfkd inspect DIR` verifies it).",
         "",
+    ]
+
+
+def _how_to_load() -> list[str]:
+    """Three ways to load the set: plain h5py, dfkd's ShardDataset, a Hugging Face export."""
+    return [
         "## How to load it",
         "",
         "Plain h5py:",
@@ -170,6 +207,12 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "",
         "`dfkd export DIR --to webdataset OUT` and `--to imagefolder OUT` write tar shards and PNG class folders.",
         "",
+    ]
+
+
+def _licence(spec: str) -> list[str]:
+    """The teacher's licence terms apply to the set."""
+    return [
         "## Licence",
         "",
         f"These images were synthesized from the teacher `{spec}` and encode what it learned: the licence terms "
@@ -177,7 +220,6 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
         "dfkd itself is Apache-2.0; that does not relicense the teacher.",
         "",
     ]
-    return "\n".join(lines)
 
 
 def write_card(root: str | Path, manifest: Optional[dict] = None,

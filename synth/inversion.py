@@ -53,66 +53,136 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     as given. With a `competitor` (a frozen student) and `weights.adi` > 0 the objective adds Adaptive
     DeepInversion's competition term on the same jittered view."""
     device = labels.device
-    model = teacher.model if model is None else model  # not `or`: a compiled module has no truth value
-    low, high = teacher.pixel_bounds(device)
-    gray = teacher.grayscale  # optimise one channel; the teacher sees it replicated (R = G = B)
-    if gray:
-        low, high = low[:, :1], high[:, :1]
-        gray_scale, gray_shift = teacher.gray_affine(device)
-    bn_loss = BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm)
-    tap = EmbeddingTap(teacher.embedding_module)
-    step = _compiled_step(compile)
-    student = None
-    if competitor is not None and weights.adi > 0:
-        scale, shift = competitor.input_affine(teacher.mean, teacher.std, device)
-        student = lambda view: competitor.logits(view * scale + shift)  # noqa: E731
+    space = _PixelSpace.of(teacher, device)
+    objective = _Objective(
+        model=teacher.model if model is None else model,  # not `or`: a compiled module has no truth value
+        labels=labels, bn_loss=BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm),
+        tap=EmbeddingTap(teacher.embedding_module), weights=weights, autocast_dtype=autocast_dtype,
+        step=compiled_inversion_step(compile), compile=compile,
+        student=_competing_student(teacher, competitor, weights, device),
+    )
     final = schedule.resolutions[-1]
     start = final if schedule.multires == "pool" else schedule.resolutions[0]
-    x = torch.randn((len(labels), 1 if gray else 3, start, start), generator=generator).to(device)
-    terms: dict[str, torch.Tensor] = {}
+    x = torch.randn((len(labels), 1 if space.gray else 3, start, start), generator=generator).to(device)
+    stage = _Stage(terms={}, first_total=None)
     stage_totals: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         for resolution, iterations in zip(schedule.resolutions, schedule.iterations):
             if schedule.multires == "upsample" and x.shape[-1] != resolution:
                 x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
-            x = x.detach().clamp(min=low, max=high).requires_grad_(True)
-            optimizer = _adam(x, schedule)
-            shifts = jitter_pixels(schedule.jitter, resolution)
-            offsets = torch.randint(-shifts, shifts + 1, (iterations, 2), generator=generator).tolist()
-            flips = (torch.rand(iterations, generator=generator) < 0.5).tolist()
-            for it in range(iterations):
-                optimizer.param_groups[0]["lr"] = learning_rate(schedule.lr, it, iterations)
-                x.grad = None
-                view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
-                if gray:
-                    view = view * gray_scale + gray_shift
-                augmented = torch.roll(view, shifts=tuple(offsets[it]), dims=(2, 3))
-                if schedule.flip and flips[it]:
-                    augmented = augmented.flip(3)
-                if channels_last:
-                    augmented = augmented.contiguous(memory_format=torch.channels_last)
-                if step is not None:
-                    try:
-                        terms = step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype, student)
-                    except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
-                        warnings.warn(f"torch.compile of the inversion step failed, running eagerly: "
-                                      f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
-                        step = None
-                        _COMPILED[_compile_key(compile)] = None  # later batches go eager without retrying
-                if step is None:
-                    terms = _step(model, augmented, labels, bn_loss, tap, weights, autocast_dtype, student)
-                terms["total"].backward()
-                if it == 0:
-                    first_total = terms["total"].detach().clone()  # clone: CUDA-graph outputs are reused
-                optimizer.step()
-                with torch.no_grad():
-                    x.clamp_(min=low, max=high)
-            stage_totals.append((first_total, terms["total"].detach().clone()))
+            x = x.detach().clamp(min=space.low, max=space.high).requires_grad_(True)
+            stage = _optimise_stage(x, resolution, iterations, schedule, generator, objective, space, channels_last,
+                                    stage)
+            stage_totals.append((stage.first_total, stage.terms["total"].detach().clone()))
     finally:
-        bn_loss.remove()
-        tap.remove()
-    final_x = x.detach() * gray_scale + gray_shift if gray else x.detach()
-    images = (teacher.denormalize(final_x) * 255).round().to(torch.uint8)
+        objective.bn_loss.remove()
+        objective.tap.remove()
+    return _result(teacher, x, space, stage.terms, stage_totals)
+
+
+@dataclass
+class _PixelSpace:
+    """Where the optimised pixels live: per-channel bounds of valid pixels and, for a grayscale teacher (one
+    channel optimised, R = G = B), the affine map into the teacher's 3-channel normalised space."""
+
+    low: torch.Tensor
+    high: torch.Tensor
+    gray: bool
+    gray_scale: Optional[torch.Tensor] = None
+    gray_shift: Optional[torch.Tensor] = None
+
+    @classmethod
+    def of(cls, teacher: Teacher, device: torch.device) -> "_PixelSpace":
+        """The pixel space of `teacher` on `device`."""
+        low, high = teacher.pixel_bounds(device)
+        if not teacher.grayscale:
+            return cls(low, high, gray=False)
+        gray_scale, gray_shift = teacher.gray_affine(device)
+        return cls(low[:, :1], high[:, :1], gray=True, gray_scale=gray_scale, gray_shift=gray_shift)
+
+    def to_teacher(self, x: torch.Tensor) -> torch.Tensor:
+        """Optimised pixels as the teacher's 3-channel normalised input."""
+        return x * self.gray_scale + self.gray_shift if self.gray else x
+
+
+@dataclass
+class _Objective:
+    """The loss of one iteration on an augmented view: the compiled step when there is one, else the eager step
+    (after a compilation failure: one warning, and later batches go eager without retrying)."""
+
+    model: torch.nn.Module
+    labels: torch.Tensor
+    bn_loss: BNStatisticsLoss
+    tap: EmbeddingTap
+    weights: LossWeights
+    autocast_dtype: Optional[torch.dtype]
+    step: Optional[Callable]
+    compile: bool | str
+    student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    def __call__(self, augmented: torch.Tensor) -> dict[str, torch.Tensor]:
+        arguments = (self.model, augmented, self.labels, self.bn_loss, self.tap, self.weights, self.autocast_dtype,
+                     self.student)
+        if self.step is not None:
+            try:
+                return self.step(*arguments)
+            except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
+                warnings.warn(f"torch.compile of the inversion step failed, running eagerly: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                self.step = None
+                _COMPILED[_compile_key(self.compile)] = None  # later batches go eager without retrying
+        return inversion_step(*arguments)
+
+
+@dataclass
+class _Stage:
+    """The state one stage hands to the next: the last iteration's loss terms and the first iteration's total."""
+
+    terms: dict[str, torch.Tensor]
+    first_total: Optional[torch.Tensor]
+
+
+def _competing_student(teacher: Teacher, competitor: Optional[Competitor], weights: LossWeights,
+                       device: torch.device) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The frozen student's logits on a teacher-normalised view, when the competition term is on; else None."""
+    if competitor is None or not weights.adi > 0:
+        return None
+    scale, shift = competitor.input_affine(teacher.mean, teacher.std, device)
+    return lambda view: competitor.logits(view * scale + shift)
+
+
+def _optimise_stage(x: torch.Tensor, resolution: int, iterations: int, schedule: Schedule,
+                    generator: torch.Generator, objective: _Objective, space: _PixelSpace, channels_last: bool,
+                    stage: _Stage) -> _Stage:
+    """Run one stage's Adam iterations on `x` (in place) at `resolution`, jittered and flipped by `generator`."""
+    optimizer = _adam(x, schedule)
+    shifts = jitter_pixels(schedule.jitter, resolution)
+    offsets = torch.randint(-shifts, shifts + 1, (iterations, 2), generator=generator).tolist()
+    flips = (torch.rand(iterations, generator=generator) < 0.5).tolist()
+    terms, first_total = stage.terms, stage.first_total
+    for it in range(iterations):
+        optimizer.param_groups[0]["lr"] = learning_rate(schedule.lr, it, iterations)
+        x.grad = None
+        view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
+        augmented = torch.roll(space.to_teacher(view), shifts=tuple(offsets[it]), dims=(2, 3))
+        if schedule.flip and flips[it]:
+            augmented = augmented.flip(3)
+        if channels_last:
+            augmented = augmented.contiguous(memory_format=torch.channels_last)
+        terms = objective(augmented)
+        terms["total"].backward()
+        if it == 0:
+            first_total = terms["total"].detach().clone()  # clone: CUDA-graph outputs are reused
+        optimizer.step()
+        with torch.no_grad():
+            x.clamp_(min=space.low, max=space.high)
+    return _Stage(terms, first_total)
+
+
+def _result(teacher: Teacher, x: torch.Tensor, space: _PixelSpace, terms: dict[str, torch.Tensor],
+            stage_totals: list[tuple[torch.Tensor, torch.Tensor]]) -> InversionResult:
+    """The final images as uint8, the teacher's logits on exactly those, and the losses as floats."""
+    images = (teacher.denormalize(space.to_teacher(x.detach())) * 255).round().to(torch.uint8)
     with torch.no_grad():
         final_logits = teacher.model(teacher.normalize(images.float() / 255))
     return InversionResult(
@@ -132,11 +202,12 @@ def _adam(x: torch.Tensor, schedule: Schedule) -> torch.optim.Optimizer:
         return torch.optim.Adam([x], foreach=x.device.type == "cuda", **kwargs)
 
 
-def _step(model: torch.nn.Module, augmented: torch.Tensor, labels: torch.Tensor, bn_loss: BNStatisticsLoss,
-          tap: EmbeddingTap, weights: LossWeights, autocast_dtype: Optional[torch.dtype],
-          student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, torch.Tensor]:
-    """One teacher forward (BN hooks and embedding tap fire), the frozen student's forward when competing, and the
-    objective: what `compile` compiles."""
+def inversion_step(model: torch.nn.Module, augmented: torch.Tensor, labels: torch.Tensor, bn_loss: BNStatisticsLoss,
+                   tap: EmbeddingTap, weights: LossWeights, autocast_dtype: Optional[torch.dtype],
+                   student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+    """One iteration's loss terms on an augmented view (eager): one teacher forward (BN hooks and embedding tap
+    fire), the frozen student's forward when competing, and the objective; "total" is the weighted sum, to
+    backpropagate. This is the step `compile` compiles (see `compiled_inversion_step`); the GPU benchmark times it."""
     with _autocast(augmented.device, autocast_dtype):
         logits = model(augmented)
         student_logits = student(augmented) if student is not None else None
@@ -147,15 +218,16 @@ _COMPILED: dict[str, Optional[Callable]] = {}
 _COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def _compiled_step(option: bool | str) -> Optional[Callable]:
-    """The compiled `_step` for a compile option (cached per option, so batches reuse the compiled graphs)."""
+def compiled_inversion_step(option: bool | str) -> Optional[Callable]:
+    """`inversion_step` compiled for a compile option of `invert_batch` (cached per option, so batches reuse the
+    compiled graphs); None for False, or when torch.compile is unavailable here (one warning)."""
     if not option:
         return None
     key = _compile_key(option)
     if key not in _COMPILED:
         try:
             kwargs = {"mode": key} if key in _COMPILE_MODES else {"backend": key}
-            _COMPILED[key] = torch.compile(_step, dynamic=False, **kwargs)
+            _COMPILED[key] = torch.compile(inversion_step, dynamic=False, **kwargs)
         except Exception as exc:  # noqa: BLE001 - torch.compile unsupported here
             warnings.warn(f"torch.compile is unavailable, running eagerly: {type(exc).__name__}: {exc}")
             _COMPILED[key] = None
@@ -163,6 +235,7 @@ def _compiled_step(option: bool | str) -> Optional[Callable]:
 
 
 def _compile_key(option: bool | str) -> str:
+    """The cache key of a compile option: True is torch.compile's default mode."""
     return "default" if option is True else str(option)
 
 
@@ -187,6 +260,7 @@ def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.T
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
+    """Autocast to `dtype` on the device's type, or no autocast when `dtype` is None."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)

@@ -6,7 +6,7 @@ import timm
 import torch
 
 import synth  # noqa: F401
-from synth.teacher import save_teacher_file
+from synth.teacher_file import save_teacher_file
 
 torch.set_num_threads(1)
 

@@ -12,8 +12,8 @@ from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
 from synth.errors import UserError
 from synth.inversion import invert_batch
-from synth.shards import read_manifest
-from synth.teacher import load_teacher
+from synth.manifest import read_manifest
+from synth.teacher_sources import load_teacher
 
 torch.set_num_threads(1)
 

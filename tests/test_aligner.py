@@ -4,7 +4,8 @@ import torch
 
 from dfkd.distill.taps import teacher_stages
 from dfkd.models import Aligner
-from synth.teacher import IMAGENET_MEAN, IMAGENET_STD, teacher_from_model
+from synth.teacher import teacher_from_model
+from synth.teacher_sources import IMAGENET_MEAN, IMAGENET_STD
 
 
 def _teacher(name):

@@ -7,7 +7,7 @@ from click.testing import CliRunner
 from dfkd.cli import main
 from dfkd.digits.data import load_digits_split
 from dfkd.digits.teacher import to_normalized
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 
 def test_train_teacher_checkpoint_round_trip(tmp_path):

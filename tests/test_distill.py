@@ -35,9 +35,9 @@ from dfkd.distill.transforms import train_transform
 from dfkd.models import Aligner
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
-from synth.shards import write_shard
+from synth.shard_writer import write_shard
 from synth.small_cnn import SmallBNCNN
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 torch.set_num_threads(1)
 STUDENT = "dearkd_pico_patch4_32"

@@ -68,7 +68,7 @@ def runs(random_teacher, tmp_path_factory):
 
 
 def _sha256_file(path: Path) -> str:
-    from synth.teacher import state_dict_sha256
+    from synth.weights import state_dict_sha256
 
     return state_dict_sha256(torch.load(path, weights_only=True))
 

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 
 from dfkd.cli import main
 from synth import shards as shard_io
-from synth.shards import list_shards, verify
+from synth.shard_verify import verify
+from synth.shards import list_shards
 
 SETTINGS = ["--classes", "0-3", "--per-class", "12", "--classes-per-batch", "2", "--images-per-class", "2",
             "--resolutions", "16,32", "--iterations", "10,10", "--units-per-shard", "1", "--seed", "0",

@@ -24,8 +24,9 @@ from dfkd.evaluate.lpips_diversity import (
     sample_pairs,
     unrank_pairs,
 )
-from synth.shards import write_shard
-from synth.teacher import load_teacher, save_teacher_file
+from synth.shard_writer import write_shard
+from synth.teacher_file import save_teacher_file
+from synth.teacher_sources import load_teacher
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

@@ -17,7 +17,8 @@ from dfkd.distill.data import open_shards
 from dfkd.evaluate.export import export_shards
 from synth.card import CARD, MARKER, render, write_card
 from synth.errors import UserError
-from synth.shards import ShardDataset, write_shard
+from synth.shard_writer import write_shard
+from synth.shards import ShardDataset
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 export_module = importlib.import_module("dfkd.evaluate.export_formats")

@@ -4,6 +4,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from synth.config import LossWeights
+from synth.inversion import compiled_inversion_step, inversion_step
+from synth.losses import BNStatisticsLoss
+from synth.teacher import EmbeddingTap
+from synth.teacher_sources import load_teacher
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -21,3 +29,19 @@ def test_gpu_bench_smoke_prints_its_tables():
     assert "(2.00x forward)" in out  # input-gradient backward counted as one more forward, no weight gradients
     check = [line for line in out.splitlines() if line.startswith("| DeepInversion terms |")]
     assert check and check[0].rstrip().endswith("PASS |")  # bf16 DeepInversion terms track fp32 on CPU too
+
+
+def test_the_step_the_benchmark_times_is_public(random_teacher):
+    """bench/gpu.py times `inversion_step` (eager) and `compiled_inversion_step(option)`: loss terms, a total to
+    backpropagate to the image, and no compiled step without a compile option."""
+    assert compiled_inversion_step(False) is None
+    teacher = load_teacher(random_teacher)
+    x = torch.randn(4, 3, 32, 32, requires_grad=True)
+    bn_loss, tap = BNStatisticsLoss(teacher.bn_layers), EmbeddingTap(teacher.embedding_module)
+    try:
+        terms = inversion_step(teacher.model, x, torch.tensor([0, 0, 1, 1]), bn_loss, tap, LossWeights(), None)
+        terms["total"].backward()
+    finally:
+        bn_loss.remove()
+        tap.remove()
+    assert {"ce", "bn", "total"} <= set(terms) and x.grad is not None and torch.isfinite(x.grad).all()

@@ -6,8 +6,10 @@ import torch
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.engine import synthesize
-from synth.shards import ShardDataset, read_manifest
-from synth.teacher import load_teacher, save_teacher_file
+from synth.manifest import read_manifest
+from synth.shards import ShardDataset
+from synth.teacher_file import save_teacher_file
+from synth.teacher_sources import load_teacher
 
 torch.set_num_threads(1)
 

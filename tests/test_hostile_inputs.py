@@ -19,7 +19,8 @@ from click.testing import CliRunner
 
 from dfkd.cli import main
 from synth import engine
-from synth.shards import list_shards, verify
+from synth.shard_verify import verify
+from synth.shards import list_shards
 
 SMALL = ["--classes", "0-3", "--per-class", "4", "--classes-per-batch", "2", "--images-per-class", "2",
          "--resolutions", "16,32", "--iterations", "2,2", "--seed", "0", "--device", "cpu", "--threads", "1",

@@ -10,7 +10,7 @@ from synth import inversion
 from synth.config import LossWeights, Schedule
 from synth.inversion import invert_batch
 from synth.losses import BNStatisticsLoss, bn_stat_distance, channel_stats, tv_prior
-from synth.teacher import load_teacher
+from synth.teacher_sources import load_teacher
 
 torch.set_num_threads(1)
 

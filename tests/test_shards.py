@@ -8,16 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from synth.errors import UserError
-from synth.shards import (
-    FORMAT_VERSION,
-    ShardDataset,
-    content_digest,
-    shard_name,
-    verify,
-    verify_shard,
-    write_manifest,
-    write_shard,
-)
+from synth.manifest import write_manifest
+from synth.shard_verify import verify, verify_shard
+from synth.shard_writer import content_digest, write_shard
+from synth.shards import FORMAT_VERSION, ShardDataset, shard_name
 
 
 def _write(root, index, n=6, size=8, logits=True, seed=0, **kwargs):

@@ -11,10 +11,12 @@ from click.testing import CliRunner
 
 from dfkd.cli import main
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import parse_classes, plan_units, synthesize
+from synth.engine import synthesize
 from synth.errors import UserError
 from synth.inversion import learning_rate
-from synth.shards import ShardDataset, list_shards, verify
+from synth.shard_verify import verify
+from synth.shards import ShardDataset, list_shards
+from synth.units import parse_classes, plan_units
 
 SMALL = ["--classes", "0-3", "--per-class", "4", "--classes-per-batch", "2", "--images-per-class", "2",
          "--resolutions", "16,32", "--iterations", "6,6", "--seed", "0", "--device", "cpu", "--threads", "1",

@@ -8,7 +8,8 @@ import torch.nn as nn
 from safetensors.torch import save_file
 
 from synth.errors import UserError
-from synth.teacher import EmbeddingTap, find_bn_layers, load_teacher
+from synth.teacher import EmbeddingTap, find_bn_layers
+from synth.teacher_sources import load_teacher
 
 
 def test_teacher_file_round_trip(random_teacher):

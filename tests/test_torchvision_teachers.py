@@ -9,15 +9,13 @@ import torchvision
 from synth.config import LossWeights, Schedule
 from synth.errors import UserError
 from synth.inversion import invert_batch
-from synth.teacher import (
+from synth.teacher import EmbeddingTap, find_bn_layers, teacher_from_model
+from synth.teacher import find_classifier_name as _classifier_name
+from synth.teacher_sources import (
     IMAGENET_MEAN,
     IMAGENET_STD,
-    EmbeddingTap,
-    _classifier_name,
     build_torchvision,
-    find_bn_layers,
     load_teacher,
-    teacher_from_model,
     torchvision_head_name,
 )
 

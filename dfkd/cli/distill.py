@@ -10,7 +10,7 @@ from dfkd.distill import DistillConfig, train_student
 from dfkd.distill.data import shard_roots
 from synth import distributed
 from synth.runtime import Progress
-from synth.shards import check_integrity
+from synth.shard_verify import check_integrity
 
 EXAMPLE = """
 \b

@@ -19,8 +19,9 @@ from dfkd.evaluate import (
 from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError
 from synth.runtime import use_threads
-from synth.shards import ShardDataset, check_integrity
-from synth.teacher import load_teacher
+from synth.shard_verify import check_integrity
+from synth.shards import ShardDataset
+from synth.teacher_sources import load_teacher
 
 EVALUATE_EXAMPLES = """
 \b

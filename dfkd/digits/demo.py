@@ -26,7 +26,8 @@ from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.runtime import Progress, use_threads
-from synth.teacher import Teacher, load_teacher
+from synth.teacher import Teacher
+from synth.teacher_sources import load_teacher
 
 T = TypeVar("T")
 

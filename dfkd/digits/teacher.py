@@ -15,7 +15,7 @@ from dfkd.digits.data import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD, load_digits_s
 from synth.errors import UserError
 from synth.runtime import use_threads
 from synth.settings import check_choices, setting, threads_setting
-from synth.teacher import save_teacher_file
+from synth.teacher_file import save_teacher_file
 
 DATASETS = ("digits",)
 

@@ -33,7 +33,8 @@ from dfkd.models import (
 )
 from synth.errors import UserError
 from synth.runtime import Progress
-from synth.teacher import Teacher, load_teacher
+from synth.teacher import Teacher
+from synth.teacher_sources import load_teacher
 
 
 @dataclass

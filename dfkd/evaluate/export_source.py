@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 
 from synth.errors import UserError
-from synth.shards import ShardDataset, verify
+from synth.shard_verify import verify
+from synth.shards import ShardDataset
 
 BLOCK = 256  # images read from a shard at a time
 

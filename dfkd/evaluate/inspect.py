@@ -8,9 +8,11 @@ import numpy as np
 
 from dfkd.evaluate.grid import draw_class_grid
 from synth.card import CARD
-from synth.engine import parse_classes
 from synth.errors import UserError
-from synth.shards import ShardDataset, list_shards, read_manifest, verify
+from synth.manifest import read_manifest
+from synth.shard_verify import verify
+from synth.shards import ShardDataset, list_shards
+from synth.units import parse_classes
 
 
 def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_class_grid: int = 8,

@@ -9,10 +9,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synth.downloads import hub_cached_download
 from synth.errors import UserError
 from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
-from synth.teacher import hub_cached_download, read_state_dict
+from synth.weights import read_state_dict
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1
 ALEXNET_FILE = ALEXNET_URL.rsplit("/", 1)[1]
