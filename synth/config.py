@@ -56,9 +56,9 @@ class LossWeights:
     def validate(self) -> None:
         """Refuse an unknown intra-divergence form or negative weights."""
         check_choices(self, "losses")
-        for name in ("ce", "bn", "bn_first", "tv", "l2", "ep", "triplet", "adi"):
-            if getattr(self, name) < 0:
-                raise UserError(f"losses.{name} must be >= 0, not {getattr(self, name)}")
+        for name, value in asdict(self).items():
+            if isinstance(value, float) and value < 0:
+                raise UserError(f"losses.{name} must be >= 0, not {value}")
 
 
 @dataclass

@@ -10,9 +10,10 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from synth.competitor import Competitor, competition
+from synth.competitor import Competitor
 from synth.config import LossWeights, Schedule
-from synth.losses import BNStatisticsLoss, intra_divergence, l2_prior, triplet, tv_prior
+from synth.losses import BNStatisticsLoss
+from synth.objective import IterationView, objective
 from synth.teacher import EmbeddingTap, Teacher
 
 
@@ -211,7 +212,8 @@ def inversion_step(model: torch.nn.Module, augmented: torch.Tensor, labels: torc
     with _autocast(augmented.device, autocast_dtype):
         logits = model(augmented)
         student_logits = student(augmented) if student is not None else None
-    return _objective(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights, student_logits)
+    return objective(IterationView(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights,
+                                   student_logits))
 
 
 _COMPILED: dict[str, Optional[Callable]] = {}
@@ -237,26 +239,6 @@ def compiled_inversion_step(option: bool | str) -> Optional[Callable]:
 def _compile_key(option: bool | str) -> str:
     """The cache key of a compile option: True is torch.compile's default mode."""
     return "default" if option is True else str(option)
-
-
-def _objective(logits: torch.Tensor, embedding: torch.Tensor, augmented: torch.Tensor, labels: torch.Tensor,
-               bn_loss: BNStatisticsLoss, w: LossWeights,
-               student_logits: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
-    """All loss terms of one iteration (unweighted) and their weighted total; no host synchronisation."""
-    terms = {"ce": F.cross_entropy(logits, labels), "bn": bn_loss.loss()}
-    if w.tv:
-        terms["tv"] = tv_prior(augmented)
-    if w.l2:
-        terms["l2"] = l2_prior(augmented)
-    if w.ep:
-        terms["ep"] = intra_divergence(embedding, labels, w.ep_margin, w.ep_form)
-    if w.triplet:
-        terms["triplet"] = triplet(embedding, labels, w.triplet_margin)
-    if w.adi and student_logits is not None:
-        terms["adi"] = competition(logits, student_logits)
-    scale = {"ce": w.ce, "bn": w.bn, "tv": w.tv, "l2": w.l2, "ep": w.ep, "triplet": w.triplet, "adi": w.adi}
-    terms["total"] = sum(scale[name] * value for name, value in terms.items())
-    return {name: value.detach() if name != "total" else value for name, value in terms.items()}
 
 
 def _autocast(device: torch.device, dtype: Optional[torch.dtype]):
