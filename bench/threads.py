@@ -26,12 +26,12 @@ import torch, timm
 import synth
 from synth.config import LossWeights, Schedule
 from synth.inversion import invert_batch
-from synth.teacher import teacher_from_model
+from synth.teacher import find_classifier_name, teacher_from_model
 threads = int(sys.argv[1]); iterations = int(sys.argv[2])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
 model = timm.create_model("dfkd_cnn_digits", num_classes=10).eval()
-teacher = teacher_from_model(model, "timm:dfkd_cnn_digits", (0.5,) * 3, (0.5,) * 3, 32, "head")
+teacher = teacher_from_model(model, "timm:dfkd_cnn_digits", (0.5,) * 3, (0.5,) * 3, 32, find_classifier_name(model))
 labels = torch.arange(10).repeat_interleave(4)
 schedule = Schedule(resolutions=(16, 32), iterations=(iterations, iterations), jitter=1 / 32, flip=False)
 invert_batch(teacher, labels, LossWeights(), Schedule(resolutions=(16, 32), iterations=(3, 3)), torch.Generator().manual_seed(0))

@@ -14,6 +14,7 @@ from synth.settings import (
     check_choices,
     check_device,
     device_setting,
+    identity_fields,
     setting,
     teacher_setting,
     teacher_weights_setting,
@@ -77,6 +78,10 @@ class Schedule:
     multires: str = setting("upsample", flag=True, choices=("upsample", "pool"),
                             help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in "
                                  "early stages.")
+    lowres: int = setting(1, flag=True, added=True,
+                          help="Optimise each image at 1/lowres of the stage resolution and show the teacher its "
+                               "bilinear upsampling: a band limit that keeps images near the data of teachers "
+                               "trained on upsampled small images (the digits are 8x8: lowres 4 at 32 px).")
 
     def validate(self) -> None:
         """Check stage lists and option values."""
@@ -90,6 +95,9 @@ class Schedule:
         check_choices(self, "schedule")
         if len(self.betas) != 2:
             raise UserError(f"schedule.betas must hold two numbers, not {list(self.betas)}")
+        if self.lowres < 1 or min(self.resolutions) // self.lowres < 2:
+            raise UserError(f"schedule.lowres {self.lowres} must be >= 1 and leave at least 2 px of the lowest "
+                            f"resolution {min(self.resolutions)}")
 
 
 @dataclass
@@ -179,6 +187,6 @@ class SynthesisConfig:
             "teacher": self.teacher, "teacher_weights_sha256": teacher.weights_sha256, "classes": classes,
             "per_class": self.per_class, "classes_per_batch": self.classes_per_batch,
             "images_per_class": self.images_per_class, "units_per_shard": self.units_per_shard,
-            "seed": self.seed, "threads": self.resolved_threads(), "losses": asdict(self.losses),
-            "schedule": asdict(self.schedule), "unit_order": UNIT_ORDER,
+            "seed": self.seed, "threads": self.resolved_threads(), "losses": identity_fields(self.losses),
+            "schedule": identity_fields(self.schedule), "unit_order": UNIT_ORDER,
         }))

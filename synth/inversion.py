@@ -63,14 +63,15 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
         student=_competing_student(teacher, competitor, weights, device),
     )
     final = schedule.resolutions[-1]
-    start = final if schedule.multires == "pool" else schedule.resolutions[0]
+    start = (final if schedule.multires == "pool" else schedule.resolutions[0]) // schedule.lowres
     x = torch.randn((len(labels), 1 if space.gray else 3, start, start), generator=generator).to(device)
     stage = _Stage(terms={}, first_total=None)
     stage_totals: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:
         for resolution, iterations in zip(schedule.resolutions, schedule.iterations):
-            if schedule.multires == "upsample" and x.shape[-1] != resolution:
-                x = F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+            size = resolution // schedule.lowres
+            if schedule.multires == "upsample" and x.shape[-1] != size:
+                x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             x = x.detach().clamp(min=space.low, max=space.high).requires_grad_(True)
             stage = _optimise_stage(x, resolution, iterations, schedule, generator, objective, space, channels_last,
                                     stage)
@@ -78,7 +79,7 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     finally:
         objective.bn_loss.remove()
         objective.tap.remove()
-    return _result(teacher, x, space, stage.terms, stage_totals)
+    return _result(teacher, _view(x.detach(), final, schedule.lowres), space, stage.terms, stage_totals)
 
 
 @dataclass
@@ -164,7 +165,7 @@ def _optimise_stage(x: torch.Tensor, resolution: int, iterations: int, schedule:
     for it in range(iterations):
         optimizer.param_groups[0]["lr"] = learning_rate(schedule.lr, it, iterations)
         x.grad = None
-        view = x if x.shape[-1] == resolution else F.interpolate(x, size=(resolution, resolution), mode="area")
+        view = _view(x, resolution, schedule.lowres)
         augmented = torch.roll(space.to_teacher(view), shifts=tuple(offsets[it]), dims=(2, 3))
         if schedule.flip and flips[it]:
             augmented = augmented.flip(3)
@@ -178,6 +179,16 @@ def _optimise_stage(x: torch.Tensor, resolution: int, iterations: int, schedule:
         with torch.no_grad():
             x.clamp_(min=space.low, max=space.high)
     return _Stage(terms, first_total)
+
+
+def _view(x: torch.Tensor, resolution: int, lowres: int) -> torch.Tensor:
+    """The optimised pixels at `resolution`: as they are, area-pooled (multires pool) or, with lowres > 1, upsampled
+    bilinearly (the band-limited parameterisation)."""
+    if x.shape[-1] == resolution:
+        return x
+    if lowres > 1:
+        return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=(resolution, resolution), mode="area")
 
 
 def _result(teacher: Teacher, x: torch.Tensor, space: _PixelSpace, terms: dict[str, torch.Tensor],

@@ -12,18 +12,26 @@ MISSING = dataclasses.MISSING
 
 def setting(default: Any = MISSING, *, help: str, flag: bool | str = False, choices: Optional[Sequence[str]] = None,
             default_text: Optional[str] = None, path: Optional[str] = None,
-            factory: Optional[Callable[[], Any]] = None) -> Any:
+            factory: Optional[Callable[[], Any]] = None, added: bool = False) -> Any:
     """A dataclass field with its documentation.
 
     `help`: one sentence for `--help` (the default is appended from the field, or `default_text`); `flag`: True
     for `--<name-with-dashes>`, a flag string such as "--a-bn" or "--logits/--no-logits", False for recipe-only
     settings; `choices`: the accepted values (checked by `check_choices` and offered by the option); `path`:
-    "file" or "dir" for options naming one; `factory`: default_factory for nested configs."""
+    "file" or "dir" for options naming one; `factory`: default_factory for nested configs; `added`: a setting
+    added after a config's identity was fixed, left out of `identity_fields` at its default (so existing shard
+    sets still resume)."""
     metadata = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None,
-                "default_text": default_text, "path": path}
+                "default_text": default_text, "path": path, "added": added}
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
+
+
+def identity_fields(config: Any) -> dict[str, Any]:
+    """The fields of a config as plain data, without the `added` settings that are at their default."""
+    return {f.name: dataclasses.asdict(config)[f.name] for f in dataclasses.fields(config)
+            if not (f.metadata.get("added") and getattr(config, f.name) == f.default)}
 
 
 def check_choices(config: Any, where: str = "") -> None:
