@@ -58,10 +58,28 @@ from gpu_measure import (
     student_images_per_second,
 )
 
+from synth.teacher import Teacher
+
 SCHEDULES = {  # name: ((resolution, iterations), ...) at full scale; --smoke keeps the counts, halves/quarters sizes
     "DeepInversion 2k@112+1k@224": ((0, 2000), (1, 1000)),
     "DF-DearKD 2k@112+2k@224": ((0, 2000), (1, 2000)),
 }
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    """The command line (None: sys.argv)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, 2 iterations, no compile")
+    parser.add_argument("--models", type=lambda s: s.split(","), default=None, help="timm teachers, comma separated")
+    parser.add_argument("--modes", type=lambda s: s.split(","), default=None,
+                        help="eager, compiled, cudagraphs (comma separated; default eager,compiled on GPU)")
+    parser.add_argument("--batch", type=int, default=None, help="inversion batch for every teacher")
+    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per shape (K)")
+    parser.add_argument("--budget-s", type=float, default=450.0,
+                        help="stop starting compiled configurations after this")
+    parser.add_argument("--no-student", action="store_true")
+    parser.add_argument("--no-check", action="store_true")
+    return parser.parse_args(argv)
 
 
 def build_setup(args: argparse.Namespace) -> Setup:
@@ -86,63 +104,76 @@ def build_setup(args: argparse.Namespace) -> Setup:
                  student_resolution=224, student_steps=args.iterations, deadline=start + args.budget_s)
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, 2 iterations, no compile")
-    parser.add_argument("--models", type=lambda s: s.split(","), default=None, help="timm teachers, comma separated")
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=None,
-                        help="eager, compiled, cudagraphs (comma separated; default eager,compiled on GPU)")
-    parser.add_argument("--batch", type=int, default=None, help="inversion batch for every teacher")
-    parser.add_argument("--iterations", type=int, default=20, help="timed iterations per shape (K)")
-    parser.add_argument("--budget-s", type=float, default=450.0, help="stop starting compiled configurations after this")
-    parser.add_argument("--no-student", action="store_true")
-    parser.add_argument("--no-check", action="store_true")
-    args = parser.parse_args(argv)
-    setup = build_setup(args)
+def raise_compile_limits() -> None:
+    """Several teachers, shapes and modes share one compiled step: let dynamo keep a graph for each."""
     for name in ("cache_size_limit", "recompile_limit", "accumulated_cache_size_limit", "accumulated_recompile_limit"):
-        if hasattr(torch._dynamo.config, name):  # several teachers, shapes and modes share one compiled step
+        if hasattr(torch._dynamo.config, name):
             setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 64))
-    started = time.perf_counter()
+
+
+def print_header(setup: Setup, args: argparse.Namespace) -> float:
+    """The run's device, versions and settings, then the measured matmul rate (returned: the MFU denominator)."""
     device_name = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else \
         f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
     print(f"# bench/gpu.py {'--smoke ' if args.smoke else ''}on {device_name}, torch {torch.__version__}, "
           f"{time.strftime('%Y-%m-%d %H:%M')}, K={setup.iterations} timed iterations per shape, "
           f"dtype {str(setup.dtype).replace('torch.', '')}{', channels_last' if setup.channels_last else ''}")
     rate = matmul_rate(setup)
-    print(f"# measured matmul rate: {rate / 1e12:.1f} TFLOP/s ({'bf16 8192^3' if setup.device.type == 'cuda' else 'fp32 256^3'})"
-          " = the MFU denominator")
+    shape = "bf16 8192^3" if setup.device.type == "cuda" else "fp32 256^3"
+    print(f"# measured matmul rate: {rate / 1e12:.1f} TFLOP/s ({shape}) = the MFU denominator")
+    return rate
+
+
+def mode_seconds(setup: Setup, name: str, teacher: Teacher, model: torch.nn.Module, batch: int, mode: str
+                 ) -> tuple[dict[int, float], float]:
+    """Seconds per iteration at each resolution (fewer when the budget skips one) and the warm-up total of a mode."""
+    times, warm = {}, 0.0
+    for r in setup.resolutions:
+        if mode != "eager" and not setup.fits(f"{name} {mode} {r}px", 1.5 * max(setup.longest_compile, 60.0)):
+            break
+        times[r], w = iteration_seconds(setup, teacher, model, batch, r, mode)
+        warm += w
+        if mode != "eager":
+            setup.longest_compile = max(setup.longest_compile, w)
+    return times, warm
+
+
+def synthesis_rows(setup: Setup, args: argparse.Namespace, name: str, teacher: Teacher, model: torch.nn.Module,
+                   batch: int, rate: float) -> list[str]:
+    """One teacher's synthesis table rows: each mode and schedule, then FLOPs and the floor per resolution."""
+    rows = []
+    flops = {r: count_flops(teacher, batch, r, setup.device) for r in setup.resolutions}
+    floors = {r: floor_seconds(setup, model, batch, r, teacher.num_classes) for r in setup.resolutions}
+    for mode in setup.modes:
+        times, warm = mode_seconds(setup, name, teacher, model, batch, mode)
+        if len(times) < len(setup.resolutions):
+            continue
+        for schedule, stages in SCHEDULES.items():
+            per_batch = sum(iters * times[setup.resolutions[i]] for i, iters in stages)
+            flops_batch = sum(iters * flops[setup.resolutions[i]][0] * batch for i, iters in stages)
+            label = schedule if not args.smoke else \
+                schedule.replace("112", str(setup.resolutions[0])).replace("224", str(setup.resolutions[1]))
+            rows.append(f"| {name} | {batch} | {label} | {mode} | "
+                        + " | ".join(f"{times[r] * 1e3:.1f} ({times[r] / floors[r]:.2f}x)" for r in setup.resolutions)
+                        + f" | {batch * 3600 / per_batch:,.0f} | {100 * flops_batch / per_batch / rate:.1f}% "
+                        f"| {warm:.0f} |")
+            print(rows[-1], file=sys.stderr, flush=True)  # partial results survive a kill
+    for r in setup.resolutions:
+        it, fwd = flops[r]
+        rows.append(f"| {name} | | FLOPs/image at {r}px: forward {fwd / 1e9:.3f} G, iteration {it / 1e9:.3f} G "
+                    f"({it / max(fwd, 1):.2f}x forward); floor {floors[r] * 1e3:.1f} ms | | | | | | |")
+    return rows
+
+
+def bench_teachers(setup: Setup, args: argparse.Namespace, rate: float, started: float
+                   ) -> tuple[list[str], list[str], bool, int]:
+    """Every teacher's synthesis rows, then the numerics check on the first: (rows, lines, verdict, its batch)."""
     rows, check_lines, ok, check_batch = [], [], True, 0
     for name in setup.models:
         teacher = make_teacher(name, setup.device)
         model = teacher.model.to(memory_format=torch.channels_last) if setup.channels_last else teacher.model
         batch = args.batch or setup.batches.get(name, 8)
-        flops = {r: count_flops(teacher, batch, r, setup.device) for r in setup.resolutions}
-        floors = {r: floor_seconds(setup, model, batch, r, teacher.num_classes) for r in setup.resolutions}
-        for mode in setup.modes:
-            times, warm = {}, 0.0
-            for r in setup.resolutions:
-                if mode != "eager" and not setup.fits(f"{name} {mode} {r}px", 1.5 * max(setup.longest_compile, 60.0)):
-                    break
-                times[r], w = iteration_seconds(setup, teacher, model, batch, r, mode)
-                warm += w
-                if mode != "eager":
-                    setup.longest_compile = max(setup.longest_compile, w)
-            if len(times) < len(setup.resolutions):
-                continue
-            for schedule, stages in SCHEDULES.items():
-                per_batch = sum(iters * times[setup.resolutions[i]] for i, iters in stages)
-                flops_batch = sum(iters * flops[setup.resolutions[i]][0] * batch for i, iters in stages)
-                label = schedule if not args.smoke else \
-                    schedule.replace("112", str(setup.resolutions[0])).replace("224", str(setup.resolutions[1]))
-                rows.append(f"| {name} | {batch} | {label} | {mode} | "
-                            + " | ".join(f"{times[r] * 1e3:.1f} ({times[r] / floors[r]:.2f}x)" for r in setup.resolutions)
-                            + f" | {batch * 3600 / per_batch:,.0f} | {100 * flops_batch / per_batch / rate:.1f}% "
-                            f"| {warm:.0f} |")
-                print(rows[-1], file=sys.stderr, flush=True)  # partial results survive a kill
-        for r in setup.resolutions:
-            it, fwd = flops[r]
-            rows.append(f"| {name} | | FLOPs/image at {r}px: forward {fwd / 1e9:.3f} G, iteration {it / 1e9:.3f} G "
-                        f"({it / max(fwd, 1):.2f}x forward); floor {floors[r] * 1e3:.1f} ms | | | | | | |")
+        rows += synthesis_rows(setup, args, name, teacher, model, batch, rate)
         if not args.no_check and name == setup.models[0]:
             modes = [m for m in setup.modes if m == "eager" or setup.fits(f"numerics check {m}", 60.0)]
             check_lines, ok = numerics_check(setup, teacher, model, batch, modes)
@@ -151,7 +182,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         del teacher, model
         if setup.device.type == "cuda":
             torch.cuda.empty_cache()
+    return rows, check_lines, ok, check_batch
 
+
+def print_synthesis(setup: Setup, rows: list[str]) -> None:
+    """The synthesis table."""
     r0, r1 = setup.resolutions
     print("\n## Synthesis (images per GPU-hour; ms per iteration, in brackets / the floor = teacher forward + "
           "input-gradient backward)")
@@ -162,32 +197,51 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(row)
     print("(reference: DeepInversion ResNet-50 setting 0, fp32 on a V100: about 840 images per GPU-hour)")
 
-    if not args.no_student:
-        print(f"\n## Student training ({setup.student}, teacher {setup.student_teacher} under no_grad, batch "
-              f"{setup.student_batch} at {setup.student_resolution}px, AdamW, CE on both heads)")
-        print("| mode | images/s | images/GPU-hour | MFU |")
-        print("|---|---|---|---|")
-        flops = 0.0
-        for compiled in ([False, True] if "compiled" in setup.modes else [False]):
-            if compiled and not setup.fits("student compiled", 1.5 * max(setup.longest_compile, 60.0)):
-                continue
-            ips, counted = student_images_per_second(setup, compiled)
-            flops = counted or flops
-            print(f"| {'compiled' if compiled else 'eager'} | {ips:,.1f} | {ips * 3600:,.0f} | "
-                  f"{100 * ips * flops / rate:.1f}% |")
-        print(f"(counted FLOPs per image: {flops / 1e9:.3f} G = student forward + backward + teacher forward)")
 
+def print_student(setup: Setup, rate: float) -> None:
+    """The student training table, eager then (when compiled is a mode and the budget allows) compiled."""
+    print(f"\n## Student training ({setup.student}, teacher {setup.student_teacher} under no_grad, batch "
+          f"{setup.student_batch} at {setup.student_resolution}px, AdamW, CE on both heads)")
+    print("| mode | images/s | images/GPU-hour | MFU |")
+    print("|---|---|---|---|")
+    flops = 0.0
+    for compiled in ([False, True] if "compiled" in setup.modes else [False]):
+        if compiled and not setup.fits("student compiled", 1.5 * max(setup.longest_compile, 60.0)):
+            continue
+        ips, counted = student_images_per_second(setup, compiled)
+        flops = counted or flops
+        print(f"| {'compiled' if compiled else 'eager'} | {ips:,.1f} | {ips * 3600:,.0f} | "
+              f"{100 * ips * flops / rate:.1f}% |")
+    print(f"(counted FLOPs per image: {flops / 1e9:.3f} G = student forward + backward + teacher forward)")
+
+
+def print_numerics(setup: Setup, smoke: bool, check_lines: list[str], ok: bool, check_batch: int) -> None:
+    """The numerics table and its verdict line."""
+    print(f"\n## Numerics against fp32 eager ({setup.models[0]}, batch {check_batch}, "
+          f"{setup.resolutions[0]}px): one step from the same images, then 10 iterations from one seed")
+    print("| objective | path | worst loss-term rel. error | image-gradient cosine | final loss rel. error | "
+          "mean pixel difference | verdict |")
+    print("|---|---|---|---|---|---|---|")
+    for line in check_lines:
+        print(line)
+    print(f"numerics: {'PASS' if ok else 'FAIL'}" + (" (informational in --smoke: tiny random teachers have "
+          "near-identical embeddings, where bf16 costs the intra-divergence and triplet terms the most)"
+          if smoke else ""))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Run the bench; exit status 3 when the numerics check fails (not in --smoke)."""
+    args = parse_args(argv)
+    setup = build_setup(args)
+    raise_compile_limits()
+    started = time.perf_counter()
+    rate = print_header(setup, args)
+    rows, check_lines, ok, check_batch = bench_teachers(setup, args, rate, started)
+    print_synthesis(setup, rows)
+    if not args.no_student:
+        print_student(setup, rate)
     if check_lines:
-        print(f"\n## Numerics against fp32 eager ({setup.models[0]}, batch {check_batch}, "
-              f"{setup.resolutions[0]}px): one step from the same images, then 10 iterations from one seed")
-        print("| objective | path | worst loss-term rel. error | image-gradient cosine | final loss rel. error | "
-              "mean pixel difference | verdict |")
-        print("|---|---|---|---|---|---|---|")
-        for line in check_lines:
-            print(line)
-        print(f"numerics: {'PASS' if ok else 'FAIL'}" + (" (informational in --smoke: tiny random teachers have "
-              "near-identical embeddings, where bf16 costs the intra-divergence and triplet terms the most)"
-              if args.smoke else ""))
+        print_numerics(setup, args.smoke, check_lines, ok, check_batch)
     for note in setup.notes:
         print(f"note: {note}")
     print(f"# total {time.perf_counter() - started:.0f} s")
