@@ -28,6 +28,7 @@ import fcntl
 import json
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 
 from dfkd.config import load_recipe
 from dfkd.digits.data import write_image_folder
-from dfkd.digits.demo import prepare_digits, recipe_config
+from dfkd.digits.demo import DigitsSetup, prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
@@ -81,7 +82,68 @@ def locked(path: Path):
         yield
 
 
-def main() -> None:
+@dataclass
+class QualityRun:
+    """One bench process: its arguments, the digits teacher and data, the epochs, and the shard sets made so far."""
+
+    args: argparse.Namespace
+    out: Path
+    digits: DigitsSetup
+    teacher_top1: float
+    recipe_epochs: int
+    ablation_epochs: int
+    sets: dict[str, dict] = field(default_factory=dict)
+
+    def shard_set(self, name: str) -> Path:
+        """The shard set `name`, synthesized (under a lock) unless there; its fidelity and diversity noted once."""
+        path = self.out / "shards" / name
+        if name not in self.sets:
+            extra = {"student": str(self.row_student("n400"))} if name == "adi400" else {}
+            config = recipe_config(SynthesisConfig, self.args.recipe, "synthesize", {
+                "teacher": str(self.digits.teacher_file), "threads": self.args.threads, **SETS[name], **extra})
+            with locked(self.out / "locks" / name):
+                started = time.process_time()
+                summary = synthesize(config, path)
+            self.sets[name] = {"fidelity": summary["fidelity"], "cpu_s": round(time.process_time() - started, 1),
+                               "embedding_diversity": measure_embedding_diversity(path, self.digits.teacher)["mean"]}
+            print(f"set {name}: {json.dumps(self.sets[name])}", flush=True)
+        return path
+
+    def row_student(self, name: str) -> Path:
+        """The student file of row `name`, run first if needed."""
+        self.run_row(name)
+        return self.out / "students" / name / "student.pth"
+
+    def run_row(self, name: str) -> dict:
+        """Row `name`'s result: read from OUT/rows/<name>.json, or its student distilled, measured and saved there."""
+        result_file = self.out / "rows" / f"{name}.json"
+        if result_file.is_file():
+            return json.loads(result_file.read_text())
+        data, overrides, description = ROWS[name]
+        epochs = self.recipe_epochs if name in RECIPE_ROWS else self.ablation_epochs
+        if data == "real":
+            source = {"images": str(real_training_digits(self.out, self.digits.split, 800))}
+        else:
+            source = {"shards": ",".join(str(self.shard_set(s)) for s in data)}
+        stage1 = overrides.get("stage1_epochs", 1.0)
+        config = recipe_config(DistillConfig, self.args.recipe, "distill", {
+            **source, "teacher": str(self.digits.teacher_file), "resume": True, "threads": self.args.threads,
+            "epochs": epochs, **overrides,
+            "stage1_epochs": round(stage1 * epochs) if stage1 < 1 else epochs})
+        started = time.process_time()
+        run = train_student(config, self.out / "students" / name)
+        row = {"row": name, "description": description, "data": data, "images": run["images"],
+               "accuracy": measure_accuracy(load_student(run["student"]), self.digits.real_test, device="cpu")["top1"],
+               "epochs": epochs, "cpu_s": round(time.process_time() - started, 1),
+               **({"set": self.sets.get(data[0], {})} if data != "real" else {})}
+        result_file.parent.mkdir(parents=True, exist_ok=True)
+        result_file.write_text(json.dumps(row, indent=2))
+        print(f"row {name}: {row['accuracy']:.4f} ({row['cpu_s']} s CPU)", flush=True)
+        return row
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-quality")
     parser.add_argument("--recipe", default="digits")
@@ -90,65 +152,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's distillation epochs")
     parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs of the ablation rows "
                         "[default: half the recipe's]")
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    return parser
+
+
+def prepare(args: argparse.Namespace) -> QualityRun:
+    """The digits teacher (trained once, under a lock) and its held-out accuracy, and the epochs of the rows."""
     out = Path(args.out)
     with locked(out / "locks" / "teacher"):
         digits = prepare_digits(out, args.recipe)
     teacher_top1 = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")["top1"]
     recipe_epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
-    ablation_epochs = args.ablation_epochs or recipe_epochs // 2
-    sets: dict[str, dict] = {}
+    return QualityRun(args, out, digits, teacher_top1, recipe_epochs, args.ablation_epochs or recipe_epochs // 2)
 
-    def shard_set(name: str) -> Path:
-        path = out / "shards" / name
-        if name not in sets:
-            extra = {"student": str(row_student("n400"))} if name == "adi400" else {}
-            config = recipe_config(SynthesisConfig, args.recipe, "synthesize", {
-                "teacher": str(digits.teacher_file), "threads": args.threads, **SETS[name], **extra})
-            with locked(out / "locks" / name):
-                started = time.process_time()
-                summary = synthesize(config, path)
-            sets[name] = {"fidelity": summary["fidelity"], "cpu_s": round(time.process_time() - started, 1),
-                          "embedding_diversity": measure_embedding_diversity(path, digits.teacher)["mean"]}
-            print(f"set {name}: {json.dumps(sets[name])}", flush=True)
-        return path
 
-    def row_student(name: str) -> Path:
-        run_row(name)
-        return out / "students" / name / "student.pth"
-
-    def run_row(name: str) -> dict:
-        result_file = out / "rows" / f"{name}.json"
-        if result_file.is_file():
-            return json.loads(result_file.read_text())
-        data, overrides, description = ROWS[name]
-        epochs = recipe_epochs if name in RECIPE_ROWS else ablation_epochs
-        if data == "real":
-            source = {"images": str(real_training_digits(out, digits.split, 800))}
-        else:
-            source = {"shards": ",".join(str(shard_set(s)) for s in data)}
-        stage1 = overrides.get("stage1_epochs", 1.0)
-        config = recipe_config(DistillConfig, args.recipe, "distill", {
-            **source, "teacher": str(digits.teacher_file), "resume": True, "threads": args.threads,
-            "epochs": epochs, **overrides,
-            "stage1_epochs": round(stage1 * epochs) if stage1 < 1 else epochs})
-        started = time.process_time()
-        run = train_student(config, out / "students" / name)
-        row = {"row": name, "description": description, "data": data, "images": run["images"],
-               "accuracy": measure_accuracy(load_student(run["student"]), digits.real_test, device="cpu")["top1"],
-               "epochs": epochs, "cpu_s": round(time.process_time() - started, 1),
-               **({"set": sets.get(data[0], {})} if data != "real" else {})}
-        result_file.parent.mkdir(parents=True, exist_ok=True)
-        result_file.write_text(json.dumps(row, indent=2))
-        print(f"row {name}: {row['accuracy']:.4f} ({row['cpu_s']} s CPU)", flush=True)
-        return row
-
+def main() -> None:
+    """Run the requested rows in order (an unknown name stops there), then print the table of every finished row."""
+    parser = build_parser()
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = prepare(args)
     for name in args.rows.split(","):
         if name not in ROWS:
             parser.error(f"unknown row '{name}'; rows: {', '.join(ROWS)}")
-        run_row(name)
-    print_table(out, args.recipe, teacher_top1)
+        run.run_row(name)
+    print_table(run.out, args.recipe, run.teacher_top1)
 
 
 def real_training_digits(out: Path, split, count: int) -> Path:
@@ -171,8 +198,8 @@ def print_table(out: Path, recipe: str, teacher_top1: float) -> None:
             r, s = rows[name], rows[name].get("set", {})
             fid = f"{s['fidelity']:.3f}" if s.get("fidelity") is not None else ""
             div = f"{s['embedding_diversity']:.3f}" if "embedding_diversity" in s else ""
-            print(f"| {name} | {r['description']} | {r['images']} | {r['epochs']} | {fid} | {div} | {r['accuracy']:.4f} | "
-                  f"{r['cpu_s']} |")
+            print(f"| {name} | {r['description']} | {r['images']} | {r['epochs']} | {fid} | {div} | "
+                  f"{r['accuracy']:.4f} | {r['cpu_s']} |")
     seeded = [rows[n]["accuracy"] for n in ("fm", "fm-seed1", "fm-seed2") if n in rows]
     if len(seeded) > 1:
         print(f"\nrecipe over {len(seeded)} seeds: mean {np.mean(seeded):.4f}, min {min(seeded):.4f}, "
