@@ -5,10 +5,11 @@
 Each measurement is a fresh process that runs one digits-sized inversion batch (40 images, 16 -> 32 px, the
 digits recipe's losses, a randomly initialised dfkd_cnn_digits teacher) after a warm-up batch, and prints
 its wall time. Conditions: `idle` (nothing else started by this script) and `busy` (a second process spinning
-on one core for the whole measurement). Rules: `all` (threads = all cores, libgomp's default spinning wait),
-`passive` (all cores, OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of spinning), `idle` (threads =
-the cores left idle over half a second, from /proc/stat, at least 1). Conditions alternate per repeat, so drift hits all alike.
-The slowdown is busy / idle; a rule is fair when it stays near the share of CPU lost (cores / (cores - 1)).
+on one core for the whole measurement). Rules: `all` (threads = all cores, libgomp's default spinning wait;
+dfkd's rule before), `passive` (all cores, OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of
+spinning), `idle` (synth.runtime.default_threads, the shipped rule: the cores other processes leave idle,
+from /proc/stat, at least 1). Conditions alternate per repeat, so drift hits all alike. The slowdown is
+busy / idle; a rule is fair when it stays near the share of CPU lost (cores / (cores - 1)).
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import statistics
 import subprocess
 import sys
 import time
+
+from synth.runtime import default_threads
 
 WORKLOAD = r"""
 import os, sys, time, json
@@ -43,21 +46,9 @@ print(json.dumps({"wall": time.perf_counter() - start, "cpu": time.process_time(
 SPIN = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
 
 
-def idle_cores(cores: int, seconds: float = 0.5) -> int:
-    """Cores left idle by other processes over `seconds` (from /proc/stat), at least 1."""
-    def sample() -> tuple[int, int]:
-        fields = [int(v) for v in open("/proc/stat").readline().split()[1:]]
-        return fields[3] + fields[4], sum(fields)  # idle + iowait, total
-
-    idle0, total0 = sample()
-    time.sleep(seconds)
-    idle1, total1 = sample()
-    return max(1, min(cores, round(cores * (idle1 - idle0) / max(1, total1 - total0))))
-
-
 def rule_threads(rule: str, cores: int) -> int:
-    """The thread count a rule picks now."""
-    return idle_cores(cores) if rule == "idle" else cores
+    """The thread count a rule picks now (`idle` is synth.runtime.default_threads, the shipped rule)."""
+    return default_threads() if rule == "idle" else cores
 
 
 def measure(rule: str, cores: int, iterations: int) -> dict:

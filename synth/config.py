@@ -142,7 +142,7 @@ class SynthesisConfig:
         check_choices(self)
         check_device(self.device)
         if self.threads < 0:
-            raise UserError(f"threads must be >= 0 (0 = all cores), not {self.threads}")
+            raise UserError(f"threads must be >= 0 (0 = the idle cores), not {self.threads}")
         if bool(self.student) != (self.losses.adi > 0):
             raise UserError("the competition term needs both a student (--student runs/x/student.pth) and a weight "
                             f"(--a-adi > 0); got student {self.student!r} and a_adi {self.losses.adi}")
@@ -175,7 +175,7 @@ class SynthesisConfig:
         return self.classes_per_batch * self.images_per_class
 
     def resolved_threads(self) -> int:
-        """The CPU thread count: `threads`, or all cores when 0."""
+        """The CPU thread count: `threads`, or synth.runtime's default when 0 (synthesize() resolves it first)."""
         return self.threads or default_threads()
 
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:

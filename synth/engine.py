@@ -25,12 +25,19 @@ from synth.inversion import InversionResult, invert_batch
 from synth.output import (
     absolute_teacher_spec,
     append_log,
+    existing_identity,
     first_difference,
     index_shards,
     log_path,
     prepare_output,
 )
-from synth.runtime import Progress, available_cores, resolve_device, use_threads
+from synth.runtime import (
+    Progress,
+    available_cores,
+    default_threads,
+    resolve_device,
+    use_threads,
+)
 from synth.shard_verify import load_verified
 from synth.shard_writer import write_shard
 from synth.summary import RankResult, all_shards, low_fidelity_warning, summarize
@@ -51,6 +58,9 @@ def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Prog
     started = time.time()
     out = Path(out)
     config = replace(config, teacher=absolute_teacher_spec(config.teacher))
+    with ranks.together():
+        threads = config.threads or _default_threads(Path(out), ranks)
+    config = replace(config, threads=min(ranks.all_gather(threads)))  # the ranks agree on one count
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
         run = _prepare_run(config, out, ranks)
     if ranks.distributed:  # e.g. another node's teacher file, or --threads 0 on machines with other core counts
@@ -100,7 +110,7 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
     """Validate the config, set the threads and this rank's device, load the teacher (and a competing student),
     plan the units and compute the identity."""
     config.validate()
-    threads = use_threads(config.resolved_threads())  # on every rank, whatever torchrun put in OMP_NUM_THREADS
+    threads = use_threads(config.threads)  # resolved by synthesize(); on every rank, whatever OMP_NUM_THREADS says
     device = ranks.local_device(resolve_device(config.device))
     teacher = load_teacher(config.teacher, config.teacher_weights, device)
     classes = parse_classes(config.classes, teacher.num_classes)
@@ -113,6 +123,18 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
     competitor = load_competitor(config.student, device) if config.student else None
     identity = config.identity(teacher, classes, competitor)
     return _Run(config, out, device, threads, teacher, units, identity, competitor)
+
+
+def _default_threads(out: Path, ranks: Ranks) -> int:
+    """The thread count of a run without --threads: the count a run already in `out` recorded (so a resume makes
+    the same images whatever the load now), else synth.runtime's rule for this machine's processes."""
+    try:
+        recorded = existing_identity(out)
+    except Exception:  # noqa: BLE001 - an unreadable directory is reported by rank 0's output check
+        recorded = None
+    if isinstance(recorded, dict) and isinstance(recorded.get("threads"), int) and recorded["threads"] > 0:
+        return recorded["threads"]
+    return default_threads(ranks.local_world_size)
 
 
 def _check_same_identity(identities: list[dict]) -> None:

@@ -105,7 +105,7 @@ def _manifest_to_resume(out: Path, identity: dict, teacher: Teacher, manifest: O
     """The manifest this run builds on: `manifest`, or None when it records another run that wrote no shard (this
     run starts afresh). Another synthesis with shards is refused; the same teacher file under another path is
     adopted (see `prepare_output`)."""
-    existing = _existing_identity(out)
+    existing = existing_identity(out)
     if existing is not None and _same_teacher_file(existing, identity, manifest, teacher):
         if existing["teacher"] != identity["teacher"]:
             message(f"note: teacher '{identity['teacher']}' has the same weights (sha256 "
@@ -171,7 +171,7 @@ def _flatten(data: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _existing_identity(out: Path) -> Optional[dict]:
+def existing_identity(out: Path) -> Optional[dict]:
     """The synthesis config recorded in a directory: the manifest's, else the first readable shard's, else None."""
     manifest = read_manifest(out) if out.is_dir() else None
     if manifest and "config" in manifest:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,14 +26,34 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def default_threads() -> int:
-    """The thread count used when none is given: all cores this process may run on."""
-    return available_cores()
+def idle_cores(seconds: float = 0.25) -> int:
+    """Cores that other processes leave idle, measured over `seconds` from /proc/stat (all cores this process
+    may use where /proc/stat is unavailable)."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            fields = [int(value) for value in stat.readline().split()[1:]]
+        return fields[3] + fields[4], sum(fields)  # idle + iowait, all
+
+    try:
+        idle0, total0 = sample()
+        time.sleep(seconds)
+        idle1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return available_cores()
+    return round((os.cpu_count() or 1) * (idle1 - idle0) / max(1, total1 - total0))
 
 
-def use_threads(requested: int = 0) -> int:
-    """Set torch's CPU thread count: `requested`, or `default_threads()` when 0; returns the count set."""
-    threads = requested or default_threads()
+def default_threads(processes: int = 1) -> int:
+    """The thread count when none is given: the cores left idle by other processes now, shared among this
+    machine's `processes` (torchrun's local world size), at least 1. On a busy machine, more threads than idle
+    cores make every parallel region wait for a descheduled thread (bench/threads.py: 7.6x slower beside one
+    busy core on 2 cores with all cores, 1.1x with this rule)."""
+    return max(1, min(idle_cores(), available_cores()) // processes)
+
+
+def use_threads(requested: int = 0, processes: int = 1) -> int:
+    """Set torch's CPU thread count: `requested`, or `default_threads(processes)` when 0; returns the count set."""
+    threads = requested or default_threads(processes)
     torch.set_num_threads(threads)
     return threads
 

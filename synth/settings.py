@@ -56,8 +56,9 @@ def teacher_weights_setting() -> Any:
 
 
 def threads_setting(help: str = "CPU threads.") -> Any:
-    """CPU threads; 0 applies synth.runtime's rule (all cores this process may use)."""
-    return setting(0, help=help, flag=True, default_text="all cores")
+    """CPU threads; 0 applies synth.runtime's rule (the cores idle at start, shared among this machine's
+    processes)."""
+    return setting(0, help=help, flag=True, default_text="the idle cores")
 
 
 def device_setting() -> Any:

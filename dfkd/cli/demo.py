@@ -20,7 +20,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
 @click.option("--out", default="dfkd-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the teacher, shards, student, grid.")
 @click.option("--fast", is_flag=True, help="Toy scale (the shipped recipe digits_fast), for tests and a first look.")
-@click.option("--threads", type=int, default=0, help="CPU threads. [default: all cores]")
+@click.option("--threads", type=int, default=0, help="CPU threads. [default: the idle cores]")
 @click.option("--lpips-backbone", type=click.Path(dir_okay=False),
               help="AlexNet weights file for the LPIPS diversity figure (skipped without it).")
 @common_options

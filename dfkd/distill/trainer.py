@@ -78,7 +78,7 @@ def _open(config: DistillConfig, out: str | Path, progress: Progress,
           ranks: Ranks) -> tuple[torch.device, Output, Optional[dict]]:
     """Check the settings; this rank's device, the run's files and the checkpoint to resume (None: a fresh run)."""
     config.validate()
-    threads = use_threads(config.threads)
+    threads = use_threads(config.threads, ranks.local_world_size)
     device = ranks.local_device(resolve_device(config.device))
     output = Output(out, main=ranks.rank == 0)
     saved = output.prepare(config.resume)
