@@ -18,6 +18,7 @@ Images are smooth random fields plus noise (an 8x8 random image upsampled, plus 
 roughly like synthesized images do; all files sit in the page cache (written just before), as in a training
 run whose shards fit in memory. Prints a markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,7 @@ def make_images(n: int, resolution: int, seed: int = 0) -> np.ndarray:
         low = torch.rand(k, 3, 8, 8, generator=g) * 255
         up = F.interpolate(low, size=(resolution, resolution), mode="bilinear", align_corners=False)
         up = up + torch.randn(up.shape, generator=g) * 8
-        out[start:start + k] = up.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out[start : start + k] = up.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
 
 
@@ -88,9 +89,19 @@ def write_formats(root: Path, images: np.ndarray, labels: np.ndarray, classes: i
         per_shard = 1000  # several shards, as a synthesis run writes them
         for k, start in enumerate(range(0, n, per_shard)):
             stop = min(n, start + per_shard)
-            write_shard(folder / shard_name(k), images[start:stop], labels[start:stop], np.arange(start, stop),
-                        None, num_classes=classes, mean=(0.5,) * 3, std=(0.5,) * 3, teacher={}, config={},
-                        compression=compression)
+            write_shard(
+                folder / shard_name(k),
+                images[start:stop],
+                labels[start:stop],
+                np.arange(start, stop),
+                None,
+                num_classes=classes,
+                mean=(0.5,) * 3,
+                std=(0.5,) * 3,
+                teacher={},
+                config={},
+                compression=compression,
+            )
         size = sum(p.stat().st_size for p in folder.iterdir())
         datasets[f"shard {compression} ({size / n / 1024:.1f} KiB/image)"] = ShardDataset(folder)
     return datasets
@@ -113,9 +124,11 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true", help="no shuffling")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"# bench/data_path.py, {args.workers} workers, {'sequential' if args.sequential else 'shuffled'}, "
-          f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}; median of {args.epochs} epochs after one warm-up epoch")
+    print(
+        f"# bench/data_path.py, {args.workers} workers, {'sequential' if args.sequential else 'shuffled'}, "
+        f"{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}; median of {args.epochs} epochs after one warm-up epoch"
+    )
     for item in args.sets.split(","):
         n, res = (int(v) for v in item.split("x"))
         classes = 10
@@ -124,10 +137,17 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             datasets = write_formats(Path(tmp), images, labels, classes)
             batch = 64 if res <= 64 else 32
-            loaders = {name: DataLoader(ds, batch_size=batch, shuffle=not args.sequential, num_workers=args.workers,
-                                        persistent_workers=args.workers > 0,
-                                        generator=torch.Generator().manual_seed(0))
-                       for name, ds in datasets.items()}
+            loaders = {
+                name: DataLoader(
+                    ds,
+                    batch_size=batch,
+                    shuffle=not args.sequential,
+                    num_workers=args.workers,
+                    persistent_workers=args.workers > 0,
+                    generator=torch.Generator().manual_seed(0),
+                )
+                for name, ds in datasets.items()
+            }
             rates: dict[str, list[float]] = {name: [] for name in loaders}
             for name, loader in loaders.items():
                 epoch_rate(loader)  # warm-up: worker start, file handles, page cache

@@ -10,6 +10,7 @@ repeated; the median img/s is reported with its ratio to the in-memory row. Work
 
     python bench/distill_data_path.py [--student dearkd_nano_patch4_32] [--batch-size 64] [--steps 20]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,17 +43,34 @@ def make_inputs(root: Path, images: int, size: int) -> tuple[str, str]:
     shards.mkdir()
     per = images // 4
     for k in range(4):
-        write_shard(shards / f"shard-{k:06d}.h5", rng.integers(0, 256, (per, size, size, 3), dtype=np.uint8),
-                    np.arange(per) % 10, np.arange(k * per, (k + 1) * per), rng.normal(size=(per, 10)),
-                    num_classes=10, mean=(0.5,) * 3, std=(0.5,) * 3, teacher={}, config={})
+        write_shard(
+            shards / f"shard-{k:06d}.h5",
+            rng.integers(0, 256, (per, size, size, 3), dtype=np.uint8),
+            np.arange(per) % 10,
+            np.arange(k * per, (k + 1) * per),
+            rng.normal(size=(per, 10)),
+            num_classes=10,
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+            teacher={},
+            config={},
+        )
     teacher = root / "teacher.pt"
-    save_teacher_file(teacher, "timm:dfkd_cnn_digits", {"num_classes": 10},
-                      timm.create_model("dfkd_cnn_digits", num_classes=10), (0.5,) * 3, (0.5,) * 3, size)
+    save_teacher_file(
+        teacher,
+        "timm:dfkd_cnn_digits",
+        {"num_classes": 10},
+        timm.create_model("dfkd_cnn_digits", num_classes=10),
+        (0.5,) * 3,
+        (0.5,) * 3,
+        size,
+    )
     return str(shards), str(teacher)
 
 
 def throughput(run, batches, steps: int, warmup: int) -> float:
     """img/s of `steps` training steps on the batches an iterator yields, after `warmup` untimed steps."""
+
     def step() -> int:
         images, labels, *_ = next(batches)
         train_step(run.model, run.optimizer, run.prep(images, labels), 1)
@@ -70,7 +88,7 @@ def memory_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int):
     while True:
         order = torch.randperm(len(images))
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[i:i + batch_size]
+            index = order[i : i + batch_size]
             yield images[index], labels[index]
 
 
@@ -98,8 +116,17 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         shards, teacher = make_inputs(Path(tmp), args.images, 32)
-        config = DistillConfig(shards=shards, teacher=teacher, student=args.student, batch_size=args.batch_size,
-                               epochs=1, stage1_epochs=1, device="cpu", threads=args.threads, drop_path=0.0)
+        config = DistillConfig(
+            shards=shards,
+            teacher=teacher,
+            student=args.student,
+            batch_size=args.batch_size,
+            epochs=1,
+            stage1_epochs=1,
+            device="cpu",
+            threads=args.threads,
+            drop_path=0.0,
+        )
         run = setup(config, torch.device("cpu"))
         raw = run.dataset
         raw.as_pil, raw.transform = False, None
@@ -117,8 +144,10 @@ def main() -> None:
             for name, batches in rows.items():
                 results[name].append(throughput(run, batches(), args.steps, args.warmup))
     base = statistics.median(results["memory"])
-    print(f"{args.student}, batch {args.batch_size}, 32 px, stage 1 (teacher + hidden KD), {args.threads} torch "
-          f"thread(s), {platform.processor() or platform.machine()}, median of {args.repeats} x {args.steps} steps\n")
+    print(
+        f"{args.student}, batch {args.batch_size}, 32 px, stage 1 (teacher + hidden KD), {args.threads} torch "
+        f"thread(s), {platform.processor() or platform.machine()}, median of {args.repeats} x {args.steps} steps\n"
+    )
     print("| data path | img/s | ratio to memory |\n|---|---|---|")
     for name, values in results.items():
         median = statistics.median(values)

@@ -38,6 +38,7 @@ configuration that would not fit is skipped with a note.
 The measurements live in bench/gpu_measure.py (imported from this script's folder); this script parses the
 arguments, runs them teacher by teacher and prints the tables.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,12 +72,17 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="CPU, tiny models, 2 iterations, no compile")
     parser.add_argument("--models", type=lambda s: s.split(","), default=None, help="timm teachers, comma separated")
-    parser.add_argument("--modes", type=lambda s: s.split(","), default=None,
-                        help="eager, compiled, cudagraphs (comma separated; default eager,compiled on GPU)")
+    parser.add_argument(
+        "--modes",
+        type=lambda s: s.split(","),
+        default=None,
+        help="eager, compiled, cudagraphs (comma separated; default eager,compiled on GPU)",
+    )
     parser.add_argument("--batch", type=int, default=None, help="inversion batch for every teacher")
     parser.add_argument("--iterations", type=int, default=20, help="timed iterations per shape (K)")
-    parser.add_argument("--budget-s", type=float, default=450.0,
-                        help="stop starting compiled configurations after this")
+    parser.add_argument(
+        "--budget-s", type=float, default=450.0, help="stop starting compiled configurations after this"
+    )
     parser.add_argument("--no-student", action="store_true")
     parser.add_argument("--no-check", action="store_true")
     return parser.parse_args(argv)
@@ -87,21 +93,45 @@ def build_setup(args: argparse.Namespace) -> Setup:
     start = time.perf_counter()
     if args.smoke:
         torch.set_num_threads(1)
-        return Setup(device=torch.device("cpu"), dtype=torch.bfloat16, channels_last=False, resolutions=(16, 32),
-                     models=args.models or ["dfkd_cnn_tiny", "resnet10t"], batches={}, iterations=2, warmup=1,
-                     modes=args.modes or ["eager"], student="dearkd_pico_patch4_32",
-                     student_teacher="dfkd_cnn_tiny", student_batch=8, student_resolution=32, student_steps=2,
-                     deadline=start + args.budget_s)
+        return Setup(
+            device=torch.device("cpu"),
+            dtype=torch.bfloat16,
+            channels_last=False,
+            resolutions=(16, 32),
+            models=args.models or ["dfkd_cnn_tiny", "resnet10t"],
+            batches={},
+            iterations=2,
+            warmup=1,
+            modes=args.modes or ["eager"],
+            student="dearkd_pico_patch4_32",
+            student_teacher="dfkd_cnn_tiny",
+            student_batch=8,
+            student_resolution=32,
+            student_steps=2,
+            deadline=start + args.budget_s,
+        )
     if not torch.cuda.is_available():
         raise SystemExit("bench/gpu.py needs a CUDA GPU (or --smoke for the CPU check)")
     torch.backends.cudnn.benchmark = True
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-    return Setup(device=torch.device("cuda"), dtype=torch.bfloat16, channels_last=True, resolutions=(112, 224),
-                 models=args.models or ["resnet50", "regnety_160"], batches={"resnet50": 128, "regnety_160": 64},
-                 iterations=args.iterations, warmup=3, modes=args.modes or ["eager", "compiled"],
-                 student="dearkd_tiny_patch16_224", student_teacher="regnety_160", student_batch=256,
-                 student_resolution=224, student_steps=args.iterations, deadline=start + args.budget_s)
+    return Setup(
+        device=torch.device("cuda"),
+        dtype=torch.bfloat16,
+        channels_last=True,
+        resolutions=(112, 224),
+        models=args.models or ["resnet50", "regnety_160"],
+        batches={"resnet50": 128, "regnety_160": 64},
+        iterations=args.iterations,
+        warmup=3,
+        modes=args.modes or ["eager", "compiled"],
+        student="dearkd_tiny_patch16_224",
+        student_teacher="regnety_160",
+        student_batch=256,
+        student_resolution=224,
+        student_steps=args.iterations,
+        deadline=start + args.budget_s,
+    )
 
 
 def raise_compile_limits() -> None:
@@ -113,19 +143,25 @@ def raise_compile_limits() -> None:
 
 def print_header(setup: Setup, args: argparse.Namespace) -> float:
     """The run's device, versions and settings, then the measured matmul rate (returned: the MFU denominator)."""
-    device_name = torch.cuda.get_device_name(setup.device) if setup.device.type == "cuda" else \
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
-    print(f"# bench/gpu.py {'--smoke ' if args.smoke else ''}on {device_name}, torch {torch.__version__}, "
-          f"{time.strftime('%Y-%m-%d %H:%M')}, K={setup.iterations} timed iterations per shape, "
-          f"dtype {str(setup.dtype).replace('torch.', '')}{', channels_last' if setup.channels_last else ''}")
+    device_name = (
+        torch.cuda.get_device_name(setup.device)
+        if setup.device.type == "cuda"
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s))"
+    )
+    print(
+        f"# bench/gpu.py {'--smoke ' if args.smoke else ''}on {device_name}, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d %H:%M')}, K={setup.iterations} timed iterations per shape, "
+        f"dtype {str(setup.dtype).replace('torch.', '')}{', channels_last' if setup.channels_last else ''}"
+    )
     rate = matmul_rate(setup)
     shape = "bf16 8192^3" if setup.device.type == "cuda" else "fp32 256^3"
     print(f"# measured matmul rate: {rate / 1e12:.1f} TFLOP/s ({shape}) = the MFU denominator")
     return rate
 
 
-def mode_seconds(setup: Setup, name: str, teacher: Teacher, model: torch.nn.Module, batch: int, mode: str
-                 ) -> tuple[dict[int, float], float]:
+def mode_seconds(
+    setup: Setup, name: str, teacher: Teacher, model: torch.nn.Module, batch: int, mode: str
+) -> tuple[dict[int, float], float]:
     """Seconds per iteration at each resolution (fewer when the budget skips one) and the warm-up total of a mode."""
     times, warm = {}, 0.0
     for r in setup.resolutions:
@@ -138,8 +174,9 @@ def mode_seconds(setup: Setup, name: str, teacher: Teacher, model: torch.nn.Modu
     return times, warm
 
 
-def synthesis_rows(setup: Setup, args: argparse.Namespace, name: str, teacher: Teacher, model: torch.nn.Module,
-                   batch: int, rate: float) -> list[str]:
+def synthesis_rows(
+    setup: Setup, args: argparse.Namespace, name: str, teacher: Teacher, model: torch.nn.Module, batch: int, rate: float
+) -> list[str]:
     """One teacher's synthesis table rows: each mode and schedule, then FLOPs and the floor per resolution."""
     rows = []
     flops = {r: count_flops(teacher, batch, r, setup.device) for r in setup.resolutions}
@@ -151,22 +188,30 @@ def synthesis_rows(setup: Setup, args: argparse.Namespace, name: str, teacher: T
         for schedule, stages in SCHEDULES.items():
             per_batch = sum(iters * times[setup.resolutions[i]] for i, iters in stages)
             flops_batch = sum(iters * flops[setup.resolutions[i]][0] * batch for i, iters in stages)
-            label = schedule if not args.smoke else \
-                schedule.replace("112", str(setup.resolutions[0])).replace("224", str(setup.resolutions[1]))
-            rows.append(f"| {name} | {batch} | {label} | {mode} | "
-                        + " | ".join(f"{times[r] * 1e3:.1f} ({times[r] / floors[r]:.2f}x)" for r in setup.resolutions)
-                        + f" | {batch * 3600 / per_batch:,.0f} | {100 * flops_batch / per_batch / rate:.1f}% "
-                        f"| {warm:.0f} |")
+            label = (
+                schedule
+                if not args.smoke
+                else schedule.replace("112", str(setup.resolutions[0])).replace("224", str(setup.resolutions[1]))
+            )
+            rows.append(
+                f"| {name} | {batch} | {label} | {mode} | "
+                + " | ".join(f"{times[r] * 1e3:.1f} ({times[r] / floors[r]:.2f}x)" for r in setup.resolutions)
+                + f" | {batch * 3600 / per_batch:,.0f} | {100 * flops_batch / per_batch / rate:.1f}% "
+                f"| {warm:.0f} |"
+            )
             print(rows[-1], file=sys.stderr, flush=True)  # partial results survive a kill
     for r in setup.resolutions:
         it, fwd = flops[r]
-        rows.append(f"| {name} | | FLOPs/image at {r}px: forward {fwd / 1e9:.3f} G, iteration {it / 1e9:.3f} G "
-                    f"({it / max(fwd, 1):.2f}x forward); floor {floors[r] * 1e3:.1f} ms | | | | | | |")
+        rows.append(
+            f"| {name} | | FLOPs/image at {r}px: forward {fwd / 1e9:.3f} G, iteration {it / 1e9:.3f} G "
+            f"({it / max(fwd, 1):.2f}x forward); floor {floors[r] * 1e3:.1f} ms | | | | | | |"
+        )
     return rows
 
 
-def bench_teachers(setup: Setup, args: argparse.Namespace, rate: float, started: float
-                   ) -> tuple[list[str], list[str], bool, int]:
+def bench_teachers(
+    setup: Setup, args: argparse.Namespace, rate: float, started: float
+) -> tuple[list[str], list[str], bool, int]:
     """Every teacher's synthesis rows, then the numerics check on the first: (rows, lines, verdict, its batch)."""
     rows, check_lines, ok, check_batch = [], [], True, 0
     for name in setup.models:
@@ -188,10 +233,14 @@ def bench_teachers(setup: Setup, args: argparse.Namespace, rate: float, started:
 def print_synthesis(setup: Setup, rows: list[str]) -> None:
     """The synthesis table."""
     r0, r1 = setup.resolutions
-    print("\n## Synthesis (images per GPU-hour; ms per iteration, in brackets / the floor = teacher forward + "
-          "input-gradient backward)")
-    print(f"| teacher | batch | schedule | mode | ms/iter {r0}px | ms/iter {r1}px | images/GPU-hour | MFU | "
-          f"warm-up+compile s |")
+    print(
+        "\n## Synthesis (images per GPU-hour; ms per iteration, in brackets / the floor = teacher forward + "
+        "input-gradient backward)"
+    )
+    print(
+        f"| teacher | batch | schedule | mode | ms/iter {r0}px | ms/iter {r1}px | images/GPU-hour | MFU | "
+        f"warm-up+compile s |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
@@ -200,33 +249,47 @@ def print_synthesis(setup: Setup, rows: list[str]) -> None:
 
 def print_student(setup: Setup, rate: float) -> None:
     """The student training table, eager then (when compiled is a mode and the budget allows) compiled."""
-    print(f"\n## Student training ({setup.student}, teacher {setup.student_teacher} under no_grad, batch "
-          f"{setup.student_batch} at {setup.student_resolution}px, AdamW, CE on both heads)")
+    print(
+        f"\n## Student training ({setup.student}, teacher {setup.student_teacher} under no_grad, batch "
+        f"{setup.student_batch} at {setup.student_resolution}px, AdamW, CE on both heads)"
+    )
     print("| mode | images/s | images/GPU-hour | MFU |")
     print("|---|---|---|---|")
     flops = 0.0
-    for compiled in ([False, True] if "compiled" in setup.modes else [False]):
+    for compiled in [False, True] if "compiled" in setup.modes else [False]:
         if compiled and not setup.fits("student compiled", 1.5 * max(setup.longest_compile, 60.0)):
             continue
         ips, counted = student_images_per_second(setup, compiled)
         flops = counted or flops
-        print(f"| {'compiled' if compiled else 'eager'} | {ips:,.1f} | {ips * 3600:,.0f} | "
-              f"{100 * ips * flops / rate:.1f}% |")
+        print(
+            f"| {'compiled' if compiled else 'eager'} | {ips:,.1f} | {ips * 3600:,.0f} | "
+            f"{100 * ips * flops / rate:.1f}% |"
+        )
     print(f"(counted FLOPs per image: {flops / 1e9:.3f} G = student forward + backward + teacher forward)")
 
 
 def print_numerics(setup: Setup, smoke: bool, check_lines: list[str], ok: bool, check_batch: int) -> None:
     """The numerics table and its verdict line."""
-    print(f"\n## Numerics against fp32 eager ({setup.models[0]}, batch {check_batch}, "
-          f"{setup.resolutions[0]}px): one step from the same images, then 10 iterations from one seed")
-    print("| objective | path | worst loss-term rel. error | image-gradient cosine | final loss rel. error | "
-          "mean pixel difference | verdict |")
+    print(
+        f"\n## Numerics against fp32 eager ({setup.models[0]}, batch {check_batch}, "
+        f"{setup.resolutions[0]}px): one step from the same images, then 10 iterations from one seed"
+    )
+    print(
+        "| objective | path | worst loss-term rel. error | image-gradient cosine | final loss rel. error | "
+        "mean pixel difference | verdict |"
+    )
     print("|---|---|---|---|---|---|---|")
     for line in check_lines:
         print(line)
-    print(f"numerics: {'PASS' if ok else 'FAIL'}" + (" (informational in --smoke: tiny random teachers have "
-          "near-identical embeddings, where bf16 costs the intra-divergence and triplet terms the most)"
-          if smoke else ""))
+    print(
+        f"numerics: {'PASS' if ok else 'FAIL'}"
+        + (
+            " (informational in --smoke: tiny random teachers have "
+            "near-identical embeddings, where bf16 costs the intra-divergence and triplet terms the most)"
+            if smoke
+            else ""
+        )
+    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:

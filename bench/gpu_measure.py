@@ -1,5 +1,6 @@
 """The measurements of bench/gpu.py (run that script, not this module): matmul rate, FLOP counting, inversion
 iteration and floor timing, the bf16-vs-fp32 numerics check and student training throughput."""
+
 from __future__ import annotations
 
 import contextlib
@@ -100,7 +101,7 @@ def matmul_rate(setup: Setup) -> float:
     start = setup.clock()
     for _ in range(reps):
         a @ b
-    return 2 * n ** 3 * reps / (setup.clock() - start)
+    return 2 * n**3 * reps / (setup.clock() - start)
 
 
 def _labels(batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
@@ -131,18 +132,36 @@ def count_flops(teacher: Teacher, batch: int, resolution: int, device: torch.dev
     return iteration / n, forward / n
 
 
-def _invert(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch: int, resolution: int,
-            iterations: int, mode: str, seed: int = 0, autocast: bool = True, weights: Optional[LossWeights] = None):
+def _invert(
+    setup: Setup,
+    teacher: Teacher,
+    model: torch.nn.Module,
+    batch: int,
+    resolution: int,
+    iterations: int,
+    mode: str,
+    seed: int = 0,
+    autocast: bool = True,
+    weights: Optional[LossWeights] = None,
+):
     labels = _labels(batch, teacher.num_classes, setup.device)
     schedule = Schedule(resolutions=(resolution,), iterations=(iterations,))
-    return invert_batch(teacher, labels, weights or LossWeights(), schedule, torch.Generator().manual_seed(seed),
-                        channels_last=setup.channels_last and autocast,
-                        autocast_dtype=setup.dtype if autocast else None, model=model,
-                        compile=compile_option(mode))
+    return invert_batch(
+        teacher,
+        labels,
+        weights or LossWeights(),
+        schedule,
+        torch.Generator().manual_seed(seed),
+        channels_last=setup.channels_last and autocast,
+        autocast_dtype=setup.dtype if autocast else None,
+        model=model,
+        compile=compile_option(mode),
+    )
 
 
-def iteration_seconds(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch: int, resolution: int,
-                      mode: str) -> tuple[float, float]:
+def iteration_seconds(
+    setup: Setup, teacher: Teacher, model: torch.nn.Module, batch: int, resolution: int, mode: str
+) -> tuple[float, float]:
     """(seconds per inversion iteration, warm-up seconds incl. compilation) for one mode and shape."""
     start = setup.clock()
     _invert(setup, teacher, model, batch, resolution, setup.warmup + 1, mode)
@@ -193,8 +212,9 @@ def _true_fp32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
-def numerics_check(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch: int, modes: list[str]
-                   ) -> tuple[list[str], bool]:
+def numerics_check(
+    setup: Setup, teacher: Teacher, model: torch.nn.Module, batch: int, modes: list[str]
+) -> tuple[list[str], bool]:
     """bf16 (+channels_last, +compile) step and short inversion against fp32 eager; table lines and the verdict."""
     resolution = setup.resolutions[0]
     labels = _labels(batch, teacher.num_classes, setup.device)
@@ -221,8 +241,9 @@ def numerics_check(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch
             modes_here = modes
         with _true_fp32():
             ref_terms, ref_grad = step("eager", False, weights)
-            ref_run = _invert(setup, teacher, model, batch, resolution, 10, "eager", seed=1, autocast=False,
-                              weights=weights)
+            ref_run = _invert(
+                setup, teacher, model, batch, resolution, 10, "eager", seed=1, autocast=False, weights=weights
+            )
         for mode in modes_here:
             terms, grad = step(mode, True, weights)
             worst = max(abs(terms[k] - ref_terms[k]) / max(abs(ref_terms[k]), 1e-3) for k in ref_terms)
@@ -234,8 +255,10 @@ def numerics_check(setup: Setup, teacher: Teacher, model: torch.nn.Module, batch
             passed = values[0] <= tol[0] and values[1] >= tol[1] and values[2] <= tol[2] and values[3] <= tol[3]
             ok &= passed
             path = str(setup.dtype).replace("torch.", "") + ("+channels_last" if setup.channels_last else "")
-            lines.append(f"| {label} | {path} {mode} | {worst:.1e} (<= {tol[0]}) | {cosine:.4f} (>= {tol[1]}) | "
-                         f"{loss_rel:.1e} (<= {tol[2]}) | {pixel:.4f} (<= {tol[3]}) | {'PASS' if passed else 'FAIL'} |")
+            lines.append(
+                f"| {label} | {path} {mode} | {worst:.1e} (<= {tol[0]}) | {cosine:.4f} (>= {tol[1]}) | "
+                f"{loss_rel:.1e} (<= {tol[2]}) | {pixel:.4f} (<= {tol[3]}) | {'PASS' if passed else 'FAIL'} |"
+            )
     return lines, ok
 
 

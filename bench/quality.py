@@ -21,6 +21,7 @@ Rows run in the order given and may be split across processes (`--rows`); each r
 OUT/rows/<row>.json and reused, shards and students resume, and a lock makes concurrent processes synthesize a
 set once. The table is printed from every finished row. The teacher's held-out accuracy comes first.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -99,13 +100,20 @@ class QualityRun:
         path = self.out / "shards" / name
         if name not in self.sets:
             extra = {"student": str(self.row_student("n400"))} if name == "adi400" else {}
-            config = recipe_config(SynthesisConfig, self.args.recipe, "synthesize", {
-                "teacher": str(self.digits.teacher_file), "threads": self.args.threads, **SETS[name], **extra})
+            config = recipe_config(
+                SynthesisConfig,
+                self.args.recipe,
+                "synthesize",
+                {"teacher": str(self.digits.teacher_file), "threads": self.args.threads, **SETS[name], **extra},
+            )
             with locked(self.out / "locks" / name):
                 started = time.process_time()
                 summary = synthesize(config, path)
-            self.sets[name] = {"fidelity": summary["fidelity"], "cpu_s": round(time.process_time() - started, 1),
-                               "embedding_diversity": measure_embedding_diversity(path, self.digits.teacher)["mean"]}
+            self.sets[name] = {
+                "fidelity": summary["fidelity"],
+                "cpu_s": round(time.process_time() - started, 1),
+                "embedding_diversity": measure_embedding_diversity(path, self.digits.teacher)["mean"],
+            }
             print(f"set {name}: {json.dumps(self.sets[name])}", flush=True)
         return path
 
@@ -126,16 +134,32 @@ class QualityRun:
         else:
             source = {"shards": ",".join(str(self.shard_set(s)) for s in data)}
         stage1 = overrides.get("stage1_epochs", 1.0)
-        config = recipe_config(DistillConfig, self.args.recipe, "distill", {
-            **source, "teacher": str(self.digits.teacher_file), "resume": True, "threads": self.args.threads,
-            "epochs": epochs, **overrides,
-            "stage1_epochs": round(stage1 * epochs) if stage1 < 1 else epochs})
+        config = recipe_config(
+            DistillConfig,
+            self.args.recipe,
+            "distill",
+            {
+                **source,
+                "teacher": str(self.digits.teacher_file),
+                "resume": True,
+                "threads": self.args.threads,
+                "epochs": epochs,
+                **overrides,
+                "stage1_epochs": round(stage1 * epochs) if stage1 < 1 else epochs,
+            },
+        )
         started = time.process_time()
         run = train_student(config, self.out / "students" / name)
-        row = {"row": name, "description": description, "data": data, "images": run["images"],
-               "accuracy": measure_accuracy(load_student(run["student"]), self.digits.real_test, device="cpu")["top1"],
-               "epochs": epochs, "cpu_s": round(time.process_time() - started, 1),
-               **({"set": self.sets.get(data[0], {})} if data != "real" else {})}
+        row = {
+            "row": name,
+            "description": description,
+            "data": data,
+            "images": run["images"],
+            "accuracy": measure_accuracy(load_student(run["student"]), self.digits.real_test, device="cpu")["top1"],
+            "epochs": epochs,
+            "cpu_s": round(time.process_time() - started, 1),
+            **({"set": self.sets.get(data[0], {})} if data != "real" else {}),
+        }
         result_file.parent.mkdir(parents=True, exist_ok=True)
         result_file.write_text(json.dumps(row, indent=2))
         print(f"row {name}: {row['accuracy']:.4f} ({row['cpu_s']} s CPU)", flush=True)
@@ -150,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of {', '.join(ROWS)}")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipe's distillation epochs")
-    parser.add_argument("--ablation-epochs", type=int, default=None, help="epochs of the ablation rows "
-                        "[default: half the recipe's]")
+    parser.add_argument(
+        "--ablation-epochs", type=int, default=None, help="epochs of the ablation rows [default: half the recipe's]"
+    )
     return parser
 
 
@@ -198,12 +223,16 @@ def print_table(out: Path, recipe: str, teacher_top1: float) -> None:
             r, s = rows[name], rows[name].get("set", {})
             fid = f"{s['fidelity']:.3f}" if s.get("fidelity") is not None else ""
             div = f"{s['embedding_diversity']:.3f}" if "embedding_diversity" in s else ""
-            print(f"| {name} | {r['description']} | {r['images']} | {r['epochs']} | {fid} | {div} | "
-                  f"{r['accuracy']:.4f} | {r['cpu_s']} |")
+            print(
+                f"| {name} | {r['description']} | {r['images']} | {r['epochs']} | {fid} | {div} | "
+                f"{r['accuracy']:.4f} | {r['cpu_s']} |"
+            )
     seeded = [rows[n]["accuracy"] for n in ("fm", "fm-seed1", "fm-seed2") if n in rows]
     if len(seeded) > 1:
-        print(f"\nrecipe over {len(seeded)} seeds: mean {np.mean(seeded):.4f}, min {min(seeded):.4f}, "
-              f"max {max(seeded):.4f}")
+        print(
+            f"\nrecipe over {len(seeded)} seeds: mean {np.mean(seeded):.4f}, min {min(seeded):.4f}, "
+            f"max {max(seeded):.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ costs (noise draw, hook set-up, the final no-grad forward, uint8 conversion) do 
 iterations they vanish. `--compile` adds a column for `invert_batch(..., compile=True)` (torch.compile of the
 step; the cold compile time per shape is printed to stderr). On a shared machine use `--threads 1`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,15 +48,22 @@ def _run(teacher, batch: int, resolution: int, iterations: int, compile: bool | 
     labels = (torch.arange(batch // 4) % teacher.num_classes).repeat_interleave(4)
     schedule = Schedule(resolutions=(resolution,), iterations=(iterations,))
     start = CLOCK()
-    invert_batch(teacher, labels, LossWeights(), schedule, torch.Generator().manual_seed(0),
-                 **({"compile": compile} if compile else {}))
+    invert_batch(
+        teacher,
+        labels,
+        LossWeights(),
+        schedule,
+        torch.Generator().manual_seed(0),
+        **({"compile": compile} if compile else {}),
+    )
     return CLOCK() - start
 
 
 def iteration_seconds(teacher, batch: int, resolution: int, iterations: int, compile: bool | str = False) -> float:
     """Seconds per full inversion iteration: a run of 1 + `iterations` less a run of 1, over `iterations`."""
-    return (_run(teacher, batch, resolution, 1 + iterations, compile) - _run(teacher, batch, resolution, 1, compile)) \
-        / iterations
+    return (
+        _run(teacher, batch, resolution, 1 + iterations, compile) - _run(teacher, batch, resolution, 1, compile)
+    ) / iterations
 
 
 def main() -> None:
@@ -65,11 +73,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--configs", default="112x32,224x16", help="resolution x batch, comma separated")
-    parser.add_argument("--compile", nargs="?", const=True, default=False,
-                        help="also time invert_batch(compile=...) (True, or a mode/backend name)")
+    parser.add_argument(
+        "--compile",
+        nargs="?",
+        const=True,
+        default=False,
+        help="also time invert_batch(compile=...) (True, or a mode/backend name)",
+    )
     parser.add_argument("--no-eager", action="store_true", help="only the floor and the compiled column")
-    parser.add_argument("--clock", choices=("wall", "cpu"), default=None,
-                        help="wall (perf_counter) or cpu (process_time); default cpu with one thread, else wall")
+    parser.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default=None,
+        help="wall (perf_counter) or cpu (process_time); default cpu with one thread, else wall",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     global CLOCK
@@ -80,8 +97,10 @@ def main() -> None:
         torch.save(timm.create_model(args.model).state_dict(), path)
         teacher = load_teacher(f"timm:{args.model}", path)
     columns = ([] if args.no_eager else [("eager", False)]) + ([("compiled", args.compile)] if args.compile else [])
-    print(f"# {args.model}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()},"
-          f" {time.strftime('%Y-%m-%d')}, {args.iterations} iterations x {args.repeats} repeats, medians, {clock} clock")
+    print(
+        f"# {args.model}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()},"
+        f" {time.strftime('%Y-%m-%d')}, {args.iterations} iterations x {args.repeats} repeats, medians, {clock} clock"
+    )
     head = " | ".join(f"{name} ms | {name} ratio" for name, _ in columns)
     print(f"| resolution | batch | floor ms | {head} | ms per image-iteration |")
     print("|---|---|---|" + "---|---|" * len(columns) + "---|")
@@ -98,8 +117,10 @@ def main() -> None:
             for name, option in columns:
                 times[name].append(iteration_seconds(teacher, batch, resolution, args.iterations, option))
         floor = statistics.median(floors)
-        cells = " | ".join(f"{statistics.median(times[name]) * 1e3:.1f} | {statistics.median(times[name]) / floor:.2f}"
-                           for name, _ in columns)
+        cells = " | ".join(
+            f"{statistics.median(times[name]) * 1e3:.1f} | {statistics.median(times[name]) / floor:.2f}"
+            for name, _ in columns
+        )
         per_image = statistics.median(times[columns[0][0]]) / batch * 1e3
         print(f"| {resolution} | {batch} | {floor * 1e3:.1f} | {cells} | {per_image:.2f} |", flush=True)
 

@@ -9,6 +9,7 @@ digits, fidelity, intra-class embedding distance, the last iteration's CE and BN
 (with --distill-epochs N) the real-digit accuracy of the recipe's student distilled on the set for N epochs.
 Fixed seeds; finished steps are reused on a rerun.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,25 +58,48 @@ def main() -> None:
             train_teacher(TeacherTrainingConfig(arch=arch, threads=args.threads), teacher_file)
         teacher_seconds = time.time() - started
         teacher = load_teacher(str(teacher_file))
-        row = {"arch": arch, "bn_layers": len(teacher.bn_layers),
-               "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
-               "teacher_seconds": round(teacher_seconds, 1)}
+        row = {
+            "arch": arch,
+            "bn_layers": len(teacher.bn_layers),
+            "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
+            "teacher_seconds": round(teacher_seconds, 1),
+        }
         shards = out / "shards" / (args.tag or "default") / arch
-        config = recipe_config(SynthesisConfig, args.recipe, "synthesize",
-                               {"teacher": str(teacher_file), "threads": args.threads, **overrides})
+        config = recipe_config(
+            SynthesisConfig,
+            args.recipe,
+            "synthesize",
+            {"teacher": str(teacher_file), "threads": args.threads, **overrides},
+        )
         started = time.time()
         summary = synthesize(config, shards)
         last = [json.loads(line) for line in (shards / "logs" / "synthesis-rank0.jsonl").read_text().splitlines()]
-        row.update(fidelity=summary["fidelity"], images=summary["images"],
-                   embedding_diversity=measure_embedding_diversity(shards, teacher)["mean"],
-                   final_ce=sum(r["losses"]["ce"] for r in last) / len(last),
-                   final_bn=sum(r["losses"]["bn"] for r in last) / len(last),
-                   synth_seconds=round(sum(r["seconds"] for r in last), 1))
+        row.update(
+            fidelity=summary["fidelity"],
+            images=summary["images"],
+            embedding_diversity=measure_embedding_diversity(shards, teacher)["mean"],
+            final_ce=sum(r["losses"]["ce"] for r in last) / len(last),
+            final_bn=sum(r["losses"]["bn"] for r in last) / len(last),
+            synth_seconds=round(sum(r["seconds"] for r in last), 1),
+        )
         if args.distill_epochs:
             epochs = args.distill_epochs
-            run = train_student(recipe_config(DistillConfig, args.recipe, "distill", {
-                "shards": str(shards), "teacher": str(teacher_file), "resume": True, "threads": args.threads,
-                "epochs": epochs, "stage1_epochs": epochs}), out / "students" / (args.tag or "default") / arch)
+            run = train_student(
+                recipe_config(
+                    DistillConfig,
+                    args.recipe,
+                    "distill",
+                    {
+                        "shards": str(shards),
+                        "teacher": str(teacher_file),
+                        "resume": True,
+                        "threads": args.threads,
+                        "epochs": epochs,
+                        "stage1_epochs": epochs,
+                    },
+                ),
+                out / "students" / (args.tag or "default") / arch,
+            )
             row["student_accuracy"] = measure_accuracy(load_student(run["student"]), real_test, device="cpu")["top1"]
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -85,9 +109,11 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         student = f"{r['student_accuracy']:.3f}" if "student_accuracy" in r else ""
-        print(f"| {r['arch']} | {r['bn_layers']} | {r['teacher_accuracy']:.3f} | {r['fidelity']:.3f} | "
-              f"{r['embedding_diversity']:.3f} | {r['final_ce']:.3g} | {r['final_bn']:.3g} | {r['synth_seconds']} | "
-              f"{student} |")
+        print(
+            f"| {r['arch']} | {r['bn_layers']} | {r['teacher_accuracy']:.3f} | {r['fidelity']:.3f} | "
+            f"{r['embedding_diversity']:.3f} | {r['final_ce']:.3g} | {r['final_bn']:.3g} | {r['synth_seconds']} | "
+            f"{student} |"
+        )
 
 
 if __name__ == "__main__":

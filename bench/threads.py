@@ -11,6 +11,7 @@ spinning), `idle` (synth.runtime.default_threads, the shipped rule: the cores ot
 from /proc/stat, at least 1). Conditions alternate per repeat, so drift hits all alike. The slowdown is
 busy / idle; a rule is fair when it stays near the share of CPU lost (cores / (cores - 1)).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,13 @@ def measure(rule: str, cores: int, iterations: int) -> dict:
     if rule == "passive":
         env["OMP_WAIT_POLICY"] = "PASSIVE"
     threads = rule_threads(rule, cores)
-    out = subprocess.run([sys.executable, "-c", WORKLOAD, str(threads), str(iterations)], env=env,
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", WORKLOAD, str(threads), str(iterations)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -91,8 +97,10 @@ def main() -> None:
         idle, busy = results[(rule, "idle")], results[(rule, "busy")]
         wall_idle = statistics.median(r["wall"] for r in idle)
         wall_busy = statistics.median(r["wall"] for r in busy)
-        print(f"| {rule} | {idle[0]['threads']} / {busy[0]['threads']} | {wall_idle:.2f} | {wall_busy:.2f} | "
-              f"{wall_busy / wall_idle:.2f} | {statistics.median(r['cpu'] for r in busy):.2f} |")
+        print(
+            f"| {rule} | {idle[0]['threads']} / {busy[0]['threads']} | {wall_idle:.2f} | {wall_busy:.2f} | "
+            f"{wall_busy / wall_idle:.2f} | {statistics.median(r['cpu'] for r in busy):.2f} |"
+        )
 
 
 if __name__ == "__main__":

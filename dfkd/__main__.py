@@ -1,4 +1,5 @@
 """`python -m dfkd` runs the command line."""
+
 from dfkd.cli import main
 
 main()

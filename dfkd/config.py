@@ -1,4 +1,5 @@
 """Recipes: plain YAML data validated against dataclasses, with command-line overrides (dotted keys)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,8 +20,9 @@ def recipe_names() -> list[str]:
     """Names of the recipes shipped inside the package (dfkd/recipes/NAME.yaml)."""
     from importlib.resources import files
 
-    return sorted(p.name.removesuffix(".yaml") for p in files("dfkd").joinpath("recipes").iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in files("dfkd").joinpath("recipes").iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def packaged_recipe(name: str) -> Path:
@@ -30,7 +32,9 @@ def packaged_recipe(name: str) -> Path:
 
     resource = files("dfkd").joinpath("recipes", name if name.endswith(".yaml") else f"{name}.yaml")
     if not resource.is_file():
-        raise UserError(f"recipe '{name}' does not exist (a file path, or a shipped recipe: {', '.join(recipe_names())})")
+        raise UserError(
+            f"recipe '{name}' does not exist (a file path, or a shipped recipe: {', '.join(recipe_names())})"
+        )
     return Path(str(resource))
 
 
@@ -62,8 +66,10 @@ def load_recipe(path: Optional[str], section: str) -> dict:
     if SECTIONS & data.keys():
         unknown = sorted(set(data) - SECTIONS)
         if unknown:
-            raise UserError(f"recipe '{path}' has a section '{unknown[0]}' that no command reads; accepted: "
-                            f"{', '.join(sorted(SECTIONS))}")
+            raise UserError(
+                f"recipe '{path}' has a section '{unknown[0]}' that no command reads; accepted: "
+                f"{', '.join(sorted(SECTIONS))}"
+            )
         return dict(data.get(section) or {})
     return data
 
@@ -92,8 +98,11 @@ def build(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         raise UserError(f"unknown setting '{_join(where, unknown[0])}'; accepted: {', '.join(sorted(fields))}")
     values = {name: _coerce(hints[name], value, _join(where, name)) for name, value in data.items()}
-    missing = [n for n, f in fields.items() if n not in values and f.default is dataclasses.MISSING
-               and f.default_factory is dataclasses.MISSING]
+    missing = [
+        n
+        for n, f in fields.items()
+        if n not in values and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
     if missing:
         raise UserError(f"missing required setting '{_join(where, missing[0])}'")
     instance = cls(**values)

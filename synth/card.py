@@ -3,6 +3,7 @@
 Written next to manifest.json at the end of every synthesis run; its content depends only on the set (manifest
 without timestamps, shard labels and logits), so a finished rerun leaves the file untouched. Exports copy it.
 """
+
 from __future__ import annotations
 
 import json
@@ -40,15 +41,25 @@ def _stats(root: Path) -> dict[str, Any]:
             continue
         for c, n in zip(*np.unique(labels, return_counts=True)):
             counts[int(c)] = counts.get(int(c), 0) + int(n)
-    return {"counts": dict(sorted(counts.items())), "resolution": resolution, "class_names": names,
-            "num_classes": num_classes, "fidelity": hits / with_logits if with_logits else None,
-            "images": sum(counts.values())}
+    return {
+        "counts": dict(sorted(counts.items())),
+        "resolution": resolution,
+        "class_names": names,
+        "num_classes": num_classes,
+        "fidelity": hits / with_logits if with_logits else None,
+        "images": sum(counts.values()),
+    }
 
 
 def _size_category(n: int) -> str:
     """The Hugging Face size bucket of a set of `n` images."""
-    for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
-                        (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
+    for limit, name in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+        (10_000_000, "1M<n<10M"),
+    ):
         if n < limit:
             return name
     return "n>10M"
@@ -66,9 +77,15 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
             teacher, config = json.loads(f.attrs["teacher"]), json.loads(f.attrs["config"])
     spec = teacher.get("spec", "unknown")
     name = root.resolve().name
-    lines = _header(name, spec, stats) + _teacher_and_config(spec, teacher, config, stats) \
-        + _counts(root, manifest, stats) + _fidelity_and_diversity(manifest, stats) + _format(manifest) \
-        + _how_to_load() + _licence(spec)
+    lines = (
+        _header(name, spec, stats)
+        + _teacher_and_config(spec, teacher, config, stats)
+        + _counts(root, manifest, stats)
+        + _fidelity_and_diversity(manifest, stats)
+        + _format(manifest)
+        + _how_to_load()
+        + _licence(spec)
+    )
     return "\n".join(lines)
 
 
@@ -129,36 +146,32 @@ def _teacher_and_config(spec: str, teacher: dict, config: dict, stats: dict[str,
 def _counts(root: Path, manifest: dict, stats: dict[str, Any]) -> list[str]:
     """Images per class (with class names when known) and the shard count."""
     names = stats["class_names"]
-    lines = [
-        "## Counts per class",
-        "",
-        "| class | name | images |",
-        "|---:|---|---:|",
-    ]
+    lines = ["## Counts per class", "", "| class | name | images |", "|---:|---|---:|"]
     lines += [f"| {c} | {names[c] if names and c < len(names) else ''} | {n} |" for c, n in stats["counts"].items()]
     complete = manifest.get("complete")
     return lines + [
         "",
         f"Shards: {len(manifest.get('shards', [])) or len(shard_io.list_shards(root))}"
         + (f" of {manifest['num_shards']}" if "num_shards" in manifest else "")
-        + ("" if complete is None else f"; complete: {str(bool(complete)).lower()}") + ".",
+        + ("" if complete is None else f"; complete: {str(bool(complete)).lower()}")
+        + ".",
         "",
     ]
 
 
 def _fidelity_and_diversity(manifest: dict, stats: dict[str, Any]) -> list[str]:
     """Teacher fidelity of the stored logits and LPIPS diversity, or how to measure them."""
-    lines = [
-        "## Fidelity and diversity",
-        "",
-    ]
+    lines = ["## Fidelity and diversity", ""]
     if stats["fidelity"] is not None:
         lines.append(f"- teacher fidelity (top-1 of the stored logits equals the label): {stats['fidelity']:.4f}")
     else:
         lines.append("- teacher fidelity: not stored (logits off); measure it with `dfkd evaluate fidelity DIR`")
     diversity = manifest.get("diversity")
-    lines.append(f"- LPIPS diversity: {diversity}" if diversity is not None
-                 else "- LPIPS diversity: not measured; `dfkd evaluate diversity DIR` measures it")
+    lines.append(
+        f"- LPIPS diversity: {diversity}"
+        if diversity is not None
+        else "- LPIPS diversity: not measured; `dfkd evaluate diversity DIR` measures it"
+    )
     return lines + [""]
 
 
@@ -198,7 +211,7 @@ def _how_to_load() -> list[str]:
         "dataset = ShardDataset('DIR', return_logits=True)  # (uint8 CHW tensor, label, float32 logits)",
         "```",
         "",
-        "As a Hugging Face dataset, after `dfkd export DIR --to hf OUT` (needs `pip install \"dfkd[hf]\"`):",
+        'As a Hugging Face dataset, after `dfkd export DIR --to hf OUT` (needs `pip install "dfkd[hf]"`):',
         "",
         "```python",
         "import datasets",
@@ -222,8 +235,9 @@ def _licence(spec: str) -> list[str]:
     ]
 
 
-def write_card(root: str | Path, manifest: Optional[dict] = None,
-               message: Optional[Callable[[str], None]] = None) -> bool:
+def write_card(
+    root: str | Path, manifest: Optional[dict] = None, message: Optional[Callable[[str], None]] = None
+) -> bool:
     """Write ROOT/README.md atomically; True when written. An identical card is left untouched, and a README.md
     that dfkd did not write is never replaced (`message` says so)."""
     path = Path(root) / CARD

@@ -9,6 +9,7 @@ The student file is `student.pth` with `student.json` beside it (as `dfkd distil
 must be registered with timm (`import dfkd` registers the DearKD students). Only the image receives gradients: the
 student is in eval mode and none of its parameters requires a gradient.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,10 @@ class Competitor:
 
     def input_affine(self, teacher_mean, teacher_std, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), (1, 3, 1, 1) each: a teacher-normalised image * scale + shift is student-normalised."""
-        t_mean, t_std, s_mean, s_std = (torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-                                        for v in (teacher_mean, teacher_std, self.mean, self.std))
+        t_mean, t_std, s_mean, s_std = (
+            torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            for v in (teacher_mean, teacher_std, self.mean, self.std)
+        )
         return t_std / s_std, (t_mean - s_mean) / s_std
 
     def logits(self, view: torch.Tensor) -> torch.Tensor:
@@ -54,8 +57,9 @@ class Competitor:
         return {"file": self.path, "sha256": self.sha256}
 
 
-def competition(teacher_logits: torch.Tensor, student_logits: torch.Tensor,
-                temperature: float = TEMPERATURE) -> torch.Tensor:
+def competition(
+    teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float = TEMPERATURE
+) -> torch.Tensor:
     """1 - JS(p_T, p_S) (clamped to [0, 1]) at `temperature`, averaged over the batch: 1 where they agree."""
     log_p = F.log_softmax(teacher_logits.float() / temperature, dim=1)
     log_q = F.log_softmax(student_logits.float() / temperature, dim=1)
@@ -75,12 +79,18 @@ def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Com
         raise UserError(f"student '{path}' needs the student.pth and student.json that `dfkd distill` writes")
     try:
         meta = json.loads(meta_file.read_text())
-        model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(file),
-                                  **meta.get("model_kwargs", {}))
+        model = timm.create_model(
+            meta["model"],
+            num_classes=int(meta["num_classes"]),
+            checkpoint_path=str(file),
+            **meta.get("model_kwargs", {}),
+        )
         size, mean, std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
     except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched student is a user problem
-        raise UserError(f"cannot load student '{path}' for the competition term: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+        raise UserError(
+            f"cannot load student '{path}' for the competition term: "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        ) from None
     model.eval().requires_grad_(False).to(device)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
     return Competitor(model, size, mean, std, str(file.resolve()), digest)

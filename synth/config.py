@@ -1,4 +1,5 @@
 """Synthesis settings: the `synthesize:` section of a recipe and the options of `dfkd synthesize`."""
+
 from __future__ import annotations
 
 import json
@@ -38,21 +39,32 @@ class LossWeights:
     ce: float = setting(1.0, help="Cross-entropy weight.", flag="--a-ce")
     bn: float = setting(10.0, help="BN-statistics weight (0.05 is the paper's with --bn-norm paper).", flag="--a-bn")
     bn_first: float = setting(10.0, help="Multiplier of the first BN layer.", flag="--bn-first")
-    bn_norm: str = setting("normalized", flag=True, choices=BN_NORMS,
-                           help="normalized: each layer's distance relative to its running statistics, averaged "
-                                "over layers (one --a-bn fits any teacher); paper: DeepInversion's sum of absolute "
-                                "distances.")
+    bn_norm: str = setting(
+        "normalized",
+        flag=True,
+        choices=BN_NORMS,
+        help="normalized: each layer's distance relative to its running statistics, averaged "
+        "over layers (one --a-bn fits any teacher); paper: DeepInversion's sum of absolute "
+        "distances.",
+    )
     tv: float = setting(1e-4, help="Total-variation prior weight.", flag="--a-tv")
     l2: float = setting(1e-5, help="L2 prior weight.", flag="--a-l2")
     ep: float = setting(50.0, help="Intra-divergence weight.", flag="--a-ep")
     ep_margin: float = setting(0.5, help="Intra-divergence margin m_ep.", flag=True)
-    ep_form: str = setting("saturating", flag=True, choices=("saturating", "unbounded"),
-                           help="Intra-divergence form: saturating mean max(0, m_ep - d) (stops at the margin) or "
-                                "unbounded -mean d (the paper's literal form; needs a small --a-ep).")
+    ep_form: str = setting(
+        "saturating",
+        flag=True,
+        choices=("saturating", "unbounded"),
+        help="Intra-divergence form: saturating mean max(0, m_ep - d) (stops at the margin) or "
+        "unbounded -mean d (the paper's literal form; needs a small --a-ep).",
+    )
     triplet: float = setting(0.5, help="Triplet weight.", flag="--a-triplet")
     triplet_margin: float = setting(0.5, help="Triplet margin.", flag=True)
-    adi: float = setting(0.0, help="Weight of the competition term 1 - JS(teacher, student) (Adaptive "
-                                   "DeepInversion; needs --student).", flag="--a-adi")
+    adi: float = setting(
+        0.0,
+        help="Weight of the competition term 1 - JS(teacher, student) (Adaptive DeepInversion; needs --student).",
+        flag="--a-adi",
+    )
 
     def validate(self) -> None:
         """Refuse an unknown intra-divergence form or negative weights."""
@@ -71,23 +83,36 @@ class Schedule:
     lr: float = setting(0.25, help="Adam learning rate.", flag=True)
     betas: tuple[float, ...] = setting((0.5, 0.9), help="Adam betas.")
     eps: float = setting(1e-8, help="Adam epsilon.")
-    jitter: float = setting(30 / 224, flag=True, default_text="30/224, 30 px at 224",
-                            help="Largest random circular shift of the teacher's view, as a fraction of the "
-                                 "resolution (small inputs of deep teachers need less: the digits recipe uses 1/32).")
+    jitter: float = setting(
+        30 / 224,
+        flag=True,
+        default_text="30/224, 30 px at 224",
+        help="Largest random circular shift of the teacher's view, as a fraction of the "
+        "resolution (small inputs of deep teachers need less: the digits recipe uses 1/32).",
+    )
     flip: bool = setting(True, help="Random horizontal flips of the teacher's view.", flag="--flip/--no-flip")
-    multires: str = setting("upsample", flag=True, choices=("upsample", "pool"),
-                            help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in "
-                                 "early stages.")
-    lowres: int = setting(1, flag=True, added=True,
-                          help="Optimise each image at 1/lowres of the stage resolution and show the teacher its "
-                               "bilinear upsampling: a band limit that keeps images near the data of teachers "
-                               "trained on upsampled small images (the digits are 8x8: lowres 4 at 32 px).")
+    multires: str = setting(
+        "upsample",
+        flag=True,
+        choices=("upsample", "pool"),
+        help="upsample: optimise at low res then upsample; pool: optimise full res, pool it in early stages.",
+    )
+    lowres: int = setting(
+        1,
+        flag=True,
+        added=True,
+        help="Optimise each image at 1/lowres of the stage resolution and show the teacher its "
+        "bilinear upsampling: a band limit that keeps images near the data of teachers "
+        "trained on upsampled small images (the digits are 8x8: lowres 4 at 32 px).",
+    )
 
     def validate(self) -> None:
         """Check stage lists and option values."""
         if not self.resolutions or len(self.resolutions) != len(self.iterations):
-            raise UserError(f"schedule.resolutions {list(self.resolutions)} and schedule.iterations "
-                            f"{list(self.iterations)} must list the same number of stages (at least one)")
+            raise UserError(
+                f"schedule.resolutions {list(self.resolutions)} and schedule.iterations "
+                f"{list(self.iterations)} must list the same number of stages (at least one)"
+            )
         if list(self.resolutions) != sorted(self.resolutions) or min(self.resolutions) < 4:
             raise UserError(f"schedule.resolutions {list(self.resolutions)} must increase from low to high, each >= 4")
         if min(self.iterations) < 1:
@@ -96,8 +121,10 @@ class Schedule:
         if len(self.betas) != 2:
             raise UserError(f"schedule.betas must hold two numbers, not {list(self.betas)}")
         if self.lowres < 1 or min(self.resolutions) // self.lowres < 2:
-            raise UserError(f"schedule.lowres {self.lowres} must be >= 1 and leave at least 2 px of the lowest "
-                            f"resolution {min(self.resolutions)}")
+            raise UserError(
+                f"schedule.lowres {self.lowres} must be >= 1 and leave at least 2 px of the lowest "
+                f"resolution {min(self.resolutions)}"
+            )
 
 
 @dataclass
@@ -108,21 +135,23 @@ class SynthesisConfig:
     teacher_weights: Optional[str] = teacher_weights_setting()
     classes: Union[str, list[int]] = setting("all", help="Classes to synthesize: all, 0-99, or 1,5,7-9.", flag=True)
     per_class: int = setting(8, help="Images per class in total (a multiple of --images-per-class).", flag=True)
-    classes_per_batch: int = setting(8, help="Classes in one batch (>= 2; divides the number of classes).",
-                                     flag=True)
+    classes_per_batch: int = setting(8, help="Classes in one batch (>= 2; divides the number of classes).", flag=True)
     images_per_class: int = setting(4, help="Images of each class in one batch (>= 2).", flag=True)
     units_per_shard: int = setting(16, help="Batches (work units) per shard file.", flag=True)
     schedule: Schedule = setting(factory=Schedule, help="Resolutions, iterations, optimiser and view augmentation.")
     losses: LossWeights = setting(factory=LossWeights, help="Weights of the synthesis objective.")
-    student: Optional[str] = setting(None, flag=True, path="file",
-                                     help="Adaptive DeepInversion: a student.pth from `dfkd distill`; new images go "
-                                          "where it still disagrees with the teacher (needs --a-adi). Its file and "
-                                          "sha256 join the shard config.")
+    student: Optional[str] = setting(
+        None,
+        flag=True,
+        path="file",
+        help="Adaptive DeepInversion: a student.pth from `dfkd distill`; new images go "
+        "where it still disagrees with the teacher (needs --a-adi). Its file and "
+        "sha256 join the shard config.",
+    )
     seed: int = setting(0, help="Global seed.", flag=True)
     threads: int = threads_setting("CPU threads (part of the config).")
     device: str = device_setting()
-    compression: str = setting("none", help="HDF5 compression of the images.", flag=True,
-                               choices=shard_io.COMPRESSIONS)
+    compression: str = setting("none", help="HDF5 compression of the images.", flag=True, choices=shard_io.COMPRESSIONS)
     store_logits: bool = setting(True, help="Store teacher logits.", flag="--logits/--no-logits")
     compile: bool = setting(False, help="torch.compile the teacher.", flag="--compile/--no-compile")
 
@@ -132,11 +161,14 @@ class SynthesisConfig:
             raise UserError("no teacher given: pass --teacher timm:<name>, torchvision:<name> or a teacher file")
         for name in ("classes_per_batch", "images_per_class"):
             if getattr(self, name) < 2:
-                raise UserError(f"{name} must be >= 2 (the intra-divergence and triplet losses need "
-                                f"two classes and two images of each per batch), not {getattr(self, name)}")
+                raise UserError(
+                    f"{name} must be >= 2 (the intra-divergence and triplet losses need "
+                    f"two classes and two images of each per batch), not {getattr(self, name)}"
+                )
         if self.per_class < 1 or self.per_class % self.images_per_class:
-            raise UserError(f"per_class {self.per_class} must be a positive multiple of images_per_class "
-                            f"{self.images_per_class}")
+            raise UserError(
+                f"per_class {self.per_class} must be a positive multiple of images_per_class {self.images_per_class}"
+            )
         if self.units_per_shard < 1:
             raise UserError(f"units_per_shard must be >= 1, not {self.units_per_shard}")
         check_choices(self)
@@ -144,30 +176,40 @@ class SynthesisConfig:
         if self.threads < 0:
             raise UserError(f"threads must be >= 0 (0 = the idle cores), not {self.threads}")
         if bool(self.student) != (self.losses.adi > 0):
-            raise UserError("the competition term needs both a student (--student runs/x/student.pth) and a weight "
-                            f"(--a-adi > 0); got student {self.student!r} and a_adi {self.losses.adi}")
+            raise UserError(
+                "the competition term needs both a student (--student runs/x/student.pth) and a weight "
+                f"(--a-adi > 0); got student {self.student!r} and a_adi {self.losses.adi}"
+            )
         if self.seed < 0:
             raise UserError(f"seed must be >= 0, not {self.seed}")
         self.losses.validate()
         self.schedule.validate()
-        for name, value in [*(("losses." + k, v) for k, v in asdict(self.losses).items()),
-                            *(("schedule." + k, v) for k, v in asdict(self.schedule).items())]:
-            for number in (value if isinstance(value, (list, tuple)) else [value]):
+        for name, value in [
+            *(("losses." + k, v) for k, v in asdict(self.losses).items()),
+            *(("schedule." + k, v) for k, v in asdict(self.schedule).items()),
+        ]:
+            for number in value if isinstance(value, (list, tuple)) else [value]:
                 if isinstance(number, float) and not math.isfinite(number):
                     raise UserError(f"{name} must be a finite number, not {number}")
         if not self.schedule.lr > 0:
             raise UserError(f"schedule.lr (--lr) must be > 0, not {self.schedule.lr}")
         if not self.schedule.eps > 0 or not all(0 <= b < 1 for b in self.schedule.betas):
-            raise UserError(f"schedule.eps must be > 0 and schedule.betas in [0, 1), not {self.schedule.eps}, "
-                            f"{list(self.schedule.betas)}")
+            raise UserError(
+                f"schedule.eps must be > 0 and schedule.betas in [0, 1), not {self.schedule.eps}, "
+                f"{list(self.schedule.betas)}"
+            )
         resolutions = list(self.schedule.resolutions)
         if any(low >= high for low, high in zip(resolutions, resolutions[1:])):
-            raise UserError(f"schedule.resolutions (--resolutions) {resolutions} must strictly increase "
-                            "(one stage per resolution, low to high)")
+            raise UserError(
+                f"schedule.resolutions (--resolutions) {resolutions} must strictly increase "
+                "(one stage per resolution, low to high)"
+            )
         if self.batch_size * self.units_per_shard > MAX_SHARD_IMAGES:
-            raise UserError(f"units_per_shard {self.units_per_shard} x {self.batch_size} images per unit = "
-                            f"{self.batch_size * self.units_per_shard} images per shard; a shard is built in "
-                            f"memory, keep it at most {MAX_SHARD_IMAGES} images")
+            raise UserError(
+                f"units_per_shard {self.units_per_shard} x {self.batch_size} images per unit = "
+                f"{self.batch_size * self.units_per_shard} images per shard; a shard is built in "
+                f"memory, keep it at most {MAX_SHARD_IMAGES} images"
+            )
 
     @property
     def batch_size(self) -> int:
@@ -183,10 +225,22 @@ class SynthesisConfig:
         the competing student's file and sha256 when there is one."""
         extra = {"student": competitor.describe()} if competitor is not None else {}
         extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
-        return json.loads(json.dumps({**extra,
-            "teacher": self.teacher, "teacher_weights_sha256": teacher.weights_sha256, "classes": classes,
-            "per_class": self.per_class, "classes_per_batch": self.classes_per_batch,
-            "images_per_class": self.images_per_class, "units_per_shard": self.units_per_shard,
-            "seed": self.seed, "threads": self.resolved_threads(), "losses": identity_fields(self.losses),
-            "schedule": identity_fields(self.schedule), "unit_order": UNIT_ORDER,
-        }))
+        return json.loads(
+            json.dumps(
+                {
+                    **extra,
+                    "teacher": self.teacher,
+                    "teacher_weights_sha256": teacher.weights_sha256,
+                    "classes": classes,
+                    "per_class": self.per_class,
+                    "classes_per_batch": self.classes_per_batch,
+                    "images_per_class": self.images_per_class,
+                    "units_per_shard": self.units_per_shard,
+                    "seed": self.seed,
+                    "threads": self.resolved_threads(),
+                    "losses": identity_fields(self.losses),
+                    "schedule": identity_fields(self.schedule),
+                    "unit_order": UNIT_ORDER,
+                }
+            )
+        )

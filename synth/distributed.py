@@ -2,6 +2,7 @@
 synthesis needs (barrier, gather, "did every rank succeed?"). One process without torchrun is rank 0 of 1
 and every collective is a no-op. Rendezvous is torchrun's (MASTER_ADDR/PORT or c10d): nothing home-made.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -38,9 +39,12 @@ def launch_env() -> Optional[LaunchEnv]:
         return None
     try:
         world = int(os.environ["WORLD_SIZE"])
-        return LaunchEnv(rank=int(os.environ["RANK"]), world_size=world,
-                         local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-                         local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        return LaunchEnv(
+            rank=int(os.environ["RANK"]),
+            world_size=world,
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            local_world_size=int(os.environ.get("LOCAL_WORLD_SIZE", world)),
+        )
     except ValueError:
         raise UserError("RANK/WORLD_SIZE/LOCAL_RANK are not integers; launch with torchrun") from None
 
@@ -73,8 +77,10 @@ class Ranks:
         if device.type != "cuda" or not self.distributed:
             return device
         if device.index is not None:
-            raise UserError(f"device '{device}' names one GPU, but under torchrun each rank takes cuda:LOCAL_RANK; "
-                            "use --device cuda")
+            raise UserError(
+                f"device '{device}' names one GPU, but under torchrun each rank takes cuda:LOCAL_RANK; "
+                "use --device cuda"
+            )
         return torch.device("cuda", self.local_rank)
 
     def barrier(self) -> None:
@@ -142,8 +148,13 @@ def init(device: str = "cpu", backend: Optional[str] = None, timeout: timedelta 
     env = launch_env()
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
-        return Ranks(rank=rank, world_size=world, local_rank=env.local_rank if env else 0,
-                     local_world_size=env.local_world_size if env else world, backend=dist.get_backend())
+        return Ranks(
+            rank=rank,
+            world_size=world,
+            local_rank=env.local_rank if env else 0,
+            local_world_size=env.local_world_size if env else world,
+            backend=dist.get_backend(),
+        )
     if env is None or env.world_size <= 1:
         return Ranks()
     if not dist.is_available():
@@ -151,12 +162,20 @@ def init(device: str = "cpu", backend: Optional[str] = None, timeout: timedelta 
     backend = backend or ("nccl" if wants_cuda(device) and torch.cuda.is_available() else "gloo")
     if backend == "nccl":
         if env.local_rank >= torch.cuda.device_count():
-            raise UserError(f"LOCAL_RANK {env.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
-                            f"use --nproc_per_node {torch.cuda.device_count()} or fewer")
+            raise UserError(
+                f"LOCAL_RANK {env.local_rank} has no GPU ({torch.cuda.device_count()} visible); "
+                f"use --nproc_per_node {torch.cuda.device_count()} or fewer"
+            )
         torch.cuda.set_device(env.local_rank)
     dist.init_process_group(backend=backend, timeout=timeout)
-    ranks = Ranks(rank=env.rank, world_size=env.world_size, local_rank=env.local_rank,
-                  local_world_size=env.local_world_size, backend=backend, owns_group=True)
+    ranks = Ranks(
+        rank=env.rank,
+        world_size=env.world_size,
+        local_rank=env.local_rank,
+        local_world_size=env.local_world_size,
+        backend=backend,
+        owns_group=True,
+    )
     atexit.register(ranks.close)  # on an error path, after the error is printed (see `close`)
     return ranks
 

@@ -1,5 +1,6 @@
 """Pretrained weights from the torch hub or Hugging Face caches, else downloaded; offline, a download fails fast
 with one line naming the file, where it belongs and the option that names a local file instead."""
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,9 @@ def hub_cached_download(url: str, alternative: str = WEIGHTS_OPTION) -> str:
     try:
         torch.hub.download_url_to_file(url, str(target), progress=False)
     except Exception as exc:  # noqa: BLE001
-        raise UserError(f"could not download {url}: {first_line(exc)}; put the file at {target} "
-                        f"or {alternative}") from None
+        raise UserError(
+            f"could not download {url}: {first_line(exc)}; put the file at {target} or {alternative}"
+        ) from None
     return str(target)
 
 
@@ -40,25 +42,34 @@ def timm_weights_file(name: str, cfg: Any) -> str:
     if hub_id:
         from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
 
-        filenames = [cfg.hf_hub_filename] if getattr(cfg, "hf_hub_filename", None) \
+        filenames = (
+            [cfg.hf_hub_filename]
+            if getattr(cfg, "hf_hub_filename", None)
             else ["model.safetensors", "pytorch_model.bin"]
+        )
         for filename in filenames:
             cached = try_to_load_from_cache(hub_id, filename)
             if isinstance(cached, str):
                 return cached
         where = f"{hub_id}/{filenames[0]}"
-        _require_network(constants.ENDPOINT, where, f"in the Hugging Face cache ({constants.HF_HUB_CACHE})",
-                         offline=constants.HF_HUB_OFFLINE)
+        _require_network(
+            constants.ENDPOINT,
+            where,
+            f"in the Hugging Face cache ({constants.HF_HUB_CACHE})",
+            offline=constants.HF_HUB_OFFLINE,
+        )
         try:
             return hf_hub_download(hub_id, filenames[0])
         except Exception as exc:  # noqa: BLE001 - any download failure is reported the same way
-            raise UserError(f"could not download {where}: {first_line(exc)}; "
-                            "pass --teacher-weights FILE instead") from None
+            raise UserError(
+                f"could not download {where}: {first_line(exc)}; pass --teacher-weights FILE instead"
+            ) from None
     return hub_cached_download(cfg.url)
 
 
-def _require_network(url: str, what: str, where: str, alternative: str = WEIGHTS_OPTION, offline: bool = False,
-                     timeout: float = 5.0) -> None:
+def _require_network(
+    url: str, what: str, where: str, alternative: str = WEIGHTS_OPTION, offline: bool = False, timeout: float = 5.0
+) -> None:
     """Fail fast with one line when the download host cannot be reached (DNS and connect, bounded in time)."""
     host = urlparse(url).hostname or url
     hint = f"cannot download {what}: {{}}; put it {where} or {alternative}"

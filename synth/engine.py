@@ -5,6 +5,7 @@ rank 0 alone checks the config against the output directory, deletes stale `.tmp
 manifest (`synth.output`). Each unit's result depends only on (config, unit id), so the shards are the same
 for any number of processes.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,13 +32,7 @@ from synth.output import (
     log_path,
     prepare_output,
 )
-from synth.runtime import (
-    Progress,
-    available_cores,
-    default_threads,
-    resolve_device,
-    use_threads,
-)
+from synth.runtime import Progress, available_cores, default_threads, resolve_device, use_threads
 from synth.shard_verify import load_verified
 from synth.shard_writer import write_shard
 from synth.summary import RankResult, all_shards, low_fidelity_warning, summarize
@@ -46,8 +41,9 @@ from synth.teacher_sources import load_teacher
 from synth.units import Unit, UnitPlan, parse_classes, plan_units, unit_generator
 
 
-def synthesize(config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None,
-               ranks: Optional[Ranks] = None) -> dict[str, Any]:
+def synthesize(
+    config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None, ranks: Optional[Ranks] = None
+) -> dict[str, Any]:
     """Run (or resume) a synthesis into `out`; returns a summary covering every rank's shards.
 
     With `ranks` (from `synth.distributed.init()` under torchrun) rank r does shards k with k % world_size == r;
@@ -103,7 +99,7 @@ class _Run:
     def shard_units(self, index: int) -> list[Unit]:
         """The units shard `index` holds."""
         per_shard = self.config.units_per_shard
-        return self.units[index * per_shard:(index + 1) * per_shard]
+        return self.units[index * per_shard : (index + 1) * per_shard]
 
 
 def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
@@ -116,10 +112,12 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
     classes = parse_classes(config.classes, teacher.num_classes)
     units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
     if -(-len(units) // config.units_per_shard) > shard_io.MAX_SHARDS:
-        raise UserError(f"{len(classes)} classes x per_class {config.per_class} make "
-                        f"{-(-len(units) // config.units_per_shard)} shards of {config.units_per_shard} "
-                        f"unit(s); at most {shard_io.MAX_SHARDS} shards fit the shard names: lower per_class "
-                        "or raise units_per_shard")
+        raise UserError(
+            f"{len(classes)} classes x per_class {config.per_class} make "
+            f"{-(-len(units) // config.units_per_shard)} shards of {config.units_per_shard} "
+            f"unit(s); at most {shard_io.MAX_SHARDS} shards fit the shard names: lower per_class "
+            "or raise units_per_shard"
+        )
     competitor = load_competitor(config.student, device) if config.student else None
     identity = config.identity(teacher, classes, competitor)
     return _Run(config, out, device, threads, teacher, units, identity, competitor)
@@ -143,28 +141,35 @@ def _check_same_identity(identities: list[dict]) -> None:
         difference = first_difference(identity, identities[0])
         if difference is not None:
             key, there, first = difference
-            raise UserError(f"rank {rank} computes a different config than rank 0 ({key}: {there!r} "
-                            f"there, {first!r} on rank 0); give every node the same files and "
-                            "an explicit --threads")
+            raise UserError(
+                f"rank {rank} computes a different config than rank 0 ({key}: {there!r} "
+                f"there, {first!r} on rank 0); give every node the same files and "
+                "an explicit --threads"
+            )
 
 
 def _prepare_output_directory(run: _Run, ranks: Ranks, progress: Progress) -> None:
     """Rank 0: check the output directory against the run, delete stale temporary files, write the manifest;
     note when the processes on this machine ask for more threads than it has cores."""
-    prepare_output(run.out, run.identity, run.teacher, run.num_shards, len(run.units) * run.config.batch_size,
-                   progress.message)
+    prepare_output(
+        run.out, run.identity, run.teacher, run.num_shards, len(run.units) * run.config.batch_size, progress.message
+    )
     cores = available_cores()
     if ranks.local_world_size * run.threads > cores:
-        progress.message(f"note: {ranks.local_world_size} process(es) x {run.threads} threads exceed this "
-                         f"machine's {cores} cores; --threads (part of the config) sets the count")
+        progress.message(
+            f"note: {ranks.local_world_size} process(es) x {run.threads} threads exceed this "
+            f"machine's {cores} cores; --threads (part of the config) sets the count"
+        )
 
 
 def _scan_finished_shards(run: _Run, ranks: Ranks, progress: Progress) -> tuple[RankResult, list[int]]:
     """This rank's finished shards that verify (counted in the result) and the shard indices left to do; a damaged
     shard is deleted and done again."""
     if not (run.out / shard_io.MANIFEST).is_file():
-        raise UserError(f"rank {ranks.rank} does not see {run.out / shard_io.MANIFEST} written by rank 0: "
-                        "--out must be a directory every node shares")
+        raise UserError(
+            f"rank {ranks.rank} does not see {run.out / shard_io.MANIFEST} written by rank 0: "
+            "--out must be a directory every node shares"
+        )
     mine = RankResult()
     todo = []
     for k in range(ranks.rank, run.num_shards, ranks.world_size):
@@ -202,35 +207,66 @@ def _synthesize_shard(run: _Run, index: int, mine: RankResult, ranks: Ranks, pro
     path = run.out / shard_io.shard_name(index)
     teacher = run.teacher
     digest = write_shard(
-        path, images=torch.cat([r.images for r in results]).numpy(), labels=labels,
-        sample_ids=np.concatenate([u.sample_ids() for u in shard_units]), logits=logits,
-        num_classes=teacher.num_classes, mean=teacher.mean, std=teacher.std, teacher=teacher.describe(),
-        config=run.identity, class_names=teacher.class_names, compression=run.config.compression,
+        path,
+        images=torch.cat([r.images for r in results]).numpy(),
+        labels=labels,
+        sample_ids=np.concatenate([u.sample_ids() for u in shard_units]),
+        logits=logits,
+        num_classes=teacher.num_classes,
+        mean=teacher.mean,
+        std=teacher.std,
+        teacher=teacher.describe(),
+        config=run.identity,
+        class_names=teacher.class_names,
+        compression=run.config.compression,
     )
     mine.add_written(path.name, digest, labels, logits)
 
 
-def _synthesize_unit(run: _Run, unit: Unit, shard: int, mine: RankResult, ranks: Ranks,
-                     progress: Progress) -> InversionResult:
+def _synthesize_unit(
+    run: _Run, unit: Unit, shard: int, mine: RankResult, ranks: Ranks, progress: Progress
+) -> InversionResult:
     """Invert one unit from its own generator; refuse a non-finite result, log the unit, warn on low fidelity."""
     config, cuda = run.config, run.device.type == "cuda"
     unit_start = time.time()
     labels = torch.tensor(unit.labels, device=run.device)
-    result = invert_batch(run.teacher, labels, config.losses, config.schedule, unit_generator(config.seed, unit.id),
-                          channels_last=cuda, autocast_dtype=torch.bfloat16 if cuda else None,
-                          compile=config.compile, competitor=run.competitor)
+    result = invert_batch(
+        run.teacher,
+        labels,
+        config.losses,
+        config.schedule,
+        unit_generator(config.seed, unit.id),
+        channels_last=cuda,
+        autocast_dtype=torch.bfloat16 if cuda else None,
+        compile=config.compile,
+        competitor=run.competitor,
+    )
     bad = {name: value for name, value in result.losses.items() if not math.isfinite(value)}
     if bad or not bool(torch.isfinite(result.logits).all()):  # read once per unit, at its end
-        raise UserError(f"unit {unit.id} (classes {list(unit.classes)}) ended with a non-finite loss "
-                        f"{bad or 'in the teacher logits'}; {shard_io.shard_name(shard)} was not written. "
-                        "Lower --lr or the loss weights, or check the teacher")
+        raise UserError(
+            f"unit {unit.id} (classes {list(unit.classes)}) ended with a non-finite loss "
+            f"{bad or 'in the teacher logits'}; {shard_io.shard_name(shard)} was not written. "
+            "Lower --lr or the loss weights, or check the teacher"
+        )
     hits = int((result.logits.argmax(1) == labels.cpu()).sum())
-    append_log(log_path(run.out, ranks.rank), {
-        "unit": unit.id, "shard": shard, "rank": ranks.rank, "threads": torch.get_num_threads(),
-        "seconds": round(time.time() - unit_start, 3), "fidelity": hits / len(labels),
-        "losses": result.losses, "stage_totals": result.stage_totals})
+    append_log(
+        log_path(run.out, ranks.rank),
+        {
+            "unit": unit.id,
+            "shard": shard,
+            "rank": ranks.rank,
+            "threads": torch.get_num_threads(),
+            "seconds": round(time.time() - unit_start, 3),
+            "fidelity": hits / len(labels),
+            "losses": result.losses,
+            "stage_totals": result.stage_totals,
+        },
+    )
     if mine.add_unit(hits, len(labels)):
-        progress.message(low_fidelity_warning(mine.unit_hits / mine.unit_total, run.teacher.num_classes,
-                                              result.losses, config.losses))
+        progress.message(
+            low_fidelity_warning(
+                mine.unit_hits / mine.unit_total, run.teacher.num_classes, result.losses, config.losses
+            )
+        )
     progress.advance(len(labels), result.losses)
     return result

@@ -1,4 +1,5 @@
 """One batch of multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet losses (docs/method.md)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -41,10 +42,18 @@ def jitter_pixels(fraction: float, resolution: int) -> int:
     return int(round(fraction * resolution))
 
 
-def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, schedule: Schedule,
-                 generator: torch.Generator, channels_last: bool = False,
-                 autocast_dtype: Optional[torch.dtype] = None, model: Optional[torch.nn.Module] = None,
-                 compile: bool | str = False, competitor: Optional[Competitor] = None) -> InversionResult:
+def invert_batch(
+    teacher: Teacher,
+    labels: torch.Tensor,
+    weights: LossWeights,
+    schedule: Schedule,
+    generator: torch.Generator,
+    channels_last: bool = False,
+    autocast_dtype: Optional[torch.dtype] = None,
+    model: Optional[torch.nn.Module] = None,
+    compile: bool | str = False,
+    competitor: Optional[Competitor] = None,
+) -> InversionResult:
     """Optimise noise into images the teacher classifies as `labels`; random draws come from `generator` (CPU).
 
     `compile`: False (eager), True (torch.compile the per-iteration step: teacher forward, BN hooks and all
@@ -57,9 +66,13 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
     space = _PixelSpace.of(teacher, device)
     objective = _Objective(
         model=teacher.model if model is None else model,  # not `or`: a compiled module has no truth value
-        labels=labels, bn_loss=BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm),
-        tap=EmbeddingTap(teacher.embedding_module), weights=weights, autocast_dtype=autocast_dtype,
-        step=compiled_inversion_step(compile), compile=compile,
+        labels=labels,
+        bn_loss=BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm),
+        tap=EmbeddingTap(teacher.embedding_module),
+        weights=weights,
+        autocast_dtype=autocast_dtype,
+        step=compiled_inversion_step(compile),
+        compile=compile,
         student=_competing_student(teacher, competitor, weights, device),
     )
     final = schedule.resolutions[-1]
@@ -73,8 +86,9 @@ def invert_batch(teacher: Teacher, labels: torch.Tensor, weights: LossWeights, s
             if schedule.multires == "upsample" and x.shape[-1] != size:
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             x = x.detach().clamp(min=space.low, max=space.high).requires_grad_(True)
-            stage = _optimise_stage(x, resolution, iterations, schedule, generator, objective, space, channels_last,
-                                    stage)
+            stage = _optimise_stage(
+                x, resolution, iterations, schedule, generator, objective, space, channels_last, stage
+            )
             stage_totals.append((stage.first_total, stage.terms["total"].detach().clone()))
     finally:
         objective.bn_loss.remove()
@@ -123,14 +137,24 @@ class _Objective:
     student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
 
     def __call__(self, augmented: torch.Tensor) -> dict[str, torch.Tensor]:
-        arguments = (self.model, augmented, self.labels, self.bn_loss, self.tap, self.weights, self.autocast_dtype,
-                     self.student)
+        arguments = (
+            self.model,
+            augmented,
+            self.labels,
+            self.bn_loss,
+            self.tap,
+            self.weights,
+            self.autocast_dtype,
+            self.student,
+        )
         if self.step is not None:
             try:
                 return self.step(*arguments)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: fall back to eager
-                warnings.warn(f"torch.compile of the inversion step failed, running eagerly: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                warnings.warn(
+                    f"torch.compile of the inversion step failed, running eagerly: "
+                    f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                )
                 self.step = None
                 _COMPILED[_compile_key(self.compile)] = None  # later batches go eager without retrying
         return inversion_step(*arguments)
@@ -144,8 +168,9 @@ class _Stage:
     first_total: Optional[torch.Tensor]
 
 
-def _competing_student(teacher: Teacher, competitor: Optional[Competitor], weights: LossWeights,
-                       device: torch.device) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+def _competing_student(
+    teacher: Teacher, competitor: Optional[Competitor], weights: LossWeights, device: torch.device
+) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """The frozen student's logits on a teacher-normalised view, when the competition term is on; else None."""
     if competitor is None or not weights.adi > 0:
         return None
@@ -153,9 +178,17 @@ def _competing_student(teacher: Teacher, competitor: Optional[Competitor], weigh
     return lambda view: competitor.logits(view * scale + shift)
 
 
-def _optimise_stage(x: torch.Tensor, resolution: int, iterations: int, schedule: Schedule,
-                    generator: torch.Generator, objective: _Objective, space: _PixelSpace, channels_last: bool,
-                    stage: _Stage) -> _Stage:
+def _optimise_stage(
+    x: torch.Tensor,
+    resolution: int,
+    iterations: int,
+    schedule: Schedule,
+    generator: torch.Generator,
+    objective: _Objective,
+    space: _PixelSpace,
+    channels_last: bool,
+    stage: _Stage,
+) -> _Stage:
     """Run one stage's Adam iterations on `x` (in place) at `resolution`, jittered and flipped by `generator`."""
     optimizer = _adam(x, schedule)
     shifts = jitter_pixels(schedule.jitter, resolution)
@@ -191,8 +224,13 @@ def _view(x: torch.Tensor, resolution: int, lowres: int) -> torch.Tensor:
     return F.interpolate(x, size=(resolution, resolution), mode="area")
 
 
-def _result(teacher: Teacher, x: torch.Tensor, space: _PixelSpace, terms: dict[str, torch.Tensor],
-            stage_totals: list[tuple[torch.Tensor, torch.Tensor]]) -> InversionResult:
+def _result(
+    teacher: Teacher,
+    x: torch.Tensor,
+    space: _PixelSpace,
+    terms: dict[str, torch.Tensor],
+    stage_totals: list[tuple[torch.Tensor, torch.Tensor]],
+) -> InversionResult:
     """The final images as uint8, the teacher's logits on exactly those, and the losses as floats."""
     images = (teacher.denormalize(space.to_teacher(x.detach())) * 255).round().to(torch.uint8)
     with torch.no_grad():
@@ -214,17 +252,25 @@ def _adam(x: torch.Tensor, schedule: Schedule) -> torch.optim.Optimizer:
         return torch.optim.Adam([x], foreach=x.device.type == "cuda", **kwargs)
 
 
-def inversion_step(model: torch.nn.Module, augmented: torch.Tensor, labels: torch.Tensor, bn_loss: BNStatisticsLoss,
-                   tap: EmbeddingTap, weights: LossWeights, autocast_dtype: Optional[torch.dtype],
-                   student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict[str, torch.Tensor]:
+def inversion_step(
+    model: torch.nn.Module,
+    augmented: torch.Tensor,
+    labels: torch.Tensor,
+    bn_loss: BNStatisticsLoss,
+    tap: EmbeddingTap,
+    weights: LossWeights,
+    autocast_dtype: Optional[torch.dtype],
+    student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+) -> dict[str, torch.Tensor]:
     """One iteration's loss terms on an augmented view (eager): one teacher forward (BN hooks and embedding tap
     fire), the frozen student's forward when competing, and the objective; "total" is the weighted sum, to
     backpropagate. This is the step `compile` compiles (see `compiled_inversion_step`); the GPU benchmark times it."""
     with _autocast(augmented.device, autocast_dtype):
         logits = model(augmented)
         student_logits = student(augmented) if student is not None else None
-    return objective(IterationView(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights,
-                                   student_logits))
+    return objective(
+        IterationView(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights, student_logits)
+    )
 
 
 _COMPILED: dict[str, Optional[Callable]] = {}

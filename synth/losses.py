@@ -1,4 +1,5 @@
 """DeepInversion and DF-DearKD synthesis losses as small pure functions (docs/method.md) plus the BN-statistics hooks."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -121,6 +122,7 @@ class BNStatisticsLoss:
             else:
                 # + 1e-12: a finite gradient even where a layer's statistics match exactly
                 self._terms[index] = (difference / self._scale[index]).square().mean(dim=1).add(1e-12).sqrt().sum()
+
         return hook
 
     def loss(self) -> torch.Tensor:
@@ -196,8 +198,9 @@ def _distances(embeddings: torch.Tensor) -> torch.Tensor:
     return sq.clamp_min(1e-12).sqrt()
 
 
-def intra_divergence(embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.5,
-                     form: str = "saturating") -> torch.Tensor:
+def intra_divergence(
+    embeddings: torch.Tensor, labels: torch.Tensor, margin: float = 0.5, form: str = "saturating"
+) -> torch.Tensor:
     """L_ep: push each sample from its nearest same-class sample; `saturating` max(0, m - d) or `unbounded` -d."""
     positive, _ = _pair_masks(labels)
     d = _distances(embeddings)

@@ -1,4 +1,5 @@
 """manifest.json, the index of a shard directory: atomic write, and a read that refuses a malformed file."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,7 @@ def read_manifest(root: str | Path) -> Optional[dict]:
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or not 0 <= num_shards <= MAX_SHARDS:
         raise UserError(f"'{path}' has num_shards {num_shards!r}; accepted: a whole number 0-{MAX_SHARDS}; {fix}")
     shards = manifest.get("shards", [])
-    if not isinstance(shards, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str)
-                                               for e in shards):
+    if not isinstance(shards, list) or not all(isinstance(e, dict) and isinstance(e.get("file"), str) for e in shards):
         raise UserError(f"'{path}' has a malformed shards list; {fix}")
     for key, kind in (("config", dict), ("teacher", dict), ("complete", bool)):
         if key in manifest and not isinstance(manifest[key], kind):

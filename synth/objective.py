@@ -1,5 +1,6 @@
 """The synthesis objective: one registered function per loss term, weighted by the `LossWeights` field of the same
 name. Adding a term is one `@term` function here plus one weight field in synth.config.LossWeights."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ TERMS: dict[str, tuple[TermFunction, bool]] = {}  # name -> (function, computed 
 def term(name: str, always: bool = False) -> Callable[[TermFunction], TermFunction]:
     """Register a loss term under the name of its weight field; `always`: computed and logged even at weight 0.
     A term that returns None does not apply to this iteration."""
+
     def register(function: TermFunction) -> TermFunction:
         TERMS[name] = (function, always)
         return function

@@ -2,6 +2,7 @@
 
 dfkd deletes or rewrites only files it can prove it wrote (README.md, "What dfkd writes, deletes and overwrites").
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,9 @@ from synth.teacher import Teacher
 LOG_PATTERN = re.compile(r"synthesis-rank\d+\.jsonl")
 
 
-def prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int,
-                   message: Callable[[str], None] = print) -> None:
+def prepare_output(
+    out: Path, identity: dict, teacher: Teacher, num_shards: int, images: int, message: Callable[[str], None] = print
+) -> None:
     """Refuse a directory that holds something else (another synthesis, or files dfkd did not write), delete
     stale temporary files of dfkd's own names, write the manifest (only when it changes).
 
@@ -38,11 +40,17 @@ def prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int,
             stale.unlink()
     old = manifest or {}
     new = dict(old)
-    new.update({
-        "format": shard_io.FORMAT, "format_version": shard_io.FORMAT_VERSION, "config": identity,
-        "teacher": teacher.describe(), "num_shards": num_shards, "images_expected": images,
-        "created": old.get("created", _now()),
-    })
+    new.update(
+        {
+            "format": shard_io.FORMAT,
+            "format_version": shard_io.FORMAT_VERSION,
+            "config": identity,
+            "teacher": teacher.describe(),
+            "num_shards": num_shards,
+            "images_expected": images,
+            "created": old.get("created", _now()),
+        }
+    )
     new.setdefault("shards", [])
     new.setdefault("images", 0)
     new.setdefault("complete", False)
@@ -52,8 +60,7 @@ def prepare_output(out: Path, identity: dict, teacher: Teacher, num_shards: int,
 def index_shards(out: Path, shards: list[dict], num_shards: int, message: Callable[[str], None] = print) -> None:
     """List every finished shard in the manifest (rank 0, at the end of a run) and write the dataset card."""
     manifest = read_manifest(out) or {}
-    updated = dict(manifest, shards=shards, images=sum(s["count"] for s in shards),
-                   complete=len(shards) == num_shards)
+    updated = dict(manifest, shards=shards, images=sum(s["count"] for s in shards), complete=len(shards) == num_shards)
     _write_manifest_if_changed(out, manifest, updated)
     card.write_card(out, updated, message)
 
@@ -83,8 +90,11 @@ def first_difference(a: dict, b: dict) -> Optional[tuple[str, Any, Any]]:
     Two teacher files with the same weights (sha256) are the same teacher, whatever path names them (relative or
     absolute, another node's mount point)."""
     flat_a, flat_b = _flatten(a), _flatten(b)
-    if (_is_teacher_file(flat_a.get("teacher")) and _is_teacher_file(flat_b.get("teacher"))
-            and flat_a.get("teacher_weights_sha256") == flat_b.get("teacher_weights_sha256")):
+    if (
+        _is_teacher_file(flat_a.get("teacher"))
+        and _is_teacher_file(flat_b.get("teacher"))
+        and flat_a.get("teacher_weights_sha256") == flat_b.get("teacher_weights_sha256")
+    ):
         flat_a["teacher"] = flat_b["teacher"]
     key = next((k for k in sorted(set(flat_a) | set(flat_b)) if flat_a.get(k) != flat_b.get(k)), None)
     return None if key is None else (key, flat_a.get(key), flat_b.get(key))
@@ -93,42 +103,59 @@ def first_difference(a: dict, b: dict) -> Optional[tuple[str, Any, Any]]:
 def _refuse_foreign_directory(out: Path, manifest: Optional[dict], shards: list[Path]) -> None:
     """Refuse a manifest of another format, or a non-empty directory that is no dfkd synthesis directory."""
     if manifest is not None and manifest.get("format") != shard_io.FORMAT:
-        raise UserError(f"'{out / shard_io.MANIFEST}' is not a dfkd manifest (format {manifest.get('format')!r}); "
-                        "choose a new or empty --out")
+        raise UserError(
+            f"'{out / shard_io.MANIFEST}' is not a dfkd manifest (format {manifest.get('format')!r}); "
+            "choose a new or empty --out"
+        )
     if out.is_dir() and manifest is None and not shards and not _only_dfkd_files(out):
-        raise UserError(f"output directory '{out}' is not empty and is not a dfkd synthesis directory (no "
-                        f"{shard_io.MANIFEST}, no shard-XXXXXX.h5); choose a new or empty --out")
+        raise UserError(
+            f"output directory '{out}' is not empty and is not a dfkd synthesis directory (no "
+            f"{shard_io.MANIFEST}, no shard-XXXXXX.h5); choose a new or empty --out"
+        )
 
 
-def _manifest_to_resume(out: Path, identity: dict, teacher: Teacher, manifest: Optional[dict], shards: list[Path],
-                        message: Callable[[str], None]) -> Optional[dict]:
+def _manifest_to_resume(
+    out: Path,
+    identity: dict,
+    teacher: Teacher,
+    manifest: Optional[dict],
+    shards: list[Path],
+    message: Callable[[str], None],
+) -> Optional[dict]:
     """The manifest this run builds on: `manifest`, or None when it records another run that wrote no shard (this
     run starts afresh). Another synthesis with shards is refused; the same teacher file under another path is
     adopted (see `prepare_output`)."""
     existing = existing_identity(out)
     if existing is not None and _same_teacher_file(existing, identity, manifest, teacher):
         if existing["teacher"] != identity["teacher"]:
-            message(f"note: teacher '{identity['teacher']}' has the same weights (sha256 "
-                    f"{identity['teacher_weights_sha256'][:12]}) as '{existing['teacher']}' recorded in '{out}'; "
-                    "resuming")
+            message(
+                f"note: teacher '{identity['teacher']}' has the same weights (sha256 "
+                f"{identity['teacher_weights_sha256'][:12]}) as '{existing['teacher']}' recorded in '{out}'; "
+                "resuming"
+            )
             identity["teacher"] = teacher.spec = existing["teacher"]
     difference = first_difference(existing, identity) if existing is not None else None
     if difference is not None and not shards and not (manifest or {}).get("shards"):
-        message(f"note: '{out}' holds the manifest of a run that wrote no shard ({difference[0]}: "
-                f"{difference[1]!r} there); starting afresh")
+        message(
+            f"note: '{out}' holds the manifest of a run that wrote no shard ({difference[0]}: "
+            f"{difference[1]!r} there); starting afresh"
+        )
         return None
     if difference is not None:
         key, there, now = difference
-        raise UserError(f"output directory '{out}' holds a different synthesis ({key}: {there!r} "
-                        f"there, {now!r} now); choose another --out or delete it")
+        raise UserError(
+            f"output directory '{out}' holds a different synthesis ({key}: {there!r} "
+            f"there, {now!r} now); choose another --out or delete it"
+        )
     return manifest
 
 
 def _write_manifest_if_changed(out: Path, old: dict, new: dict) -> None:
     """Write the manifest only when something besides its timestamp changes: a finished rerun touches nothing."""
     ignore = ("updated",)
-    if {k: v for k, v in old.items() if k not in ignore} != {k: v for k, v in new.items() if k not in ignore} \
-            or not (out / shard_io.MANIFEST).is_file():
+    if {k: v for k, v in old.items() if k not in ignore} != {k: v for k, v in new.items() if k not in ignore} or not (
+        out / shard_io.MANIFEST
+    ).is_file():
         write_manifest(out, dict(new, updated=_now()))
 
 

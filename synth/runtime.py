@@ -1,4 +1,5 @@
 """Where work runs and how it reports: devices, CPU threads (one rule for every command) and progress callbacks."""
+
 from __future__ import annotations
 
 import os
@@ -29,6 +30,7 @@ def available_cores() -> int:
 def idle_cores(seconds: float = 0.25) -> int:
     """Cores that other processes leave idle, measured over `seconds` from /proc/stat (all cores this process
     may use where /proc/stat is unavailable)."""
+
     def sample() -> tuple[int, int]:
         with open("/proc/stat") as stat:
             fields = [int(value) for value in stat.readline().split()[1:]]

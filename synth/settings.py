@@ -1,5 +1,6 @@
 """One declaration per setting: a config dataclass field carries its default, help text, accepted values and
 command-line flag; recipe validation (dfkd.config) and the command-line options (dfkd.cli.options) read them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -10,9 +11,17 @@ from synth.errors import UserError
 MISSING = dataclasses.MISSING
 
 
-def setting(default: Any = MISSING, *, help: str, flag: bool | str = False, choices: Optional[Sequence[str]] = None,
-            default_text: Optional[str] = None, path: Optional[str] = None,
-            factory: Optional[Callable[[], Any]] = None, added: bool = False) -> Any:
+def setting(
+    default: Any = MISSING,
+    *,
+    help: str,
+    flag: bool | str = False,
+    choices: Optional[Sequence[str]] = None,
+    default_text: Optional[str] = None,
+    path: Optional[str] = None,
+    factory: Optional[Callable[[], Any]] = None,
+    added: bool = False,
+) -> Any:
     """A dataclass field with its documentation.
 
     `help`: one sentence for `--help` (the default is appended from the field, or `default_text`); `flag`: True
@@ -21,8 +30,14 @@ def setting(default: Any = MISSING, *, help: str, flag: bool | str = False, choi
     "file" or "dir" for options naming one; `factory`: default_factory for nested configs; `added`: a setting
     added after a config's identity was fixed, left out of `identity_fields` at its default (so existing shard
     sets still resume)."""
-    metadata = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None,
-                "default_text": default_text, "path": path, "added": added}
+    metadata = {
+        "help": help,
+        "flag": flag,
+        "choices": tuple(choices) if choices else None,
+        "default_text": default_text,
+        "path": path,
+        "added": added,
+    }
     if factory is not None:
         return dataclasses.field(default_factory=factory, metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
@@ -30,8 +45,11 @@ def setting(default: Any = MISSING, *, help: str, flag: bool | str = False, choi
 
 def identity_fields(config: Any) -> dict[str, Any]:
     """The fields of a config as plain data, without the `added` settings that are at their default."""
-    return {f.name: dataclasses.asdict(config)[f.name] for f in dataclasses.fields(config)
-            if not (f.metadata.get("added") and getattr(config, f.name) == f.default)}
+    return {
+        f.name: dataclasses.asdict(config)[f.name]
+        for f in dataclasses.fields(config)
+        if not (f.metadata.get("added") and getattr(config, f.name) == f.default)
+    }
 
 
 def check_choices(config: Any, where: str = "") -> None:
@@ -51,8 +69,9 @@ def teacher_setting(help: str = "timm:<name>[.<tag>], torchvision:<name>, or a f
 
 def teacher_weights_setting() -> Any:
     """The teacher's weights file (overrides the library's cache and download)."""
-    return setting(None, help="Weights file (state_dict, dict with state_dict/model, or .safetensors).", flag=True,
-                   path="file")
+    return setting(
+        None, help="Weights file (state_dict, dict with state_dict/model, or .safetensors).", flag=True, path="file"
+    )
 
 
 def threads_setting(help: str = "CPU threads.") -> Any:

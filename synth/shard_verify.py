@@ -1,5 +1,6 @@
 """Verifying shards: layout, digest and the units each must hold; a directory's report; the integrity gate that
 consumers (distill, fidelity) pass before reading a set."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,7 @@ import numpy as np
 from synth.errors import UserError
 from synth.manifest import read_manifest
 from synth.shard_writer import content_digest
-from synth.shards import (
-    SHARD_PATTERN,
-    check_format_version,
-    list_shards,
-    shard_index,
-    shard_name,
-)
+from synth.shards import SHARD_PATTERN, check_format_version, list_shards, shard_index, shard_name
 
 PLAN_KEYS = ("classes", "per_class", "classes_per_batch", "images_per_class", "units_per_shard")
 
@@ -57,13 +52,14 @@ def expected_content(config: Any, index: int) -> Optional[tuple[np.ndarray, np.n
     if first >= last:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
     units = np.arange(first, last)
-    group_classes = np.asarray(classes[:groups * per_group], dtype=np.int64).reshape(groups, per_group)
+    group_classes = np.asarray(classes[: groups * per_group], dtype=np.int64).reshape(groups, per_group)
     labels = np.repeat(group_classes[units % groups], per_class, axis=1).reshape(-1)
     return np.arange(first * batch, last * batch, dtype=np.int64), labels
 
 
-def load_verified(path: str | Path, config: Optional[dict] = None,
-                  listed_digest: Optional[str] = None) -> tuple[Optional[VerifiedShard], Optional[str]]:
+def load_verified(
+    path: str | Path, config: Optional[dict] = None, listed_digest: Optional[str] = None
+) -> tuple[Optional[VerifiedShard], Optional[str]]:
     """(the shard, None) if it opens, has the v1 layout and matches its digest; else (None, what is wrong).
     With `config` (the run's), the shard's stored config must equal it; with `listed_digest` (the manifest's),
     its digest must be that one. The shard's sample_ids and labels must be those its units hold (by its index
@@ -121,9 +117,14 @@ class VerifyReport:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-able form."""
-        return {"ok": self.ok, "shards": self.shards, "images": self.images,
-                "problems": self.problems, "missing": self.missing,
-                "complete": self.complete}
+        return {
+            "ok": self.ok,
+            "shards": self.shards,
+            "images": self.images,
+            "problems": self.problems,
+            "missing": self.missing,
+            "complete": self.complete,
+        }
 
 
 def verify(root: str | Path) -> VerifyReport:

@@ -1,4 +1,5 @@
 """Writing one shard of format v1 atomically, with the sha256 digest of its content (docs/shards.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -14,8 +15,7 @@ from synth.errors import UserError
 from synth.shards import COMPRESSIONS, FORMAT, FORMAT_VERSION
 
 
-def content_digest(images: np.ndarray, labels: np.ndarray, sample_ids: np.ndarray,
-                   logits: Optional[np.ndarray]) -> str:
+def content_digest(images: np.ndarray, labels: np.ndarray, sample_ids: np.ndarray, logits: Optional[np.ndarray]) -> str:
     """sha256 over images (uint8), labels and sample_ids (<i8) and, when present, logits (<f2), in that order."""
     digest = hashlib.sha256()
     digest.update(np.ascontiguousarray(images, dtype=np.uint8).tobytes())
@@ -36,10 +36,21 @@ def _package_version() -> str:
         return "unknown"
 
 
-def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray, sample_ids: np.ndarray,
-                logits: Optional[np.ndarray], *, num_classes: int, mean: Sequence[float], std: Sequence[float],
-                teacher: dict, config: dict, class_names: Optional[Sequence[str]] = None,
-                compression: str = "none") -> str:
+def write_shard(
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    sample_ids: np.ndarray,
+    logits: Optional[np.ndarray],
+    *,
+    num_classes: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    teacher: dict,
+    config: dict,
+    class_names: Optional[Sequence[str]] = None,
+    compression: str = "none",
+) -> str:
     """Write one shard atomically (`.tmp`, close, `os.replace`); returns its content digest."""
     if compression not in COMPRESSIONS:
         raise UserError(f"compression '{compression}' is not one of {', '.join(COMPRESSIONS)}")
@@ -59,12 +70,20 @@ def write_shard(path: str | Path, images: np.ndarray, labels: np.ndarray, sample
                 f.create_dataset("teacher_logits", data=logits.astype(np.float16))
             if class_names:
                 f.create_dataset("class_names", data=list(class_names), dtype=h5py.string_dtype("utf-8"))
-            f.attrs.update({
-                "format": FORMAT, "format_version": FORMAT_VERSION, "resolution": height,
-                "num_classes": num_classes, "mean": np.asarray(mean, dtype=np.float64),
-                "std": np.asarray(std, dtype=np.float64), "teacher": json.dumps(teacher, sort_keys=True),
-                "config": json.dumps(config, sort_keys=True), "digest": digest, "dfkd_version": _package_version(),
-            })
+            f.attrs.update(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "resolution": height,
+                    "num_classes": num_classes,
+                    "mean": np.asarray(mean, dtype=np.float64),
+                    "std": np.asarray(std, dtype=np.float64),
+                    "teacher": json.dumps(teacher, sort_keys=True),
+                    "config": json.dumps(config, sort_keys=True),
+                    "digest": digest,
+                    "dfkd_version": _package_version(),
+                }
+            )
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -3,6 +3,7 @@
 `ShardDataset` reads a directory (or several) lazily; writing is `synth.shard_writer`, the index
 `synth.manifest`, checking `synth.shard_verify`.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -53,8 +54,9 @@ def check_format_version(path: Path, attrs: Any) -> None:
         raise UserError(f"'{path}' is not a dfkd shard (format attribute is {attrs.get('format')!r})")
     version = int(attrs.get("format_version", 0))
     if version > FORMAT_VERSION:
-        raise UserError(f"shard '{path}' has format_version {version}; this dfkd reads up to "
-                        f"{FORMAT_VERSION}, upgrade dfkd")
+        raise UserError(
+            f"shard '{path}' has format_version {version}; this dfkd reads up to {FORMAT_VERSION}, upgrade dfkd"
+        )
 
 
 def read_shard_config(path: str | Path) -> dict:
@@ -77,10 +79,13 @@ def set_identity(path: str | Path) -> dict[str, Any]:
     with h5py.File(path, "r") as f:
         check_format_version(path, f.attrs)
         teacher = json.loads(f.attrs["teacher"])
-        names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] \
-            if "class_names" in f else None
-        return {"teacher weights sha256": teacher.get("weights_sha256"), "num_classes": int(f.attrs["num_classes"]),
-                "class names": names, "resolution": int(f.attrs["resolution"])}
+        names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] if "class_names" in f else None
+        return {
+            "teacher weights sha256": teacher.get("weights_sha256"),
+            "num_classes": int(f.attrs["num_classes"]),
+            "class names": names,
+            "resolution": int(f.attrs["resolution"]),
+        }
 
 
 def check_combinable(first_shards: Sequence[str | Path]) -> None:
@@ -91,15 +96,18 @@ def check_combinable(first_shards: Sequence[str | Path]) -> None:
         for key in ("teacher weights sha256", "num_classes", "class names", "resolution"):
             if other[key] != reference[key]:
                 ours, theirs = (str(v)[:12] if key.startswith("teacher") else v for v in (reference[key], other[key]))
-                raise UserError(f"cannot combine '{Path(first_shards[0]).parent}' and '{Path(path).parent}': "
-                                f"different {key} ({ours} vs {theirs}); "
-                                "only sets from the same teacher with the same classes and resolution combine")
+                raise UserError(
+                    f"cannot combine '{Path(first_shards[0]).parent}' and '{Path(path).parent}': "
+                    f"different {key} ({ours} vs {theirs}); "
+                    "only sets from the same teacher with the same classes and resolution combine"
+                )
 
 
 def _shard_paths(root: str | Path | Sequence[str | Path]) -> list[Path]:
     """The shard files `root` names (see `ShardDataset`); several directories must hold combinable sets."""
-    directories = [Path(p) for p in root] if isinstance(root, (list, tuple)) \
-        and any(Path(p).is_dir() for p in root) else None
+    directories = (
+        [Path(p) for p in root] if isinstance(root, (list, tuple)) and any(Path(p).is_dir() for p in root) else None
+    )
     if directories:
         paths = []
         for directory in directories:
@@ -117,8 +125,13 @@ def _shard_paths(root: str | Path | Sequence[str | Path]) -> list[Path]:
 class ShardDataset(Dataset):
     """Images from a shard directory as (uint8 CHW tensor or PIL, label[, teacher logits]); lazy per-worker handles."""
 
-    def __init__(self, root: str | Path | Sequence[str | Path], return_logits: bool = False, as_pil: bool = False,
-                 transform: Optional[Callable] = None):
+    def __init__(
+        self,
+        root: str | Path | Sequence[str | Path],
+        return_logits: bool = False,
+        as_pil: bool = False,
+        transform: Optional[Callable] = None,
+    ):
         """`root`: a shard directory, a list of shard files, or a list of shard directories (one combined set;
         they must share the teacher weights, classes and resolution)."""
         paths = _shard_paths(root)
@@ -149,8 +162,10 @@ class ShardDataset(Dataset):
                 count, shape = len(labels), f["images"].shape
                 image_shape = image_shape if path != self.paths[0] else shape[1:]
                 if len(shape) != 4 or shape[0] != count or shape[1:] != image_shape or shape[3] != 3:
-                    raise UserError(f"shard '{path}' holds images of shape {shape}, not "
-                                    f"({count}, {', '.join(map(str, image_shape))})")
+                    raise UserError(
+                        f"shard '{path}' holds images of shape {shape}, not "
+                        f"({count}, {', '.join(map(str, image_shape))})"
+                    )
                 if len(ids) != count or (self.return_logits and len(f["teacher_logits"]) != count):
                     raise UserError(f"shard '{path}' has datasets of different lengths")
                 if count and not (0 <= labels.min() and labels.max() < self.num_classes):
@@ -160,8 +175,9 @@ class ShardDataset(Dataset):
             raise
         except Exception as exc:  # noqa: BLE001 - truncated, overwritten or hand-edited files
             detail = str(exc).splitlines()[0] if str(exc) else ""
-            raise UserError(f"cannot read shard '{path}' ({type(exc).__name__}: {detail}); "
-                            "`dfkd inspect` lists what is damaged") from None
+            raise UserError(
+                f"cannot read shard '{path}' ({type(exc).__name__}: {detail}); `dfkd inspect` lists what is damaged"
+            ) from None
 
     def _read_attrs(self, f: h5py.File) -> None:
         """The set's description from the first shard's attributes: classes, resolution, normalisation, teacher."""
@@ -173,10 +189,17 @@ class ShardDataset(Dataset):
         self.teacher = json.loads(attrs["teacher"])
         self.config = json.loads(attrs["config"])
         self.format_version = int(attrs["format_version"])
-        self.class_names = [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] \
-            if "class_names" in f else None
-        if self.num_classes < 1 or self.resolution < 1 or len(self.mean) != 3 or len(self.std) != 3 \
-                or not isinstance(self.teacher, dict) or not isinstance(self.config, dict):
+        self.class_names = (
+            [s.decode() if isinstance(s, bytes) else s for s in f["class_names"][:]] if "class_names" in f else None
+        )
+        if (
+            self.num_classes < 1
+            or self.resolution < 1
+            or len(self.mean) != 3
+            or len(self.std) != 3
+            or not isinstance(self.teacher, dict)
+            or not isinstance(self.config, dict)
+        ):
             raise ValueError("malformed attributes (num_classes, resolution, mean, std, teacher, config)")
 
     def __len__(self) -> int:
@@ -204,8 +227,10 @@ class ShardDataset(Dataset):
             array = images[local]
             stored = logits[local] if self.return_logits else None
         except Exception as exc:  # noqa: BLE001 - a shard damaged after it was opened (or read with --no-verify)
-            raise UserError(f"cannot read image {local} of shard '{self.paths[shard]}' ({type(exc).__name__}); "
-                            "`dfkd inspect` lists what is damaged") from None
+            raise UserError(
+                f"cannot read image {local} of shard '{self.paths[shard]}' ({type(exc).__name__}); "
+                "`dfkd inspect` lists what is damaged"
+            ) from None
         if self.as_pil:
             from PIL import Image
 

@@ -1,4 +1,5 @@
 """Small BatchNorm CNNs for small images (digits, tests), registered with timm as `dfkd_cnn_*`."""
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,14 @@ def _conv_bn(cin: int, cout: int) -> nn.Sequential:
 class SmallBNCNN(nn.Module):
     """Stages of two 3x3 conv-BN-ReLU layers, each stage but the last followed by 2x2 max pooling."""
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64), num_classes: int = 10, in_chans: int = 3,
-                 drop_rate: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (16, 32, 64),
+        num_classes: int = 10,
+        in_chans: int = 3,
+        drop_rate: float = 0.0,
+        **kwargs,
+    ):
         super().__init__()
         self.num_classes = num_classes
         stages, cin = [], in_chans
@@ -26,9 +33,7 @@ class SmallBNCNN(nn.Module):
             cin = width
         self.stages = nn.Sequential(*stages)
         self.num_features = cin
-        self.feature_info = [
-            {"num_chs": w, "reduction": 2 ** i, "module": f"stages.{i}.1"} for i, w in enumerate(widths)
-        ]
+        self.feature_info = [{"num_chs": w, "reduction": 2**i, "module": f"stages.{i}.1"} for i, w in enumerate(widths)]
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.drop = nn.Dropout(drop_rate)
         self.fc = nn.Linear(cin, num_classes)
@@ -56,8 +61,15 @@ class SmallBNCNN(nn.Module):
 
 
 def _cfg(**kwargs) -> dict:
-    return {"num_classes": 10, "input_size": (3, 32, 32), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
-            "first_conv": "stages.0.0.0", "classifier": "fc", **kwargs}
+    return {
+        "num_classes": 10,
+        "input_size": (3, 32, 32),
+        "mean": (0.5, 0.5, 0.5),
+        "std": (0.5, 0.5, 0.5),
+        "first_conv": "stages.0.0.0",
+        "classifier": "fc",
+        **kwargs,
+    }
 
 
 default_cfgs = generate_default_cfgs({"dfkd_cnn_digits": _cfg(), "dfkd_cnn_tiny": _cfg()})

@@ -1,5 +1,6 @@
 """What each rank reports at the end of a synthesis, the run summary built from all ranks, and the low-fidelity
 guard rail (a warning when the teacher does not classify the images as their targets)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -65,8 +66,9 @@ def all_shards(gathered: list[RankResult]) -> list[dict]:
     return sorted((s for r in gathered for s in r.shards), key=lambda s: s["file"])
 
 
-def summarize(gathered: list[RankResult], out: Path, num_shards: int, store_logits: bool,
-              seconds: float) -> dict[str, Any]:
+def summarize(
+    gathered: list[RankResult], out: Path, num_shards: int, store_logits: bool, seconds: float
+) -> dict[str, Any]:
     """The summary `synthesize` returns, covering every rank's shards."""
     shards = all_shards(gathered)
     images = sum(s["count"] for s in shards)
@@ -75,22 +77,36 @@ def summarize(gathered: list[RankResult], out: Path, num_shards: int, store_logi
     with_logits = store_logits and all(r.has_logits for r in gathered)
     fidelity = sum(r.hits for r in gathered) / total if with_logits and total else None
     return {
-        "out": str(out), "shards": num_shards, "shards_written": sum(r.written for r in gathered),
-        "shards_skipped": sum(r.skipped for r in gathered), "shards_regenerated": sorted(damaged),
-        "damaged": dict(sorted(damaged.items())), "nothing_to_do": not any(r.written for r in gathered),
-        "images": images, "complete": len(shards) == num_shards,
-        "fidelity": fidelity, "low_fidelity": fidelity is not None and fidelity < LOW_FIDELITY,
-        "processes": len(gathered), "seconds": round(seconds, 2),
+        "out": str(out),
+        "shards": num_shards,
+        "shards_written": sum(r.written for r in gathered),
+        "shards_skipped": sum(r.skipped for r in gathered),
+        "shards_regenerated": sorted(damaged),
+        "damaged": dict(sorted(damaged.items())),
+        "nothing_to_do": not any(r.written for r in gathered),
+        "images": images,
+        "complete": len(shards) == num_shards,
+        "fidelity": fidelity,
+        "low_fidelity": fidelity is not None and fidelity < LOW_FIDELITY,
+        "processes": len(gathered),
+        "seconds": round(seconds, 2),
     }
 
 
 def low_fidelity_warning(agreement: float, num_classes: int, losses: dict[str, float], weights: LossWeights) -> str:
     """The stderr note when the teacher does not classify the synthesized images as their targets."""
     ce, bn = losses.get("ce", float("nan")), losses.get("bn", float("nan"))
-    cause = (f"the BN-statistics term ({weights.bn} x {bn:.3g}) swamps the class term ({weights.ce} x {ce:.3g}); "
-             + ("try --bn-norm normalized (one weight for any teacher) or a smaller --a-bn"
-                if weights.bn_norm == "paper" else "try a smaller --a-bn")
-             if weights.bn * bn > weights.ce * ce else
-             "the class term does not fall; check --a-ce, --lr and the iterations")
-    return (f"warning: low fidelity: the teacher assigns only {agreement:.0%} of the synthesized images to their "
-            f"target class (chance: {1 / num_classes:.0%}); {cause}")
+    cause = (
+        f"the BN-statistics term ({weights.bn} x {bn:.3g}) swamps the class term ({weights.ce} x {ce:.3g}); "
+        + (
+            "try --bn-norm normalized (one weight for any teacher) or a smaller --a-bn"
+            if weights.bn_norm == "paper"
+            else "try a smaller --a-bn"
+        )
+        if weights.bn * bn > weights.ce * ce
+        else "the class term does not fall; check --a-ce, --lr and the iterations"
+    )
+    return (
+        f"warning: low fidelity: the teacher assigns only {agreement:.0%} of the synthesized images to their "
+        f"target class (chance: {1 / num_classes:.0%}); {cause}"
+    )

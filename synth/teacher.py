@@ -2,6 +2,7 @@
 
 Loading one: `synth.teacher_sources.load_teacher` (timm, torchvision, or a dfkd teacher file).
 """
+
 from __future__ import annotations
 
 import math
@@ -157,24 +158,42 @@ def find_classifier_name(model: nn.Module) -> str:
     return name
 
 
-def teacher_from_model(model: nn.Module, spec: str, mean, std, input_size: int, classifier_name: str,
-                       class_names: Optional[list[str]] = None, head_name: Optional[str] = None) -> Teacher:
+def teacher_from_model(
+    model: nn.Module,
+    spec: str,
+    mean,
+    std,
+    input_size: int,
+    classifier_name: str,
+    class_names: Optional[list[str]] = None,
+    head_name: Optional[str] = None,
+) -> Teacher:
     """Wrap a loaded model: its classifier (the last layer, which sets the class count), the head whose input is
     the embedding (`head_name`, default the classifier), and the BN layers that a forward pass runs."""
     if not all(math.isfinite(float(v)) for v in (*mean, *std)) or min(float(v) for v in std) <= 0:
-        raise UserError(f"teacher '{spec}' has a degenerate normalisation (mean {list(mean)}, std {list(std)}); "
-                        "accepted: finite means and stds > 0")
+        raise UserError(
+            f"teacher '{spec}' has a degenerate normalisation (mean {list(mean)}, std {list(std)}); "
+            "accepted: finite means and stds > 0"
+        )
     classifier = model.get_submodule(classifier_name)
     num_classes = classifier.weight.shape[0]
     if class_names is not None and len(class_names) != num_classes:
         class_names = None
     bn_layers = running_bn_layers(model, find_bn_layers(model), int(input_size))
     if not bn_layers:
-        raise UserError(f"teacher {spec} runs no BatchNorm layer in inference; DeepInversion needs BN running "
-                        "statistics to match")
+        raise UserError(
+            f"teacher {spec} runs no BatchNorm layer in inference; DeepInversion needs BN running statistics to match"
+        )
     return Teacher(
-        model=model, spec=spec, num_classes=num_classes, mean=tuple(mean), std=tuple(std),
-        input_size=int(input_size), classifier=classifier, weights_sha256=state_dict_sha256(model.state_dict()),
-        class_names=class_names, bn_layers=bn_layers,
+        model=model,
+        spec=spec,
+        num_classes=num_classes,
+        mean=tuple(mean),
+        std=tuple(std),
+        input_size=int(input_size),
+        classifier=classifier,
+        weights_sha256=state_dict_sha256(model.state_dict()),
+        class_names=class_names,
+        bn_layers=bn_layers,
         head=model.get_submodule(head_name) if head_name else None,
     )

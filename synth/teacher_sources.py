@@ -1,5 +1,6 @@
 """Load a teacher: `timm:<name>[.<tag>]`, `torchvision:<name>` (pretrained weights from the caches, or a weights
 file), or a dfkd teacher file (`synth.teacher_file`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,12 +11,7 @@ import torch.nn as nn
 
 from synth.downloads import hub_cached_download, timm_weights_file
 from synth.errors import UserError
-from synth.teacher import (
-    Teacher,
-    find_classifier_name,
-    require_bn_layers,
-    teacher_from_model,
-)
+from synth.teacher import Teacher, find_classifier_name, require_bn_layers, teacher_from_model
 from synth.teacher_file import load_teacher_file
 from synth.weights import load_weights_strict, num_classes_in, read_state_dict
 
@@ -32,9 +28,7 @@ def load_teacher(spec: str, weights: Optional[str] = None, device: str | torch.d
     elif Path(spec).is_file():
         teacher = load_teacher_file(spec, weights)
     else:
-        raise UserError(
-            f"teacher '{spec}' is not timm:<name>[.<tag>], torchvision:<name>, or an existing teacher file"
-        )
+        raise UserError(f"teacher '{spec}' is not timm:<name>[.<tag>], torchvision:<name>, or an existing teacher file")
     teacher.model.eval().requires_grad_(False)
     return teacher.to(device)
 
@@ -62,8 +56,15 @@ def _load_timm(spec: str, weights: Optional[str]) -> Teacher:
         model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": timm_weights_file(name, cfg)})
     cfg = model.pretrained_cfg
     class_names = _imagenet_names(model) if model.num_classes == 1000 else None
-    return teacher_from_model(model, spec, cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD),
-                              cfg.get("input_size", (3, 224, 224))[-1], classifier_name, class_names)
+    return teacher_from_model(
+        model,
+        spec,
+        cfg.get("mean", IMAGENET_MEAN),
+        cfg.get("std", IMAGENET_STD),
+        cfg.get("input_size", (3, 224, 224))[-1],
+        classifier_name,
+        class_names,
+    )
 
 
 def _imagenet_names(model: nn.Module) -> Optional[list[str]]:
@@ -132,8 +133,9 @@ def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
         try:
             enum = torchvision.models.get_model_weights(name).DEFAULT
         except (ValueError, KeyError):
-            raise UserError(f"torchvision model '{name}' has no pretrained weights; "
-                            "pass --teacher-weights FILE") from None
+            raise UserError(
+                f"torchvision model '{name}' has no pretrained weights; pass --teacher-weights FILE"
+            ) from None
         state_dict = read_state_dict(hub_cached_download(enum.url))
         source, class_names = enum.url, enum.meta.get("categories")
     if name in _TORCHVISION_KWARGS:
@@ -141,5 +143,13 @@ def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
     num_classes = num_classes_in(state_dict, classifier_name, source)
     model = build_torchvision(name, num_classes)
     load_weights_strict(model, state_dict, source, spec)
-    return teacher_from_model(model, spec, IMAGENET_MEAN, IMAGENET_STD, _torchvision_input_size(name),
-                              classifier_name, class_names, torchvision_head_name(model, classifier_name))
+    return teacher_from_model(
+        model,
+        spec,
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+        _torchvision_input_size(name),
+        classifier_name,
+        class_names,
+        torchvision_head_name(model, classifier_name),
+    )

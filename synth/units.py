@@ -6,6 +6,7 @@ is round r = u // G of group g = u % G: it holds the classes of group g, `images
 each, with per-class indices r * images_per_class + i. Inside a unit, position p holds class
 group[p // images_per_class]; its sample id is u * batch + p. Shard k holds units [k*U, (k+1)*U).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -85,17 +86,23 @@ class UnitPlan(Sequence):
         if not 0 <= index < len(self):
             raise IndexError(index)
         r, g = divmod(index, len(self.groups))
-        return Unit(id=index, classes=self.groups[g], first_index=r * self.images_per_class,
-                    images_per_class=self.images_per_class)
+        return Unit(
+            id=index,
+            classes=self.groups[g],
+            first_index=r * self.images_per_class,
+            images_per_class=self.images_per_class,
+        )
 
 
 def plan_units(classes: list[int], per_class: int, classes_per_batch: int, images_per_class: int) -> UnitPlan:
     """All work units in order (see the module docstring)."""
     if len(classes) % classes_per_batch:
         divisors = [d for d in range(2, min(len(classes), 10_000) + 1) if len(classes) % d == 0]
-        raise UserError(f"classes_per_batch {classes_per_batch} does not divide the {len(classes)} selected "
-                        f"classes; use one of {divisors[:8]}")
-    groups = [tuple(classes[i:i + classes_per_batch]) for i in range(0, len(classes), classes_per_batch)]
+        raise UserError(
+            f"classes_per_batch {classes_per_batch} does not divide the {len(classes)} selected "
+            f"classes; use one of {divisors[:8]}"
+        )
+    groups = [tuple(classes[i : i + classes_per_batch]) for i in range(0, len(classes), classes_per_batch)]
     return UnitPlan(groups, per_class // images_per_class, images_per_class)
 
 

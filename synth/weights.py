@@ -1,4 +1,5 @@
 """Weights files and state dicts: read them, identify them (sha256), and load them into an architecture."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,8 +39,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"weights file '{path}' holds no state_dict (expected tensors by name, or a dict with "
-                        "'state_dict' or 'model')")
+        raise UserError(
+            f"weights file '{path}' holds no state_dict (expected tensors by name, or a dict with "
+            "'state_dict' or 'model')"
+        )
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
@@ -57,8 +60,9 @@ def load_weights_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], s
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as exc:
         missing, unexpected = _key_mismatch(model, state_dict)
-        detail = f"missing {missing[:3]}, unexpected {unexpected[:3]}" if (missing or unexpected) \
-            else "tensor shapes differ"
+        detail = (
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}" if (missing or unexpected) else "tensor shapes differ"
+        )
         raise UserError(f"weights '{source}' do not fit {spec}: {detail}") from exc
 
 

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny teachers trained or initialised in seconds; one torch thread (the CI box has 2 cores)."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,6 +32,14 @@ def random_teacher(tmp_path_factory) -> str:
         for _ in range(5):
             model(torch.randn(16, 3, 32, 32) * 0.7 + 0.1)
     path = tmp_path_factory.mktemp("teacher") / "random-tiny.pt"
-    save_teacher_file(path, "timm:dfkd_cnn_tiny", {"num_classes": 4}, model, (0.5,) * 3, (0.5,) * 3, 32,
-                      ["zero", "one", "two", "three"])
+    save_teacher_file(
+        path,
+        "timm:dfkd_cnn_tiny",
+        {"num_classes": 4},
+        model,
+        (0.5,) * 3,
+        (0.5,) * 3,
+        32,
+        ["zero", "one", "two", "three"],
+    )
     return str(path)

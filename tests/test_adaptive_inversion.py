@@ -1,4 +1,5 @@
 """Adaptive DeepInversion: the competition term by hand, a frozen student, and the student in the shard config."""
+
 import json
 
 import numpy as np
@@ -25,8 +26,11 @@ def student_file(tmp_path_factory):
     torch.manual_seed(0)
     model = timm.create_model("dearkd_pico_patch4_32", num_classes=4)
     torch.save(model.state_dict(), root / "student.pth")
-    (root / "student.json").write_text(json.dumps({"model": "dearkd_pico_patch4_32", "num_classes": 4,
-                                                   "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}))
+    (root / "student.json").write_text(
+        json.dumps(
+            {"model": "dearkd_pico_patch4_32", "num_classes": 4, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+        )
+    )
     return str(root / "student.pth")
 
 
@@ -60,10 +64,18 @@ def test_competition_moves_only_the_image(random_teacher, student_file):
 
 
 def test_student_and_its_sha256_join_the_shard_config(random_teacher, student_file, tmp_path):
-    config = SynthesisConfig(teacher=random_teacher, classes="0-1", per_class=2, classes_per_batch=2,
-                             images_per_class=2, threads=1, device="cpu", student=student_file,
-                             schedule=Schedule(resolutions=(16,), iterations=(2,)),
-                             losses=LossWeights(bn=1.0, ep=0.0, triplet=0.0, adi=1.0))
+    config = SynthesisConfig(
+        teacher=random_teacher,
+        classes="0-1",
+        per_class=2,
+        classes_per_batch=2,
+        images_per_class=2,
+        threads=1,
+        device="cpu",
+        student=student_file,
+        schedule=Schedule(resolutions=(16,), iterations=(2,)),
+        losses=LossWeights(bn=1.0, ep=0.0, triplet=0.0, adi=1.0),
+    )
     synthesize(config, tmp_path / "s")
     recorded = read_manifest(tmp_path / "s")["config"]["student"]
     assert recorded["sha256"] == load_competitor(student_file).sha256 and recorded["file"].endswith("student.pth")
@@ -84,15 +96,62 @@ def test_two_round_adaptive_workflow_through_the_cli(digits_teacher, tmp_path):
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
-    tiny = ["--classes", "all", "--per-class", "2", "--classes-per-batch", "10", "--images-per-class", "2",
-            "--resolutions", "16,32", "--iterations", "4,4", "--a-bn", "1", "--device", "cpu", "--threads", "1"]
-    train = ["--teacher", digits_teacher, "--student", "dearkd_pico_patch4_32", "--epochs", "1", "--stage1-epochs",
-             "1", "--batch-size", "10", "--workers", "0", "--device", "cpu", "--threads", "1",
-             "--distillation", "function_matching"]
+    tiny = [
+        "--classes",
+        "all",
+        "--per-class",
+        "2",
+        "--classes-per-batch",
+        "10",
+        "--images-per-class",
+        "2",
+        "--resolutions",
+        "16,32",
+        "--iterations",
+        "4,4",
+        "--a-bn",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    train = [
+        "--teacher",
+        digits_teacher,
+        "--student",
+        "dearkd_pico_patch4_32",
+        "--epochs",
+        "1",
+        "--stage1-epochs",
+        "1",
+        "--batch-size",
+        "10",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--distillation",
+        "function_matching",
+    ]
     run("synthesize", "--teacher", digits_teacher, "--out", tmp_path / "r1", *tiny)
     first = run("distill", "--shards", tmp_path / "r1", "--out", tmp_path / "s1", *train)
-    second_set = run("synthesize", "--teacher", digits_teacher, "--out", tmp_path / "r2", "--seed", "1",
-                     "--student", first["student"], "--a-adi", "1", *tiny)
+    second_set = run(
+        "synthesize",
+        "--teacher",
+        digits_teacher,
+        "--out",
+        tmp_path / "r2",
+        "--seed",
+        "1",
+        "--student",
+        first["student"],
+        "--a-adi",
+        "1",
+        *tiny,
+    )
     assert second_set["images"] == 20
     both = run("distill", "--shards", f"{tmp_path / 'r1'},{tmp_path / 'r2'}", "--out", tmp_path / "s2", *train)
     assert both["images"] == 40 and both["distillation"] == "function_matching"

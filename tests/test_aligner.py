@@ -1,4 +1,5 @@
 """Aligners end in ReLU only where the tapped teacher stage cannot output negative values."""
+
 import timm
 import torch
 
@@ -11,8 +12,9 @@ from synth.teacher_sources import IMAGENET_MEAN, IMAGENET_STD
 def _teacher(name):
     torch.manual_seed(0)
     model = timm.create_model(name, num_classes=4).eval()
-    return teacher_from_model(model, f"timm:{name}", IMAGENET_MEAN, IMAGENET_STD, 64,
-                              model.pretrained_cfg["classifier"])
+    return teacher_from_model(
+        model, f"timm:{name}", IMAGENET_MEAN, IMAGENET_STD, 64, model.pretrained_cfg["classifier"]
+    )
 
 
 def test_linear_bottleneck_stages_get_an_aligner_that_can_go_negative():

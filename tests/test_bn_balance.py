@@ -1,4 +1,5 @@
 """The BN-statistics term's two forms, and the low-fidelity guard rail."""
+
 import pytest
 import torch
 import torch.nn as nn
@@ -23,7 +24,7 @@ def _net(scale: float = 1.0) -> nn.Sequential:
         net[3].weight *= scale
         net[3].bias *= scale
         net[4].running_mean *= scale
-        net[4].running_var *= scale ** 2
+        net[4].running_var *= scale**2
     return net
 
 
@@ -48,8 +49,9 @@ def test_normalized_term_is_invariant_to_duplicating_bn_layers():
     once = _bn_loss(net, [net[1], net[4]], "normalized", first=1.0)
     twice = _bn_loss(net, [net[1], net[1], net[4], net[4]], "normalized", first=1.0)
     assert twice == pytest.approx(once, rel=1e-6)
-    paper_once, paper_twice = (_bn_loss(net, layers, "paper", first=1.0)
-                               for layers in ([net[1], net[4]], [net[1], net[1], net[4], net[4]]))
+    paper_once, paper_twice = (
+        _bn_loss(net, layers, "paper", first=1.0) for layers in ([net[1], net[4]], [net[1], net[1], net[4], net[4]])
+    )
     assert paper_twice == pytest.approx(2 * paper_once, rel=1e-6)  # the paper form grows with depth
 
 
@@ -60,15 +62,24 @@ def test_paper_form_is_deepinversions_weighted_sum():
     expected = 0.0
     for weight, bn, h in zip((10.0, 1.0), (net[1], net[4]), inputs):
         var, mean = torch.var_mean(h, dim=(0, 2, 3), correction=0)
-        expected += weight * float(torch.linalg.vector_norm(mean - bn.running_mean)
-                                   + torch.linalg.vector_norm(var - bn.running_var))
+        expected += weight * float(
+            torch.linalg.vector_norm(mean - bn.running_mean) + torch.linalg.vector_norm(var - bn.running_var)
+        )
     assert _bn_loss(net, [net[1], net[4]], "paper") == pytest.approx(expected, rel=1e-5)
 
 
 def _tiny(teacher, **losses) -> SynthesisConfig:
-    return SynthesisConfig(teacher=teacher, classes="all", per_class=2, classes_per_batch=10, images_per_class=2,
-                           threads=1, device="cpu", schedule=Schedule(resolutions=(16, 32), iterations=(30, 30)),
-                           losses=LossWeights(**{"bn_norm": "paper", "bn": 1.0, "ep": 0.0, "triplet": 0.0, **losses}))
+    return SynthesisConfig(
+        teacher=teacher,
+        classes="all",
+        per_class=2,
+        classes_per_batch=10,
+        images_per_class=2,
+        threads=1,
+        device="cpu",
+        schedule=Schedule(resolutions=(16, 32), iterations=(30, 30)),
+        losses=LossWeights(**{"bn_norm": "paper", "bn": 1.0, "ep": 0.0, "triplet": 0.0, **losses}),
+    )
 
 
 def test_low_fidelity_warning_fires_on_a_misweighted_run_and_not_on_a_healthy_one(digits_teacher, tmp_path):

@@ -1,5 +1,6 @@
 """What a newcomer meets first: help texts with defaults, quiet reruns, readable inspect output, teacher paths that
 work from any directory, and options that are refused rather than ignored."""
+
 import json
 import os
 from pathlib import Path
@@ -11,16 +12,40 @@ from dfkd.cli import main
 from dfkd.cli.common import Reporter
 from synth.shards import ShardDataset
 
-SMALL = ["--classes", "0-1", "--per-class", "2", "--classes-per-batch", "2", "--images-per-class", "2",
-         "--resolutions", "8", "--iterations", "1", "--seed", "0", "--threads", "1", "--device", "cpu"]
+SMALL = [
+    "--classes",
+    "0-1",
+    "--per-class",
+    "2",
+    "--classes-per-batch",
+    "2",
+    "--images-per-class",
+    "2",
+    "--resolutions",
+    "8",
+    "--iterations",
+    "1",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 
 
 def test_synthesize_help_shows_every_default_and_explains_ep_form():
     from dfkd.cli.synthesize import synthesize_command as synthesize
 
     helps = {param.opts[0]: param.help or "" for param in synthesize.params}
-    for option in ("--per-class", "--classes-per-batch", "--images-per-class", "--units-per-shard", "--multires",
-                   "--ep-form"):
+    for option in (
+        "--per-class",
+        "--classes-per-batch",
+        "--images-per-class",
+        "--units-per-shard",
+        "--multires",
+        "--ep-form",
+    ):
         assert "[default: " in helps[option], helps[option]
     assert "saturating" in helps["--ep-form"] and "Intra-divergence" in helps["--ep-form"]
     assert CliRunner().invoke(main, ["synthesize", "--help"]).exit_code == 0
@@ -55,7 +80,7 @@ def test_relative_teacher_is_recorded_absolute_and_works_from_anywhere(random_te
     assert fidelity.exit_code == 0, fidelity.output
     inspect = runner.invoke(main, ["inspect", str(out)])
     assert inspect.exit_code == 0, inspect.output
-    text = inspect.stdout[inspect.stdout.index("config:\n") + len("config:\n"):]
+    text = inspect.stdout[inspect.stdout.index("config:\n") + len("config:\n") :]
     config = yaml.safe_load(text)
     assert config["teacher"] == str(teacher.resolve()) and config["losses"]["ep_form"] == "saturating"
 

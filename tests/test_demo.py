@@ -1,4 +1,5 @@
 """`dfkd train-teacher` and `dfkd demo --fast`: the whole pipeline on real digits."""
+
 import json
 
 import torch
@@ -12,8 +13,23 @@ from synth.teacher_sources import load_teacher
 
 def test_train_teacher_checkpoint_round_trip(tmp_path):
     path = tmp_path / "teacher.pt"
-    result = CliRunner().invoke(main, ["train-teacher", "--dataset", "digits", "--arch", "dfkd_cnn_tiny",
-                                       "--epochs", "3", "--threads", "1", "--out", str(path), "--json"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "train-teacher",
+            "--dataset",
+            "digits",
+            "--arch",
+            "dfkd_cnn_tiny",
+            "--epochs",
+            "3",
+            "--threads",
+            "1",
+            "--out",
+            str(path),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     teacher = load_teacher(str(path))

@@ -1,4 +1,5 @@
 """Distillation: teacher taps, the stage-1 / stage-2 losses, data, the trainer's resume and export, `dfkd distill`."""
+
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -14,23 +15,11 @@ from dfkd.cli.distill import distill_command
 from dfkd.config import build, load_recipe
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from dfkd.digits.data import load_digits_split, write_image_folder
-from dfkd.distill import (
-    AugmentConfig,
-    DistillationLoss,
-    DistillConfig,
-    OptimConfig,
-    train_student,
-)
+from dfkd.distill import AugmentConfig, DistillationLoss, DistillConfig, OptimConfig, train_student
 from dfkd.distill.batch import BatchPrep
 from dfkd.distill.data import labels_of, subset
 from dfkd.distill.losses import teacher_affine
-from dfkd.distill.taps import (
-    BlockTaps,
-    Stage,
-    TeacherTaps,
-    default_stage,
-    teacher_stages,
-)
+from dfkd.distill.taps import BlockTaps, Stage, TeacherTaps, default_stage, teacher_stages
 from dfkd.distill.transforms import train_transform
 from dfkd.models import Aligner
 from synth.config import LossWeights, Schedule, SynthesisConfig
@@ -41,18 +30,29 @@ from synth.teacher_sources import load_teacher
 
 torch.set_num_threads(1)
 STUDENT = "dearkd_pico_patch4_32"
-NO_AUG = AugmentConfig(rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0, mixup=0.0, cutmix=0.0,
-                       reprob=0.0, smoothing=0.0)
+NO_AUG = AugmentConfig(
+    rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0, mixup=0.0, cutmix=0.0, reprob=0.0, smoothing=0.0
+)
 
 
 @pytest.fixture(scope="session")
 def shards(digits_teacher, tmp_path_factory) -> str:
     """40 synthesized 32-px images (4 per digit) with stored teacher logits."""
     out = tmp_path_factory.mktemp("shards")
-    synthesize(SynthesisConfig(teacher=digits_teacher, classes="all", per_class=4, classes_per_batch=10,
-                               images_per_class=2, threads=1, device="cpu",
-                               schedule=Schedule(resolutions=(16, 32), iterations=(10, 10)),
-                               losses=LossWeights(bn=1.0)), out)
+    synthesize(
+        SynthesisConfig(
+            teacher=digits_teacher,
+            classes="all",
+            per_class=4,
+            classes_per_batch=10,
+            images_per_class=2,
+            threads=1,
+            device="cpu",
+            schedule=Schedule(resolutions=(16, 32), iterations=(10, 10)),
+            losses=LossWeights(bn=1.0),
+        ),
+        out,
+    )
     return str(out)
 
 
@@ -61,13 +61,26 @@ def digits_folders(tmp_path_factory) -> tuple[str, str]:
     """Real digits as PNG class folders: (train, test)."""
     split = load_digits_split()
     root = tmp_path_factory.mktemp("digits")
-    return (str(write_image_folder(split.train_images, split.train_labels, root / "train")),
-            str(write_image_folder(split.test_images, split.test_labels, root / "test")))
+    return (
+        str(write_image_folder(split.train_images, split.train_labels, root / "train")),
+        str(write_image_folder(split.test_images, split.test_labels, root / "test")),
+    )
 
 
 def _config(shards, teacher, **kw) -> DistillConfig:
-    base = dict(shards=shards, teacher=teacher, student=STUDENT, epochs=2, stage1_epochs=1, batch_size=8,
-                workers=0, threads=1, device="cpu", drop_path=0.0, optim=OptimConfig(lr=0.02, warmup_epochs=0))
+    base = dict(
+        shards=shards,
+        teacher=teacher,
+        student=STUDENT,
+        epochs=2,
+        stage1_epochs=1,
+        batch_size=8,
+        workers=0,
+        threads=1,
+        device="cpu",
+        drop_path=0.0,
+        optim=OptimConfig(lr=0.02, warmup_epochs=0),
+    )
     return DistillConfig(**{**base, **kw})
 
 
@@ -108,12 +121,12 @@ def test_hard_soft_stored_losses_by_hand():
     tau = 2.0
     soft = DistillationLoss("soft", teacher, tau=tau)
     p = (t_logits / tau).softmax(1)
-    kl = (p * (p.log() - (z_dist / tau).log_softmax(1))).sum(1).mean() * tau ** 2
+    kl = (p * (p.log() - (z_dist / tau).log_softmax(1))).sum(1).mean() * tau**2
     torch.testing.assert_close(soft(x, (z_cls, z_dist), target, stage=1)[1]["dist"], kl)
 
     stored = DistillationLoss("stored", None, tau=tau)
     q = torch.softmax(torch.randn(4, 5), 1)
-    kl_q = (q * (q.log() - (z_dist / tau).log_softmax(1))).sum(1).mean() * tau ** 2
+    kl_q = (q * (q.log() - (z_dist / tau).log_softmax(1))).sum(1).mean() * tau**2
     loss, parts = stored(x, (z_cls, z_dist), target, stage=1, stored_probs=q)
     torch.testing.assert_close(parts["dist"], kl_q)
     torch.testing.assert_close(loss, ce_cls + kl_q)
@@ -159,8 +172,9 @@ def test_mixed_batch_hard_labels_come_from_teacher_on_the_same_mixed_image():
     _, parts = loss_fn(batch.inputs, (z, z), batch.target, stage=1)
     mixed01 = lam * x01 + (1 - lam) * x01.flip(0)
     seen = teacher.inputs[0]
-    torch.testing.assert_close(seen, (mixed01 - torch.tensor(t_mean).view(1, 3, 1, 1))
-                               / torch.tensor(t_std).view(1, 3, 1, 1))
+    torch.testing.assert_close(
+        seen, (mixed01 - torch.tensor(t_mean).view(1, 3, 1, 1)) / torch.tensor(t_std).view(1, 3, 1, 1)
+    )
     y_t = (seen.mean(dim=(2, 3)) @ teacher.weight).argmax(1)
     torch.testing.assert_close(parts["dist"], F.cross_entropy(z, y_t))
 
@@ -169,8 +183,9 @@ def test_function_matching_matches_teacher_on_the_mixed_view_with_both_heads_and
     torch.manual_seed(1)
     np.random.seed(1)
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
-    prep = BatchPrep((0.5,) * 3, (0.5,) * 3, 5, replace(NO_AUG, mixup=1.0, cutmix=1.0, mix_prob=1.0),
-                     torch.device("cpu"))
+    prep = BatchPrep(
+        (0.5,) * 3, (0.5,) * 3, 5, replace(NO_AUG, mixup=1.0, cutmix=1.0, mix_prob=1.0), torch.device("cpu")
+    )
     batch = prep(images, torch.tensor([0, 1, 2, 3, 4, 0]))
     assert not torch.equal(batch.inputs, prep.normalize(images))  # every batch is mixed
     teacher, tau = Recorder(torch.randn(3, 5)), 2.0
@@ -179,7 +194,7 @@ def test_function_matching_matches_teacher_on_the_mixed_view_with_both_heads_and
     loss, parts = loss_fn(batch.inputs, (z_cls, z_dist), batch.target, stage=1)
     assert len(teacher.inputs) == 1 and torch.equal(teacher.inputs[0], batch.inputs)  # the very mixed view
     p = (teacher.inputs[0].mean(dim=(2, 3)) @ teacher.weight / tau).softmax(1)
-    kl = lambda z: (p * (p.log() - (z / tau).log_softmax(1))).sum(1).mean() * tau ** 2  # noqa: E731
+    kl = lambda z: (p * (p.log() - (z / tau).log_softmax(1))).sum(1).mean() * tau**2  # noqa: E731
     torch.testing.assert_close(parts["cls"], kl(z_cls))
     torch.testing.assert_close(parts["dist"], kl(z_dist))
     torch.testing.assert_close(loss, 0.5 * kl(z_cls) + kl(z_dist))
@@ -231,7 +246,12 @@ def test_torchvision_stages_by_probe():
 
     stages = teacher_stages(Holder(), 64)
     assert [(s.module, s.reduction) for s in stages] == [
-        ("relu", 2), ("layer1", 4), ("layer2", 8), ("layer3", 16), ("layer4", 32)]
+        ("relu", 2),
+        ("layer1", 4),
+        ("layer2", 8),
+        ("layer3", 16),
+        ("layer4", 32),
+    ]
 
 
 # ---------------------------------------------------------------- data
@@ -266,11 +286,13 @@ def test_deit_rand_augment_posterize_to_zero_bits_gives_black_not_an_error():
 def test_teacher_runs_once_per_stage1_step_and_never_in_stage2(shards, digits_teacher, tmp_path):
     calls = []
     hook = torch.nn.modules.module.register_module_forward_hook(
-        lambda m, i, o: calls.append(len(i[0])) if isinstance(m, SmallBNCNN) else None)
+        lambda m, i, o: calls.append(len(i[0])) if isinstance(m, SmallBNCNN) else None
+    )
     per_epoch = []
     try:
-        result = train_student(_config(shards, digits_teacher), tmp_path,
-                         on_epoch=lambda record: per_epoch.append(calls.count(8)))
+        result = train_student(
+            _config(shards, digits_teacher), tmp_path, on_epoch=lambda record: per_epoch.append(calls.count(8))
+        )
     finally:
         hook.remove()
     assert per_epoch == [40 // 8, 40 // 8]  # 5 teacher forwards in epoch 1 (stage 1), none in epoch 2
@@ -278,16 +300,36 @@ def test_teacher_runs_once_per_stage1_step_and_never_in_stage2(shards, digits_te
 
 
 def test_training_lowers_the_loss(shards, digits_teacher, tmp_path):
-    config = _config(shards, digits_teacher, epochs=4, stage1_epochs=4, augment=NO_AUG,
-                     optim=OptimConfig(lr=0.3, warmup_epochs=0))
+    config = _config(
+        shards, digits_teacher, epochs=4, stage1_epochs=4, augment=NO_AUG, optim=OptimConfig(lr=0.3, warmup_epochs=0)
+    )
     result = train_student(config, tmp_path)
     losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4 and losses == sorted(losses, reverse=True) and losses[-1] < 0.9 * losses[0], losses
     assert result["final_loss"] == losses[-1]
 
 
-CLI_ARGS = ["--student", STUDENT, "--epochs", "2", "--stage1-epochs", "1", "--batch-size", "8", "--device", "cpu",
-            "--threads", "1", "--workers", "0", "--lr", "0.02", "--warmup-epochs", "0.5", "--quiet"]
+CLI_ARGS = [
+    "--student",
+    STUDENT,
+    "--epochs",
+    "2",
+    "--stage1-epochs",
+    "1",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--lr",
+    "0.02",
+    "--warmup-epochs",
+    "0.5",
+    "--quiet",
+]
 
 
 def test_interrupt_and_resume_reproduce_the_uninterrupted_run(shards, digits_teacher, tmp_path):
@@ -297,15 +339,17 @@ def test_interrupt_and_resume_reproduce_the_uninterrupted_run(shards, digits_tea
     def stop(record):
         raise KeyboardInterrupt
 
-    config = _config(shards, digits_teacher, optim=OptimConfig(lr=0.02, warmup_epochs=0.5), augment=AugmentConfig(),
-                     drop_path=0.1)  # the same settings as CLI_ARGS: DeiT augmentations and stochastic depth on
+    config = _config(
+        shards, digits_teacher, optim=OptimConfig(lr=0.02, warmup_epochs=0.5), augment=AugmentConfig(), drop_path=0.1
+    )  # the same settings as CLI_ARGS: DeiT augmentations and stochastic depth on
     with pytest.raises(KeyboardInterrupt):
         train_student(config, tmp_path / "b", on_epoch=stop)
     assert (tmp_path / "b" / "checkpoint.pt").is_file() and not (tmp_path / "b" / "student.pth").exists()
     again = _run_cli("--shards", shards, "--teacher", digits_teacher, *CLI_ARGS, "--out", tmp_path / "b")
     assert again.exit_code == 2 and "pass --resume" in again.stderr
-    resumed = _run_cli("--shards", shards, "--teacher", digits_teacher, *CLI_ARGS, "--out", tmp_path / "b",
-                       "--resume", "--json")
+    resumed = _run_cli(
+        "--shards", shards, "--teacher", digits_teacher, *CLI_ARGS, "--out", tmp_path / "b", "--resume", "--json"
+    )
     assert resumed.exit_code == 0, resumed.output
     a = torch.load(tmp_path / "a" / "student.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "student.pth", weights_only=True)
@@ -319,10 +363,18 @@ def test_interrupt_and_resume_reproduce_the_uninterrupted_run(shards, digits_tea
 def test_student_file_loads_with_timm_and_gives_identical_outputs(shards, digits_teacher, tmp_path):
     train_student(_config(shards, digits_teacher, epochs=1, stage1_epochs=1), tmp_path)
     info = json.loads((tmp_path / "student.json").read_text())
-    assert info == {"model": STUDENT, "num_classes": 10, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
-                    "epochs": 1, "model_kwargs": {}}
-    loaded = timm.create_model(info["model"], num_classes=info["num_classes"],
-                               checkpoint_path=str(tmp_path / "student.pth")).eval()
+    assert info == {
+        "model": STUDENT,
+        "num_classes": 10,
+        "input_size": 32,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "epochs": 1,
+        "model_kwargs": {},
+    }
+    loaded = timm.create_model(
+        info["model"], num_classes=info["num_classes"], checkpoint_path=str(tmp_path / "student.pth")
+    ).eval()
     trained = timm.create_model(STUDENT, num_classes=10).eval()
     trained.load_state_dict(torch.load(tmp_path / "checkpoint.pt", weights_only=True)["student"])
     x = torch.randn(3, 3, 32, 32)
@@ -332,10 +384,28 @@ def test_student_file_loads_with_timm_and_gives_identical_outputs(shards, digits
 
 def test_image_folder_training_with_subset_and_validation(digits_folders, digits_teacher, tmp_path):
     train, test = digits_folders
-    result = _run_cli("--images", train, "--subset", "0.05", "--val-data", test, "--val-every", "1",
-                      "--teacher", digits_teacher, "--distillation", "soft", "--tau", "2", "--pairs", "1:1,0:2",
-                      *CLI_ARGS,
-                      "--out", tmp_path, "--json")
+    result = _run_cli(
+        "--images",
+        train,
+        "--subset",
+        "0.05",
+        "--val-data",
+        test,
+        "--val-every",
+        "1",
+        "--teacher",
+        digits_teacher,
+        "--distillation",
+        "soft",
+        "--tau",
+        "2",
+        "--pairs",
+        "1:1,0:2",
+        *CLI_ARGS,
+        "--out",
+        tmp_path,
+        "--json",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["images"] == 70 and 0 <= summary["val_top1"] <= 1 and summary["pairs"] == ["1:1", "0:2"]
@@ -358,27 +428,43 @@ def test_stored_logits_need_no_teacher(shards, tmp_path, monkeypatch):
 def non_square_shards(tmp_path) -> str:
     out = tmp_path / "wide"
     out.mkdir()
-    write_shard(out / "shard-000000.h5", np.zeros((4, 32, 16, 3), np.uint8), np.arange(4) % 2, np.arange(4),
-                np.zeros((4, 10), np.float32), num_classes=10, mean=(0.5,) * 3, std=(0.5,) * 3, teacher={}, config={})
+    write_shard(
+        out / "shard-000000.h5",
+        np.zeros((4, 32, 16, 3), np.uint8),
+        np.arange(4) % 2,
+        np.arange(4),
+        np.zeros((4, 10), np.float32),
+        num_classes=10,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        teacher={},
+        config={},
+    )
     return str(out)
 
 
-@pytest.mark.parametrize("case, message", [
-    ("missing", "shard directory"),
-    ("classes", "has 4 classes but the shards"),
-    ("non_square", "32x16 images; distillation needs square images"),
-    ("input_size", "cannot be reconciled"),
-    ("empty", "no shards"),
-    ("pairs", "hidden pair '5:0': block must be in 0-1, stage in 0-2"),
-])
-def test_cli_errors_exit_2_with_one_line(case, message, shards, digits_teacher, random_teacher, non_square_shards,
-                                         tmp_path):
-    args = {"missing": ["--shards", tmp_path / "nope", "--teacher", digits_teacher],
-            "classes": ["--shards", shards, "--teacher", random_teacher],
-            "non_square": ["--shards", non_square_shards, "--teacher", digits_teacher],
-            "input_size": ["--shards", shards, "--teacher", digits_teacher, "--input-size", "30"],
-            "empty": ["--shards", tmp_path, "--teacher", digits_teacher],
-            "pairs": ["--shards", shards, "--teacher", digits_teacher, "--pairs", "5:0"]}[case]
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("missing", "shard directory"),
+        ("classes", "has 4 classes but the shards"),
+        ("non_square", "32x16 images; distillation needs square images"),
+        ("input_size", "cannot be reconciled"),
+        ("empty", "no shards"),
+        ("pairs", "hidden pair '5:0': block must be in 0-1, stage in 0-2"),
+    ],
+)
+def test_cli_errors_exit_2_with_one_line(
+    case, message, shards, digits_teacher, random_teacher, non_square_shards, tmp_path
+):
+    args = {
+        "missing": ["--shards", tmp_path / "nope", "--teacher", digits_teacher],
+        "classes": ["--shards", shards, "--teacher", random_teacher],
+        "non_square": ["--shards", non_square_shards, "--teacher", digits_teacher],
+        "input_size": ["--shards", shards, "--teacher", digits_teacher, "--input-size", "30"],
+        "empty": ["--shards", tmp_path, "--teacher", digits_teacher],
+        "pairs": ["--shards", shards, "--teacher", digits_teacher, "--pairs", "5:0"],
+    }[case]
     result = _run_cli(*args, *CLI_ARGS, "--out", tmp_path / "out")
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
@@ -386,8 +472,11 @@ def test_cli_errors_exit_2_with_one_line(case, message, shards, digits_teacher, 
     assert not (tmp_path / "out").exists()
 
 
-RECIPES = sorted(p.name for pattern in ("dearkd_*.yaml", "df_dearkd_distill*.yaml")
-                 for p in (Path(__file__).parents[1] / "dfkd" / "recipes").glob(pattern))
+RECIPES = sorted(
+    p.name
+    for pattern in ("dearkd_*.yaml", "df_dearkd_distill*.yaml")
+    for p in (Path(__file__).parents[1] / "dfkd" / "recipes").glob(pattern)
+)
 
 
 @pytest.mark.parametrize("name", RECIPES)

@@ -1,4 +1,5 @@
 """Our stand-ins for timm internals (batch Mixup/CutMix, posterize) against timm's own output and random draws."""
+
 import random
 
 import numpy as np
@@ -23,8 +24,15 @@ def _numpy_state() -> tuple:
 
 @pytest.mark.parametrize("mixup, cutmix, prob, switch_prob", MIX_SETTINGS)
 def test_batch_mix_matches_timm_mixup_in_batch_mode(mixup, cutmix, prob, switch_prob):
-    timm_mix = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=prob, switch_prob=switch_prob, mode="batch",
-                     label_smoothing=0.1, num_classes=10)
+    timm_mix = Mixup(
+        mixup_alpha=mixup,
+        cutmix_alpha=cutmix,
+        prob=prob,
+        switch_prob=switch_prob,
+        mode="batch",
+        label_smoothing=0.1,
+        num_classes=10,
+    )
     ours = BatchMix(mixup, cutmix, prob, switch_prob)
     images = torch.randn(8, 3, 16, 12, generator=torch.Generator().manual_seed(0))
     labels = torch.arange(8) % 10
@@ -61,13 +69,16 @@ def _posterize_op(config: str, name: str):
     return next(op for t in transform.transforms for op in getattr(t, "ops", ()) if op.name == name)
 
 
-@pytest.mark.parametrize("config, name", [
-    ("rand-m9-mstd0.5-inc1", "PosterizeIncreasing"),  # DeiT's: magnitude drawn around 9
-    ("rand-m9-mstd101-inc1", "PosterizeIncreasing"),  # mstd > 100: magnitude uniform in 0-9
-    ("rand-m6-p0.7", "Posterize"),
-    ("rand-m7-p1.0-mstd0.5-inc1", "PosterizeIncreasing"),  # always applied: no draw for the probability
-    ("rand-m12-mmax15-mstd2-inc1", "PosterizeIncreasing"),  # magnitudes above 10: 4 - 6 bits, black as at 0
-])
+@pytest.mark.parametrize(
+    "config, name",
+    [
+        ("rand-m9-mstd0.5-inc1", "PosterizeIncreasing"),  # DeiT's: magnitude drawn around 9
+        ("rand-m9-mstd101-inc1", "PosterizeIncreasing"),  # mstd > 100: magnitude uniform in 0-9
+        ("rand-m6-p0.7", "Posterize"),
+        ("rand-m7-p1.0-mstd0.5-inc1", "PosterizeIncreasing"),  # always applied: no draw for the probability
+        ("rand-m12-mmax15-mstd2-inc1", "PosterizeIncreasing"),  # magnitudes above 10: 4 - 6 bits, black as at 0
+    ],
+)
 def test_posterize_op_draws_and_posterizes_as_timm(config, name):
     ours = _posterize_op(config, name)
     assert isinstance(ours, Posterize)

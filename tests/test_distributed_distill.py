@@ -5,6 +5,7 @@ resumes (every rank reading the checkpoint) to the same student as the uninterru
 Two launches: this file run by torchrun as a script (an uninterrupted run and one stopped after epoch 1, in-process
 so that `on_epoch` can stop it), then `torchrun -m dfkd distill --resume` on the stopped one.
 """
+
 import json
 import os
 import subprocess
@@ -18,8 +19,26 @@ import torch
 
 STUDENT = "dearkd_pico_patch4_32"
 BATCH, EPOCHS, IMAGES, VAL_IMAGES = 4, 2, 32, 13  # 2 ranks x 4 = effective batch 8: 4 steps per epoch
-CLI_ARGS = ["--student", STUDENT, "--epochs", str(EPOCHS), "--stage1-epochs", "1", "--batch-size", str(BATCH),
-            "--device", "cpu", "--threads", "1", "--workers", "0", "--lr", "0.02", "--warmup-epochs", "0.5"]
+CLI_ARGS = [
+    "--student",
+    STUDENT,
+    "--epochs",
+    str(EPOCHS),
+    "--stage1-epochs",
+    "1",
+    "--batch-size",
+    str(BATCH),
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--lr",
+    "0.02",
+    "--warmup-epochs",
+    "0.5",
+]
 RANK0_FILES = {"checkpoint.pt", "metrics.jsonl", "student.pth", "student.json"}
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo; tested on Linux")
@@ -29,15 +48,26 @@ def _config(shards: str, teacher: str, val: str):
     """The DistillConfig that CLI_ARGS give (so that the CLI can resume the script's run)."""
     from dfkd.distill import DistillConfig, OptimConfig
 
-    return DistillConfig(shards=shards, teacher=teacher, val_data=val, student=STUDENT, epochs=EPOCHS,
-                         stage1_epochs=1, batch_size=BATCH, device="cpu", threads=1, workers=0,
-                         optim=OptimConfig(lr=0.02, warmup_epochs=0.5))
+    return DistillConfig(
+        shards=shards,
+        teacher=teacher,
+        val_data=val,
+        student=STUDENT,
+        epochs=EPOCHS,
+        stage1_epochs=1,
+        batch_size=BATCH,
+        device="cpu",
+        threads=1,
+        workers=0,
+        optim=OptimConfig(lr=0.02, warmup_epochs=0.5),
+    )
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=240,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
 
 
 def _json_line(result: subprocess.CompletedProcess) -> dict:
@@ -55,15 +85,38 @@ def runs(random_teacher, tmp_path_factory):
 
     root = tmp_path_factory.mktemp("ddp-distill")
     shards = root / "shards"
-    synthesize(SynthesisConfig(teacher=random_teacher, classes="all", per_class=IMAGES // 4, classes_per_batch=4,
-                               images_per_class=2, threads=1, device="cpu",
-                               schedule=Schedule(resolutions=(16, 32), iterations=(4, 4))), shards)
+    synthesize(
+        SynthesisConfig(
+            teacher=random_teacher,
+            classes="all",
+            per_class=IMAGES // 4,
+            classes_per_batch=4,
+            images_per_class=2,
+            threads=1,
+            device="cpu",
+            schedule=Schedule(resolutions=(16, 32), iterations=(4, 4)),
+        ),
+        shards,
+    )
     with h5py.File(next(shards.glob("shard-*.h5")), "r") as f:
         val = write_image_folder(f["images"][:VAL_IMAGES], f["labels"][:VAL_IMAGES], root / "val")
-    script = _torchrun(__file__, str(shards), random_teacher, str(val), str(root / "straight"),
-                       str(root / "resumed"))
-    resumed = _torchrun("-m", "dfkd", "distill", "--shards", str(shards), "--teacher", random_teacher,
-                        "--val-data", str(val), *CLI_ARGS, "--out", str(root / "resumed"), "--resume", "--json")
+    script = _torchrun(__file__, str(shards), random_teacher, str(val), str(root / "straight"), str(root / "resumed"))
+    resumed = _torchrun(
+        "-m",
+        "dfkd",
+        "distill",
+        "--shards",
+        str(shards),
+        "--teacher",
+        random_teacher,
+        "--val-data",
+        str(val),
+        *CLI_ARGS,
+        "--out",
+        str(root / "resumed"),
+        "--resume",
+        "--json",
+    )
     return {"root": root, "val": val, "script": script, "resumed": resumed}
 
 

@@ -1,5 +1,6 @@
 """`dfkd synthesize` under torchrun (2 CPU processes on gloo): same dataset as one process, a killed rank,
 damaged shards, a refused config that stops every rank, and write failures that leave nothing half-written."""
+
 import errno
 import json
 import os
@@ -18,9 +19,28 @@ from synth import shards as shard_io
 from synth.shard_verify import verify
 from synth.shards import list_shards
 
-SETTINGS = ["--classes", "0-3", "--per-class", "12", "--classes-per-batch", "2", "--images-per-class", "2",
-            "--resolutions", "16,32", "--iterations", "10,10", "--units-per-shard", "1", "--seed", "0",
-            "--threads", "1", "--device", "cpu"]
+SETTINGS = [
+    "--classes",
+    "0-3",
+    "--per-class",
+    "12",
+    "--classes-per-batch",
+    "2",
+    "--images-per-class",
+    "2",
+    "--resolutions",
+    "16,32",
+    "--iterations",
+    "10,10",
+    "--units-per-shard",
+    "1",
+    "--seed",
+    "0",
+    "--threads",
+    "1",
+    "--device",
+    "cpu",
+]
 SHARDS, IMAGES = 12, 48
 KEYS = ("images", "labels", "sample_ids", "teacher_logits")
 
@@ -33,12 +53,22 @@ def _args(teacher, out, *extra):
 
 def _torchrun(teacher, out, *extra, env=None, wait=True):
     """`torchrun --standalone --nproc_per_node 2 -m dfkd synthesize ...`: the finished process, or the running one."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "dfkd", *_args(teacher, out, *extra)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "dfkd",
+        *_args(teacher, out, *extra),
+    ]
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     if not wait:
-        return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=environment, start_new_session=True)
+        return subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=environment, start_new_session=True
+        )
     return subprocess.run(command, capture_output=True, text=True, env=environment, timeout=240)
 
 
@@ -97,7 +127,7 @@ def _workers(parent: int) -> dict[int, int]:
 def _damage(out):
     """Truncate shard 1 (rank 1's), flip raw bytes of shard 0's first image chunk (rank 0's), leave a stale .tmp."""
     truncated, flipped = out / shard_io.shard_name(1), out / shard_io.shard_name(0)
-    truncated.write_bytes(truncated.read_bytes()[:truncated.stat().st_size // 2])
+    truncated.write_bytes(truncated.read_bytes()[: truncated.stat().st_size // 2])
     with h5py.File(flipped, "r") as f:
         offset = f["images"].id.get_chunk_info(0).byte_offset
     with open(flipped, "r+b") as f:
@@ -137,8 +167,14 @@ def resumed(random_teacher, tmp_path_factory):
     truncated, flipped = _damage(out)
     report = verify(out)
     rerun = _torchrun(random_teacher, out, "--json", env=env)
-    return {"out": out, "killed_returncode": process.returncode, "done": done, "damaged": (truncated, flipped),
-            "report": report, "rerun": rerun}
+    return {
+        "out": out,
+        "killed_returncode": process.returncode,
+        "done": done,
+        "damaged": (truncated, flipped),
+        "report": report,
+        "rerun": rerun,
+    }
 
 
 def test_two_processes_give_the_dataset_of_one(reference, resumed):
@@ -147,7 +183,8 @@ def test_two_processes_give_the_dataset_of_one(reference, resumed):
     assert summary["processes"] == 2
     assert summary["images"] == IMAGES and summary["complete"]  # every rank's shards, written or kept
     assert summary["fidelity"] == pytest.approx(
-        np.mean([(v["teacher_logits"].argmax(1) == v["labels"]).mean() for v in reference.values()]))
+        np.mean([(v["teacher_logits"].argmax(1) == v["labels"]).mean() for v in reference.values()])
+    )
     _assert_same(reference, _contents(out))  # identical images, labels, ids, logits, digests; no id missing or twice
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and [s["file"] for s in manifest["shards"]] == list(reference)

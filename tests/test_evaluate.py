@@ -1,4 +1,5 @@
 """Evaluation: LPIPS diversity, fidelity, accuracy, inspect grid, export (tiny hand-made shards, no network)."""
+
 import json
 import socket
 import time
@@ -17,13 +18,7 @@ from dfkd.cli.shards import export_command as export
 from dfkd.cli.shards import inspect_command
 from dfkd.data.image_folder import LabelledFolder
 from dfkd.evaluate import load_lpips, measure_fidelity, measure_lpips_diversity
-from dfkd.evaluate.lpips_diversity import (
-    ALEXNET_FILE,
-    lpips_features,
-    lpips_from_features,
-    sample_pairs,
-    unrank_pairs,
-)
+from dfkd.evaluate.lpips_diversity import ALEXNET_FILE, lpips_features, lpips_from_features, sample_pairs, unrank_pairs
 from synth.shard_writer import write_shard
 from synth.teacher_file import save_teacher_file
 from synth.teacher_sources import load_teacher
@@ -37,13 +32,24 @@ def _threads():
     torch.manual_seed(0)
 
 
-def _write(root: Path, images: np.ndarray, labels, index: int = 0, num_classes: int = 4, class_names=None,
-           first_id: int = 0) -> Path:
+def _write(
+    root: Path, images: np.ndarray, labels, index: int = 0, num_classes: int = 4, class_names=None, first_id: int = 0
+) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     labels = np.asarray(labels, dtype=np.int64)
-    write_shard(root / f"shard-{index:06d}.h5", images, labels, np.arange(first_id, first_id + len(labels)), None,
-                num_classes=num_classes, mean=MEAN, std=STD, teacher={"spec": "hand-made"}, config={"seed": 0},
-                class_names=class_names)
+    write_shard(
+        root / f"shard-{index:06d}.h5",
+        images,
+        labels,
+        np.arange(first_id, first_id + len(labels)),
+        None,
+        num_classes=num_classes,
+        mean=MEAN,
+        std=STD,
+        teacher={"spec": "hand-made"},
+        config={"seed": 0},
+        class_names=class_names,
+    )
     return root
 
 
@@ -142,8 +148,14 @@ def test_missing_backbone_fails_fast_naming_the_file(backbone: Path, tmp_path: P
     assert result.exit_code == 2 and "none.pth" in result.stderr
 
 
-@pytest.mark.parametrize("command, args", [(evaluate, ["diversity", "{shards}"]), (inspect_command, ["{shards}"]),
-                                           (export, ["{shards}", "--to", "imagefolder", "{out}"])])
+@pytest.mark.parametrize(
+    "command, args",
+    [
+        (evaluate, ["diversity", "{shards}"]),
+        (inspect_command, ["{shards}"]),
+        (export, ["{shards}", "--to", "imagefolder", "{out}"]),
+    ],
+)
 def test_missing_shards_is_a_usage_error(tmp_path: Path, command, args: list[str]) -> None:
     result = _run(command, [a.format(shards=tmp_path / "nowhere", out=tmp_path / "out") for a in args])
     assert result.exit_code == 2 and "nowhere" in result.stderr
@@ -163,7 +175,7 @@ def test_inspect_counts_and_grid_size(tmp_path: Path) -> None:
     png = np.asarray(Image.open(grid))
     assert png.shape == (3 * (16 + 2) + 2, 128 + 4 * (16 + 2) + 2, 3)  # rows = classes, k columns, 128-px labels
     assert (png[2:18, 130:146] == images[0]).all() and (png[20:36, 130:146] == images[2]).all()
-    assert (png[20:36, 128 + 2 + 3 * 18:][:, :16] == images[6]).all()  # class 1: images 2, 4, 5, 6
+    assert (png[20:36, 128 + 2 + 3 * 18 :][:, :16] == images[6]).all()  # class 1: images 2, 4, 5, 6
     assert png[:, :128].any()  # labels drawn
     _run(inspect_command, [str(shards), "--grid", str(grid), "--per-class-grid", "2", "--grid-classes", "0,3", "-q"])
     assert Image.open(grid).size == (128 + 2 * 18 + 2, 2 * 18 + 2)
@@ -215,8 +227,9 @@ def test_accuracy_on_an_image_folder(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     torch.save(student.state_dict(), run / "student.pth")
-    (run / "student.json").write_text(json.dumps(
-        {"model": "dfkd_cnn_tiny", "num_classes": 12, "input_size": 16, "mean": MEAN, "std": STD}))
+    (run / "student.json").write_text(
+        json.dumps({"model": "dfkd_cnn_tiny", "num_classes": 12, "input_size": 16, "mean": MEAN, "std": STD})
+    )
     save_teacher_file(tmp_path / "teacher.pt", "dfkd_cnn_tiny", {"num_classes": 12}, student, MEAN, STD, 16)
     with torch.inference_mode():
         predicted = student((torch.from_numpy(images).permute(0, 3, 1, 2) / 255 - 0.5) / 0.5).argmax(1).tolist()
@@ -226,8 +239,18 @@ def test_accuracy_on_an_image_folder(tmp_path: Path) -> None:
         folder = data / str(label if k % 2 else (label + 5) % 12)  # half right, half wrong
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(folder / f"{k}.png")
-    args = ["accuracy", "--student", str(run / "student.pth"), "--teacher", str(tmp_path / "teacher.pt"),
-            "--data", str(data), "--json", "--device", "cpu"]
+    args = [
+        "accuracy",
+        "--student",
+        str(run / "student.pth"),
+        "--teacher",
+        str(tmp_path / "teacher.pt"),
+        "--data",
+        str(data),
+        "--json",
+        "--device",
+        "cpu",
+    ]
     result = _run(evaluate, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)

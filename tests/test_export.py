@@ -1,5 +1,6 @@
 """Using a synthesized set elsewhere: exports (imagefolder, WebDataset, Hugging Face) round-trip and are read by timm
 and datasets; exports are atomic and delete only what they made; dataset cards; several sets combine."""
+
 import importlib
 import io
 import json
@@ -25,16 +26,38 @@ export_module = importlib.import_module("dfkd.evaluate.export_formats")
 NAMES = ["zero", "one", "two", "three"]
 
 
-def _write(root: Path, n: int, index: int = 0, first_id: int = 0, seed: int = 0, logits: bool = True,
-           teacher_sha: str = "abc", size: int = 8, names=NAMES) -> dict:
+def _write(
+    root: Path,
+    n: int,
+    index: int = 0,
+    first_id: int = 0,
+    seed: int = 0,
+    logits: bool = True,
+    teacher_sha: str = "abc",
+    size: int = 8,
+    names=NAMES,
+) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    data = {"images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-            "labels": rng.integers(0, 4, n).astype(np.int64), "ids": np.arange(first_id, first_id + n),
-            "logits": rng.normal(0, 3, (n, 4)).astype(np.float16) if logits else None}
-    write_shard(root / f"shard-{index:06d}.h5", data["images"], data["labels"], data["ids"], data["logits"],
-                num_classes=4, mean=MEAN, std=STD, teacher={"spec": "hand-made", "weights_sha256": teacher_sha},
-                config={"seed": 0}, class_names=names)
+    data = {
+        "images": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        "labels": rng.integers(0, 4, n).astype(np.int64),
+        "ids": np.arange(first_id, first_id + n),
+        "logits": rng.normal(0, 3, (n, 4)).astype(np.float16) if logits else None,
+    }
+    write_shard(
+        root / f"shard-{index:06d}.h5",
+        data["images"],
+        data["labels"],
+        data["ids"],
+        data["logits"],
+        num_classes=4,
+        mean=MEAN,
+        std=STD,
+        teacher={"spec": "hand-made", "weights_sha256": teacher_sha},
+        config={"seed": 0},
+        class_names=names,
+    )
     return data
 
 
@@ -57,6 +80,7 @@ def _run(args: list[str]):
 
 
 # Safety: atomic, delete only what the export made ------------------------------------------------------------------
+
 
 def test_export_never_deletes_a_folder_it_did_not_create(source, tmp_path: Path) -> None:
     shards, _ = source
@@ -106,6 +130,7 @@ def test_damaged_or_incomplete_sets_are_refused(source, tmp_path: Path) -> None:
 
 # Round trips and readers -------------------------------------------------------------------------------------------
 
+
 def test_imagefolder_is_read_by_timm(source, tmp_path: Path) -> None:
     from timm.data import create_dataset, create_loader
 
@@ -119,8 +144,15 @@ def test_imagefolder_is_read_by_timm(source, tmp_path: Path) -> None:
         image, target = dataset[i]
         sid = int(Path(dataset.filename(i)).stem)
         assert np.array_equal(np.asarray(image), samples[sid][0]) and int(folder_of[target]) == samples[sid][1]
-    loader = create_loader(dataset, input_size=(3, 8, 8), batch_size=4, is_training=False, num_workers=0,
-                           crop_pct=1.0, use_prefetcher=False)
+    loader = create_loader(
+        dataset,
+        input_size=(3, 8, 8),
+        batch_size=4,
+        is_training=False,
+        num_workers=0,
+        crop_pct=1.0,
+        use_prefetcher=False,
+    )
     batches = list(loader)
     assert sum(len(x) for x, _ in batches) == 9 and batches[0][0].shape[1:] == (3, 8, 8)
     assert (out / CARD).read_text() == render(shards)
@@ -154,13 +186,24 @@ def test_webdataset_round_trip_and_timm(source, tmp_path: Path) -> None:
     dataset = create_dataset("wds/synth", root=str(out), split="train", is_training=False)
     pairs = list(dataset)
     assert len(pairs) == 9 and sorted(t for _, t in pairs) == sorted(s[1] for s in samples.values())
-    loader = create_loader(dataset, input_size=(3, 8, 8), batch_size=3, is_training=False, num_workers=0,
-                           crop_pct=1.0, use_prefetcher=False)
+    loader = create_loader(
+        dataset,
+        input_size=(3, 8, 8),
+        batch_size=3,
+        is_training=False,
+        num_workers=0,
+        crop_pct=1.0,
+        use_prefetcher=False,
+    )
     assert sum(len(t) for _, t in loader) == 9
 
     jpg = tmp_path / "jpg"
-    assert _run([str(shards), "--to", "webdataset", str(jpg), "--image-format", "jpg", "--shard-size", "2000",
-                 "-q"]).exit_code == 0
+    assert (
+        _run(
+            [str(shards), "--to", "webdataset", str(jpg), "--image-format", "jpg", "--shard-size", "2000", "-q"]
+        ).exit_code
+        == 0
+    )
     with tarfile.open(jpg / "train-000000.tar") as tar:
         assert tar.getnames()[0].endswith(".jpg")
     assert len(list(jpg.glob("*.tar"))) > 1
@@ -176,8 +219,9 @@ def test_hf_round_trip_arrow_and_parquet(source, tmp_path: Path) -> None:
     assert not (out / ".cache").exists() and (out / CARD).is_file()
     parquet = tmp_path / "pq"
     assert _run([str(shards), "--to", "hf", str(parquet), "--hf-format", "parquet", "-q"]).exit_code == 0
-    from_parquet = datasets.load_dataset("parquet", data_files=str(parquet / "data" / "*.parquet"), split="train",
-                                         cache_dir=str(tmp_path / "cache"))
+    from_parquet = datasets.load_dataset(
+        "parquet", data_files=str(parquet / "data" / "*.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    )
     for table in (loaded, from_parquet):
         assert table.features["label"].names == NAMES
         for row in table:
@@ -205,17 +249,33 @@ def test_missing_extra_names_it(source, tmp_path: Path, monkeypatch) -> None:
 
 # Dataset card ------------------------------------------------------------------------------------------------------
 
+
 def test_card_layout_rewrite_rules_and_inspect(source, tmp_path: Path) -> None:
     shards, samples = source
-    manifest = {"teacher": {"spec": "hand-made", "weights_sha256": "abc"}, "config": {"seed": 0},
-                "format_version": 1, "num_shards": 2, "complete": True, "shards": [{}, {}]}
+    manifest = {
+        "teacher": {"spec": "hand-made", "weights_sha256": "abc"},
+        "config": {"seed": 0},
+        "format_version": 1,
+        "num_shards": 2,
+        "complete": True,
+        "shards": [{}, {}],
+    }
     assert write_card(shards, manifest)
     text = (shards / CARD).read_text()
     front = text.split("---\n")[1]
     assert text.startswith("---\nlicense: other\n") and "task_categories:\n- image-classification" in front
-    for needle in ("## Teacher", "weights sha256: `abc`", "## Synthesis config", "## Counts per class",
-                   "teacher fidelity", "format `dfkd-shard` version 1", "h5py", "ShardDataset",
-                   "dfkd export DIR --to hf", "## Licence"):
+    for needle in (
+        "## Teacher",
+        "weights sha256: `abc`",
+        "## Synthesis config",
+        "## Counts per class",
+        "teacher fidelity",
+        "format `dfkd-shard` version 1",
+        "h5py",
+        "ShardDataset",
+        "dfkd export DIR --to hf",
+        "## Licence",
+    ):
         assert needle in text, needle
     counts = np.bincount([s[1] for s in samples.values()], minlength=4)
     assert f"| 1 | one | {counts[1]} |" in text
@@ -233,9 +293,16 @@ def test_synthesis_writes_the_card_and_a_rerun_leaves_it(random_teacher, tmp_pat
     from synth.config import Schedule, SynthesisConfig
     from synth.engine import synthesize
 
-    config = SynthesisConfig(teacher=random_teacher, classes="0-1", per_class=2, classes_per_batch=2,
-                             images_per_class=2, threads=1, device="cpu",
-                             schedule=Schedule(resolutions=[16], iterations=[2]))
+    config = SynthesisConfig(
+        teacher=random_teacher,
+        classes="0-1",
+        per_class=2,
+        classes_per_batch=2,
+        images_per_class=2,
+        threads=1,
+        device="cpu",
+        schedule=Schedule(resolutions=[16], iterations=[2]),
+    )
     synthesize(config, tmp_path / "s")
     card_path = tmp_path / "s" / CARD
     text, stamp = card_path.read_text(), card_path.stat().st_mtime_ns
@@ -245,6 +312,7 @@ def test_synthesis_writes_the_card_and_a_rerun_leaves_it(random_teacher, tmp_pat
 
 
 # Combining sets ----------------------------------------------------------------------------------------------------
+
 
 def test_sets_combine_and_mismatches_are_refused(source, tmp_path: Path) -> None:
     shards, samples = source
@@ -262,7 +330,9 @@ def test_sets_combine_and_mismatches_are_refused(source, tmp_path: Path) -> None
     _write(tmp_path / "big", 2, size=16)
     with pytest.raises(UserError, match="different resolution"):
         ShardDataset([shards, tmp_path / "big"])
-    for bad in (lambda: open_shards(f"{shards},{tmp_path / 'nowhere'}"),
-                lambda: ShardDataset([shards, tmp_path / "nowhere"])):
+    for bad in (
+        lambda: open_shards(f"{shards},{tmp_path / 'nowhere'}"),
+        lambda: ShardDataset([shards, tmp_path / "nowhere"]),
+    ):
         with pytest.raises(UserError, match="nowhere"):
             bad()

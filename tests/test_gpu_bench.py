@@ -1,4 +1,5 @@
 """bench/gpu.py --smoke: the GPU benchmark's code paths (bf16 autocast, FLOP counting, student step) run on CPU."""
+
 import os
 import subprocess
 import sys
@@ -17,8 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_gpu_bench_smoke_prints_its_tables():
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--smoke"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = proc.stdout
     assert "## Synthesis" in out and "## Student training" in out and "## Numerics" in out

@@ -3,6 +3,7 @@
 Each test is one promise. Bad input: exit 2 and exactly one `error:` line naming the value or file (no traceback);
 dfkd deletes or rewrites only files it can prove it wrote; readers refuse damaged, foreign or partial shard sets.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,48 @@ from synth import engine
 from synth.shard_verify import verify
 from synth.shards import list_shards
 
-SMALL = ["--classes", "0-3", "--per-class", "4", "--classes-per-batch", "2", "--images-per-class", "2",
-         "--resolutions", "16,32", "--iterations", "2,2", "--seed", "0", "--device", "cpu", "--threads", "1",
-         "--units-per-shard", "1", "--quiet"]
-DISTILL = ["--distillation", "stored", "--student", "dearkd_pico_patch4_32", "--epochs", "1", "--stage1-epochs", "1",
-           "--batch-size", "4", "--device", "cpu", "--threads", "1", "--workers", "0", "--quiet"]
+SMALL = [
+    "--classes",
+    "0-3",
+    "--per-class",
+    "4",
+    "--classes-per-batch",
+    "2",
+    "--images-per-class",
+    "2",
+    "--resolutions",
+    "16,32",
+    "--iterations",
+    "2,2",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--units-per-shard",
+    "1",
+    "--quiet",
+]
+DISTILL = [
+    "--distillation",
+    "stored",
+    "--student",
+    "dearkd_pico_patch4_32",
+    "--epochs",
+    "1",
+    "--stage1-epochs",
+    "1",
+    "--batch-size",
+    "4",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--workers",
+    "0",
+    "--quiet",
+]
 
 
 def cli(*args):
@@ -40,7 +78,7 @@ def synth_args(teacher, out, *extra):
     for i in range(0, len(extra) - 1):
         if extra[i] in args and extra[i].startswith("--") and extra[i] != "--quiet":
             j = args.index(extra[i])
-            del args[j:j + 2]
+            del args[j : j + 2]
     return ["synthesize", "--teacher", teacher, "--out", out, *args, *extra]
 
 
@@ -59,8 +97,9 @@ def one_line_error(result, *needles, code=2):
 
 def snapshot(root: Path) -> dict:
     """Every file under root: (bytes, mtime_ns)."""
-    return {str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(root.rglob("*")) if p.is_file()
+    }
 
 
 def shard_bytes(root: Path) -> dict:
@@ -93,6 +132,7 @@ def copy(made, tmp_path) -> Path:
 
 # --- 2. synthesize only ever touches what it wrote -------------------------------------------------------------
 
+
 def test_synthesize_refuses_an_unrelated_non_empty_directory(random_teacher, tmp_path):
     out = tmp_path / "mine"
     out.mkdir()
@@ -122,6 +162,7 @@ def test_synthesize_deletes_only_its_own_tmp_files(random_teacher, copy, made):
 
 # --- 3. distill never overwrites another run's results ----------------------------------------------------------
 
+
 def test_distill_refuses_to_overwrite_another_runs_results(made, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
@@ -133,6 +174,7 @@ def test_distill_refuses_to_overwrite_another_runs_results(made, tmp_path):
 
 
 # --- 4. resume and verify trust a shard only when it is the shard this run wants --------------------------------
+
 
 def test_copied_shard_fails_verify_and_is_regenerated(random_teacher, copy, made):
     shutil.copy(copy / "shard-000000.h5", copy / "shard-000001.h5")
@@ -164,6 +206,7 @@ def test_verify_compares_with_the_manifest_digest(copy):
 
 
 # --- 5. consumers check integrity (or skip it, saying so) --------------------------------------------------------
+
 
 def _damage_content(path: Path) -> None:
     with h5py.File(path, "r+") as f:
@@ -205,8 +248,10 @@ def test_inspect_exits_2_when_verify_fails(copy):
 
 # --- 6. non-finite numbers and degenerate teachers are refused up front --------------------------------------------
 
-@pytest.mark.parametrize("option, value", [("--a-bn", "inf"), ("--a-ce", "nan"), ("--a-l2", "inf"),
-                                           ("--triplet-margin", "nan")])
+
+@pytest.mark.parametrize(
+    "option, value", [("--a-bn", "inf"), ("--a-ce", "nan"), ("--a-l2", "inf"), ("--triplet-margin", "nan")]
+)
 def test_non_finite_loss_weights_are_refused(random_teacher, tmp_path, option, value):
     one_line_error(cli(*synth_args(random_teacher, tmp_path / "o", option, value)), value)
     assert not (tmp_path / "o").exists()
@@ -220,8 +265,9 @@ def _teacher_with(tmp_path, random_teacher, **changes) -> Path:
     return path
 
 
-@pytest.mark.parametrize("changes", [{"std": [0.5, 0.0, 0.5]}, {"mean": [float("nan"), 0.5, 0.5]},
-                                     {"std": [float("inf")] * 3}])
+@pytest.mark.parametrize(
+    "changes", [{"std": [0.5, 0.0, 0.5]}, {"mean": [float("nan"), 0.5, 0.5]}, {"std": [float("inf")] * 3}]
+)
 def test_degenerate_teachers_are_refused(random_teacher, tmp_path, changes):
     teacher = _teacher_with(tmp_path, random_teacher, **changes)
     one_line_error(cli(*synth_args(str(teacher), tmp_path / "o")), str(teacher))
@@ -247,6 +293,7 @@ def test_a_unit_whose_loss_turns_non_finite_is_not_written(random_teacher, tmp_p
 
 # --- 7. a failed start does not poison the output directory ---------------------------------------------------------
 
+
 @pytest.mark.parametrize("option, value", [("--lr", "-1"), ("--lr", "nan"), ("--seed", "-1"), ("--lr", "0")])
 def test_bad_numbers_are_refused_before_anything_is_written(random_teacher, tmp_path, option, value):
     out = tmp_path / "o"
@@ -268,11 +315,15 @@ def test_a_run_that_wrote_no_shard_does_not_block_a_corrected_rerun(random_teach
 
 # --- 8. bounded work: absurd sizes are refused at once ---------------------------------------------------------------
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--classes", "0-1000000000"], "outside the teacher's range 0-3"),
-    (["--per-class", "200000000"], "shards"),
-    (["--per-class", "200000000", "--units-per-shard", "100000000"], "units_per_shard 100000000"),
-])
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--classes", "0-1000000000"], "outside the teacher's range 0-3"),
+        (["--per-class", "200000000"], "shards"),
+        (["--per-class", "200000000", "--units-per-shard", "100000000"], "units_per_shard 100000000"),
+    ],
+)
 def test_absurd_synthesis_sizes_are_refused_quickly(random_teacher, tmp_path, extra, needle):
     start = time.monotonic()
     one_line_error(cli(*synth_args(random_teacher, tmp_path / "o", *extra)), needle)
@@ -293,6 +344,7 @@ def test_absurd_inspect_requests_are_refused_quickly(copy, tmp_path):
 
 # --- 9. the exit-code contract: exit 2 and one line naming the file or value -----------------------------------------
 
+
 @pytest.mark.parametrize("content", [b"", os.urandom(256), None])
 def test_unreadable_teacher_files_are_one_line(random_teacher, tmp_path, content):
     teacher = tmp_path / "teacher.pt"
@@ -306,8 +358,9 @@ def test_unreadable_teacher_files_are_one_line(random_teacher, tmp_path, content
     one_line_error(cli(*synth_args(random_teacher, tmp_path / "o", "--teacher-weights", weights)), str(weights))
 
 
-@pytest.mark.parametrize("fields", [{"mean": "abc"}, {"arch_kwargs": [1]}, {"state_dict": None},
-                                    {"input_size": "x"}, {"class_names": 7}])
+@pytest.mark.parametrize(
+    "fields", [{"mean": "abc"}, {"arch_kwargs": [1]}, {"state_dict": None}, {"input_size": "x"}, {"class_names": 7}]
+)
 def test_malformed_teacher_dicts_are_one_line(random_teacher, tmp_path, fields):
     teacher = _teacher_with(tmp_path, random_teacher, **fields)
     one_line_error(cli(*synth_args(str(teacher), tmp_path / "o")), str(teacher))
@@ -366,6 +419,7 @@ def test_resolutions_must_strictly_increase(random_teacher, tmp_path):
 
 # --- 10. the same teacher under another path resumes ------------------------------------------------------------
 
+
 def test_resume_with_the_teacher_named_by_another_path(random_teacher, copy, made, monkeypatch):
     (copy / "shard-000002.h5").unlink()
     monkeypatch.chdir(Path(random_teacher).parent)
@@ -375,6 +429,7 @@ def test_resume_with_the_teacher_named_by_another_path(random_teacher, copy, mad
 
 
 # --- 11. a finished rerun touches nothing --------------------------------------------------------------------------
+
 
 def test_finished_rerun_touches_nothing(random_teacher, copy):
     before = snapshot(copy)
@@ -391,6 +446,7 @@ def test_finished_rerun_touches_nothing(random_teacher, copy):
 
 # --- fuzz: randomly corrupted shards and manifests never crash or hang the readers ----------------------------------
 
+
 def _corrupt(root: Path, rng: random.Random) -> str:
     kind = rng.choice(["flip", "truncate", "manifest-json", "manifest-field", "labels", "attrs", "empty"])
     shard = root / f"shard-{rng.randrange(4):06d}.h5"
@@ -401,7 +457,7 @@ def _corrupt(root: Path, rng: random.Random) -> str:
         shard.write_bytes(bytes(data))
     elif kind == "truncate":
         data = shard.read_bytes()
-        shard.write_bytes(data[:rng.randrange(len(data))])
+        shard.write_bytes(data[: rng.randrange(len(data))])
     elif kind == "empty":
         shard.write_bytes(b"")
     elif kind == "manifest-json":
@@ -411,13 +467,13 @@ def _corrupt(root: Path, rng: random.Random) -> str:
     elif kind == "manifest-field":
         manifest = json.loads((root / "manifest.json").read_text())
         key = rng.choice(["num_shards", "shards", "complete", "config", "format_version"])
-        manifest[key] = rng.choice([None, -1, "x", [1], {"a": 1}, 10 ** 12, 2.5])
+        manifest[key] = rng.choice([None, -1, "x", [1], {"a": 1}, 10**12, 2.5])
         (root / "manifest.json").write_text(json.dumps(manifest))
     else:
         try:
             with h5py.File(shard, "r+") as f:
                 if kind == "labels":
-                    f["labels"][rng.randrange(4)] = rng.choice([-5, 99, 2 ** 40])
+                    f["labels"][rng.randrange(4)] = rng.choice([-5, 99, 2**40])
                 else:
                     key = rng.choice(["config", "teacher", "num_classes", "format_version", "mean"])
                     value = rng.choice(["{", "null", -3, "x"])
@@ -436,8 +492,11 @@ def test_fuzzed_shard_directories_never_crash_the_readers(made, tmp_path):
         root = tmp_path / f"case{case}"
         shutil.copytree(made, root)
         kinds = [_corrupt(root, rng) for _ in range(rng.randint(1, 2))]
-        commands = [("inspect", root), ("evaluate", "fidelity", root, "--device", "cpu", "--batch-size", "16"),
-                    ("evaluate", "fidelity", root, "--device", "cpu", "--no-verify")]
+        commands = [
+            ("inspect", root),
+            ("evaluate", "fidelity", root, "--device", "cpu", "--batch-size", "16"),
+            ("evaluate", "fidelity", root, "--device", "cpu", "--no-verify"),
+        ]
         for command in commands:
             result = cli(*command, "--quiet")
             where = (case, kinds, command[:2], result.output)
@@ -448,7 +507,7 @@ def test_fuzzed_shard_directories_never_crash_the_readers(made, tmp_path):
                 if command[0] == "inspect" and "verify: FAILED" in result.stdout:
                     continue
                 assert len(lines) == 1 and lines[0].startswith("error: "), where
-                assert ("shard-" in lines[0] or "manifest" in lines[0] or str(root) in lines[0]), where
+                assert "shard-" in lines[0] or "manifest" in lines[0] or str(root) in lines[0], where
             else:
                 assert result.exit_code == 0, where
         try:
@@ -456,5 +515,6 @@ def test_fuzzed_shard_directories_never_crash_the_readers(made, tmp_path):
             assert report.ok == (cli("inspect", root, "--quiet").exit_code == 0)
         except Exception as exc:  # noqa: BLE001 - verify may only refuse with a UserError naming the file
             from synth.errors import UserError
+
             assert isinstance(exc, UserError) and ("manifest" in str(exc) or "shard-" in str(exc)), exc
     assert time.monotonic() - start < 60

@@ -1,4 +1,5 @@
 """Numerics of the fast inversion path: BN statistics, TV, fused Adam, clamp, and the compile option."""
+
 import warnings
 
 import pytest
@@ -25,10 +26,12 @@ def _labels():
 
 
 def _reference_tv(x):
-    return (torch.linalg.vector_norm(x[:, :, :, :-1] - x[:, :, :, 1:])
-            + torch.linalg.vector_norm(x[:, :, :-1, :] - x[:, :, 1:, :])
-            + torch.linalg.vector_norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:])
-            + torch.linalg.vector_norm(x[:, :, :-1, :-1] - x[:, :, 1:, 1:]))
+    return (
+        torch.linalg.vector_norm(x[:, :, :, :-1] - x[:, :, :, 1:])
+        + torch.linalg.vector_norm(x[:, :, :-1, :] - x[:, :, 1:, :])
+        + torch.linalg.vector_norm(x[:, :, 1:, :-1] - x[:, :, :-1, 1:])
+        + torch.linalg.vector_norm(x[:, :, :-1, :-1] - x[:, :, 1:, 1:])
+    )
 
 
 def test_channel_stats_match_var_mean_in_value_and_gradient():
@@ -99,10 +102,14 @@ def test_bn_loss_gradient_matches_autograd_through_var_mean():
     model(x_ref)
     for h in handles:
         h.remove()
-    ref = sum((10.0 if k == 0 else 1.0) * (
-        torch.linalg.vector_norm(torch.var_mean(t, (0, 2, 3), correction=0)[1] - m.running_mean)
-        + torch.linalg.vector_norm(torch.var_mean(t, (0, 2, 3), correction=0)[0] - m.running_var))
-        for k, (m, t) in enumerate(inputs))
+    ref = sum(
+        (10.0 if k == 0 else 1.0)
+        * (
+            torch.linalg.vector_norm(torch.var_mean(t, (0, 2, 3), correction=0)[1] - m.running_mean)
+            + torch.linalg.vector_norm(torch.var_mean(t, (0, 2, 3), correction=0)[0] - m.running_var)
+        )
+        for k, (m, t) in enumerate(inputs)
+    )
     ref.backward()
 
     loss = BNStatisticsLoss(layers, first_multiplier=10.0)
@@ -148,8 +155,13 @@ def test_clamp_keeps_every_teacher_input_in_the_valid_pixel_range(teacher):
     seen = []
     handle = teacher.model.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
     try:
-        invert_batch(teacher, _labels(), LossWeights(), Schedule(resolutions=(16, 32), iterations=(4, 4), lr=5.0),
-                     torch.Generator().manual_seed(0))
+        invert_batch(
+            teacher,
+            _labels(),
+            LossWeights(),
+            Schedule(resolutions=(16, 32), iterations=(4, 4), lr=5.0),
+            torch.Generator().manual_seed(0),
+        )
     finally:
         handle.remove()
     assert len(seen) == 9  # 8 iterations and the final forward
@@ -159,15 +171,26 @@ def test_clamp_keeps_every_teacher_input_in_the_valid_pixel_range(teacher):
 
 
 def test_hooks_are_removed_and_final_forward_runs_without_them(teacher):
-    invert_batch(teacher, _labels(), LossWeights(), Schedule(resolutions=(32,), iterations=(2,)),
-                 torch.Generator().manual_seed(0))
+    invert_batch(
+        teacher,
+        _labels(),
+        LossWeights(),
+        Schedule(resolutions=(32,), iterations=(2,)),
+        torch.Generator().manual_seed(0),
+    )
     assert all(not layer._forward_hooks for layer in teacher.bn_layers)
     assert not teacher.classifier._forward_pre_hooks
 
 
 def _run(teacher, **kwargs):
-    return invert_batch(teacher, _labels(), LossWeights(), Schedule(resolutions=(16,), iterations=(3,)),
-                        torch.Generator().manual_seed(3), **kwargs)
+    return invert_batch(
+        teacher,
+        _labels(),
+        LossWeights(),
+        Schedule(resolutions=(16,), iterations=(3,)),
+        torch.Generator().manual_seed(3),
+        **kwargs,
+    )
 
 
 def _assert_same(a, b):

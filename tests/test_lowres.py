@@ -1,4 +1,5 @@
 """schedule.lowres: images optimised at 1/lowres of the stage resolution and shown to the teacher upsampled."""
+
 import pytest
 import timm
 import torch
@@ -21,8 +22,13 @@ def _teacher():
 
 def _invert(lowres: int) -> torch.Tensor:
     schedule = Schedule(resolutions=(16, 32), iterations=(3, 3), jitter=0.0, flip=False, lowres=lowres)
-    result = invert_batch(_teacher(), torch.tensor([0, 0, 1, 1]), LossWeights(ep=0.0, triplet=0.0), schedule,
-                          torch.Generator().manual_seed(0))
+    result = invert_batch(
+        _teacher(),
+        torch.tensor([0, 0, 1, 1]),
+        LossWeights(ep=0.0, triplet=0.0),
+        schedule,
+        torch.Generator().manual_seed(0),
+    )
     return result.images.permute(0, 3, 1, 2).float() / 255
 
 
@@ -32,8 +38,18 @@ def test_lowres_images_are_upsampled_low_resolution_images():
     low = F.interpolate(images, size=(8, 8), mode="area")
     again = F.interpolate(low, size=(32, 32), mode="bilinear", align_corners=False)
     detail = (images - again).abs().mean()  # what an 8-px image cannot hold
-    assert detail < 0.5 * (_invert(1) - F.interpolate(F.interpolate(_invert(1), size=(8, 8), mode="area"),
-                                                      size=(32, 32), mode="bilinear", align_corners=False)).abs().mean()
+    assert (
+        detail
+        < 0.5
+        * (
+            _invert(1)
+            - F.interpolate(
+                F.interpolate(_invert(1), size=(8, 8), mode="area"), size=(32, 32), mode="bilinear", align_corners=False
+            )
+        )
+        .abs()
+        .mean()
+    )
 
 
 def test_lowres_joins_the_config_identity_only_when_set():

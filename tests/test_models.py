@@ -1,4 +1,5 @@
 """DearKD student: MHCA, the aligner, timm registration and checkpoints."""
+
 import pytest
 import timm
 import torch
@@ -6,15 +7,9 @@ from timm.layers import Attention
 from torch import nn
 from torch.nn import functional as F
 
-from dfkd.models import (
-    Aligner,
-    MHCAttention,
-    attention_distance,
-    attention_probs,
-    patch_tokens,
-)
+from dfkd.models import Aligner, MHCAttention, attention_distance, attention_probs, patch_tokens
 
-SMALL = ['dearkd_pico_patch4_32', 'dearkd_nano_patch4_32', 'deit_nano_patch4_32']
+SMALL = ["dearkd_pico_patch4_32", "dearkd_nano_patch4_32", "deit_nano_patch4_32"]
 
 
 @pytest.fixture(autouse=True)
@@ -30,10 +25,10 @@ def _local_mhca(num_heads: int, grid: int, prefix: int = 2, dim: int = 16) -> MH
     return attn
 
 
-@pytest.mark.parametrize('fused', [True, False])
+@pytest.mark.parametrize("fused", [True, False])
 def test_mhca_with_zero_v_equals_timm_attention(fused: bool) -> None:
     ref = Attention(32, num_heads=4, qkv_bias=True)
-    mhca = MHCAttention(32, num_heads=4, qkv_bias=True, grid_size=(4, 4), num_prefix_tokens=2, locality_strength=0.)
+    mhca = MHCAttention(32, num_heads=4, qkv_bias=True, grid_size=(4, 4), num_prefix_tokens=2, locality_strength=0.0)
     assert torch.all(mhca.v == 0)
     mhca.qkv.load_state_dict(ref.qkv.state_dict())
     mhca.proj.load_state_dict(ref.proj.state_dict())
@@ -114,13 +109,13 @@ def test_attention_distance_definition() -> None:
 
 
 def test_local_init_makes_mhca_blocks_more_local() -> None:
-    model = timm.create_model('dearkd_pico_patch4_32').eval()
+    model = timm.create_model("dearkd_pico_patch4_32").eval()
     dist = model.attention_distances(torch.randn(2, 3, 32, 32))
     assert dist.shape == (2, 2)
     assert dist[0].mean() < 0.5 * dist[1].mean()  # block 0 is MHCA, block 1 plain MHSA
 
 
-@pytest.mark.parametrize('teacher_hw', [(8, 8), (4, 4), (16, 12)])
+@pytest.mark.parametrize("teacher_hw", [(8, 8), (4, 4), (16, 12)])
 def test_aligner_matches_teacher_shape(teacher_hw) -> None:
     aligner = Aligner(32, 24, teacher_hw=teacher_hw)
     out = aligner(torch.randn(2, 64, 32), (8, 8))
@@ -129,7 +124,7 @@ def test_aligner_matches_teacher_shape(teacher_hw) -> None:
 
 
 def test_patch_tokens_and_intermediates_share_the_grid_layout() -> None:
-    model = timm.create_model('dearkd_pico_patch4_32').eval()
+    model = timm.create_model("dearkd_pico_patch4_32").eval()
     x = torch.randn(2, 3, 32, 32)
     final, inter = model.forward_intermediates(x, indices=[0, 1], norm=True)
     assert final.shape == (2, 2 + 64, 32) and len(inter) == 2 and inter[0].shape == (2, 32, 8, 8)
@@ -140,31 +135,41 @@ def test_patch_tokens_and_intermediates_share_the_grid_layout() -> None:
 
 
 def test_hidden_mse_through_aligner_trains_student_not_teacher() -> None:
-    student = timm.create_model('dearkd_pico_patch4_32', num_classes=3)
+    student = timm.create_model("dearkd_pico_patch4_32", num_classes=3)
     teacher = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()).requires_grad_(False)
     aligner = Aligner(student.embed_dim, 8, teacher_hw=(16, 16))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         feat = teacher(x)
-    (tokens,) = student.forward_intermediates(x, indices=[0], output_fmt='NLC', intermediates_only=True)
+    (tokens,) = student.forward_intermediates(x, indices=[0], output_fmt="NLC", intermediates_only=True)
     F.mse_loss(aligner(tokens, student.grid_size), feat).backward()
-    for p in (student.patch_embed.proj.weight, student.blocks[0].attn.v, student.blocks[0].attn.qkv.weight,
-              aligner.dw.weight, aligner.pw.weight, aligner.norm.weight):
+    for p in (
+        student.patch_embed.proj.weight,
+        student.blocks[0].attn.v,
+        student.blocks[0].attn.qkv.weight,
+        aligner.dw.weight,
+        aligner.pw.weight,
+        aligner.norm.weight,
+    ):
         assert p.grad is not None and p.grad.abs().sum() > 0
     assert student.blocks[1].attn.qkv.weight.grad is None  # after the paired block: untouched
     assert feat.grad is None and all(p.grad is None for p in teacher.parameters())
 
 
 def test_registration_and_small_variants() -> None:
-    assert set(timm.list_models('dearkd*')) >= {
-        'dearkd_tiny_patch16_224', 'dearkd_small_patch16_224', 'dearkd_base_patch16_224',
-        'dearkd_nano_patch4_32', 'dearkd_pico_patch4_32'}
-    assert timm.list_models('deit_nano_patch4_32') == ['deit_nano_patch4_32']
+    assert set(timm.list_models("dearkd*")) >= {
+        "dearkd_tiny_patch16_224",
+        "dearkd_small_patch16_224",
+        "dearkd_base_patch16_224",
+        "dearkd_nano_patch4_32",
+        "dearkd_pico_patch4_32",
+    }
+    assert timm.list_models("deit_nano_patch4_32") == ["deit_nano_patch4_32"]
     x = torch.randn(2, 3, 32, 32)
     for name, num_mhca in zip(SMALL, (1, 4, 0)):
         model = timm.create_model(name, num_classes=7)
         assert model.num_mhca == num_mhca and model.num_prefix_tokens == 2 and model.patch_size == 4
-        assert model.grid_size == (8, 8) and model.pretrained_cfg['input_size'] == (3, 32, 32)
+        assert model.grid_size == (8, 8) and model.pretrained_cfg["input_size"] == (3, 32, 32)
         kinds = [isinstance(b.attn, MHCAttention) for b in model.blocks]
         assert kinds == [i < num_mhca for i in range(len(model.blocks))]
         model.train()
@@ -180,50 +185,53 @@ def test_registration_and_small_variants() -> None:
 
 
 def test_create_model_kwargs() -> None:
-    plain = timm.create_model('dearkd_pico_patch4_32', num_mhca=0)
+    plain = timm.create_model("dearkd_pico_patch4_32", num_mhca=0)
     assert plain.num_mhca == 0 and not any(isinstance(b.attn, MHCAttention) for b in plain.blocks)
-    strong = timm.create_model('dearkd_pico_patch4_32', locality_strength=2.0)
+    strong = timm.create_model("dearkd_pico_patch4_32", locality_strength=2.0)
     torch.testing.assert_close(strong.blocks[0].attn.v[0], torch.tensor([-2.0, 0.0, 0.0]))
-    zero = timm.create_model('dearkd_pico_patch4_32', locality_strength=0.0)
+    zero = timm.create_model("dearkd_pico_patch4_32", locality_strength=0.0)
     assert torch.all(zero.blocks[0].attn.v == 0)
-    resized = timm.create_model('dearkd_pico_patch4_32')
+    resized = timm.create_model("dearkd_pico_patch4_32")
     resized.set_input_size(img_size=(48, 48))
     assert resized.grid_size == (12, 12) and resized.blocks[0].attn.grid_size == (12, 12)
     assert resized.eval()(torch.randn(1, 3, 48, 48)).shape == (1, 10)
 
 
-@pytest.mark.parametrize('name, dim, heads, deit', [
-    ('dearkd_tiny_patch16_224', 192, 12, 'deit_tiny_distilled_patch16_224'),
-    ('dearkd_small_patch16_224', 384, 12, 'deit_small_distilled_patch16_224'),
-    ('dearkd_base_patch16_224', 768, 16, 'deit_base_distilled_patch16_224'),
-])
+@pytest.mark.parametrize(
+    "name, dim, heads, deit",
+    [
+        ("dearkd_tiny_patch16_224", 192, 12, "deit_tiny_distilled_patch16_224"),
+        ("dearkd_small_patch16_224", 384, 12, "deit_small_distilled_patch16_224"),
+        ("dearkd_base_patch16_224", 768, 16, "deit_base_distilled_patch16_224"),
+    ],
+)
 def test_imagenet_variants(name: str, dim: int, heads: int, deit: str) -> None:
-    model = timm.create_model(name, device='meta')
+    model = timm.create_model(name, device="meta")
     count = sum(p.numel() for p in model.parameters())
-    print(f'{name}: {count / 1e6:.2f}M parameters')
+    print(f"{name}: {count / 1e6:.2f}M parameters")
     assert model.embed_dim == dim and model.grid_size == (14, 14) and model.num_mhca == 8
     assert [b.attn.num_heads for b in model.blocks] == [heads] * 12
     assert [isinstance(b.attn, MHCAttention) for b in model.blocks] == [True] * 8 + [False] * 4
     assert (model.head.out_features, model.head_dist.out_features) == (1000, 1000)
-    reference = sum(p.numel() for p in timm.create_model(deit, device='meta').parameters())
+    reference = sum(p.numel() for p in timm.create_model(deit, device="meta").parameters())
     assert count == reference + 8 * heads * 3  # DeiT-distilled plus v^(h) of the MHCA blocks
 
 
 def test_checkpoint_round_trip(tmp_path) -> None:
-    model = timm.create_model('dearkd_pico_patch4_32', num_classes=5).eval()
+    model = timm.create_model("dearkd_pico_patch4_32", num_classes=5).eval()
     with torch.no_grad():
         model.blocks[0].attn.v.add_(0.5)  # a trained v must survive the round trip
-    assert not any(k.endswith('.rel') for k in model.state_dict())
-    path = tmp_path / 'student.pth'
+    assert not any(k.endswith(".rel") for k in model.state_dict())
+    path = tmp_path / "student.pth"
     torch.save(model.state_dict(), path)
-    loaded = timm.create_model('dearkd_pico_patch4_32', num_classes=5, checkpoint_path=str(path)).eval()
+    loaded = timm.create_model("dearkd_pico_patch4_32", num_classes=5, checkpoint_path=str(path)).eval()
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
 
 
 def test_bf16_autocast_forward() -> None:
-    model = timm.create_model('dearkd_pico_patch4_32').eval()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    model = timm.create_model("dearkd_pico_patch4_32").eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(torch.randn(2, 3, 32, 32))
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 

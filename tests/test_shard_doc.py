@@ -1,4 +1,5 @@
 """docs/shards.md is a specification another project implements from: its plain-h5py reader must read a real set."""
+
 import re
 from pathlib import Path
 
@@ -14,7 +15,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "shards.md"
 
 def _reader():
     text = DOC.read_text()
-    section = text[text.index("## A reader in plain h5py"):]
+    section = text[text.index("## A reader in plain h5py") :]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)[:1]
     assert "dfkd" not in code.replace('"dfkd-shard"', "") and "synth" not in code  # no dfkd import
     namespace: dict = {}
@@ -24,9 +25,17 @@ def _reader():
 
 def test_the_documented_reader_reads_a_synthesized_set(random_teacher, tmp_path):
     out = tmp_path / "shards"
-    config = SynthesisConfig(teacher=random_teacher, classes="0-3", per_class=2, classes_per_batch=2,
-                             images_per_class=2, units_per_shard=1, threads=1, device="cpu",
-                             schedule=Schedule(resolutions=(8,), iterations=(1,)))
+    config = SynthesisConfig(
+        teacher=random_teacher,
+        classes="0-3",
+        per_class=2,
+        classes_per_batch=2,
+        images_per_class=2,
+        units_per_shard=1,
+        threads=1,
+        device="cpu",
+        schedule=Schedule(resolutions=(8,), iterations=(1,)),
+    )
     synthesize(config, out)
     images, labels = _reader()(out)
     dataset = ShardDataset(out)

@@ -1,4 +1,5 @@
 """Shard format v1: plain-h5py round trip, ShardDataset with workers, verify, version refusal."""
+
 import json
 
 import h5py
@@ -20,8 +21,20 @@ def _write(root, index, n=6, size=8, logits=True, seed=0, **kwargs):
     labels = np.arange(n) % 3 + index
     ids = np.arange(n) + index * n
     out = rng.standard_normal((n, 5)).astype(np.float16) if logits else None
-    write_shard(root / shard_name(index), images, labels, ids, out, num_classes=5, mean=(0.5,) * 3, std=(0.5,) * 3,
-                teacher={"spec": "t"}, config={"seed": 1}, class_names=list("abcde"), **kwargs)
+    write_shard(
+        root / shard_name(index),
+        images,
+        labels,
+        ids,
+        out,
+        num_classes=5,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        teacher={"spec": "t"},
+        config={"seed": 1},
+        class_names=list("abcde"),
+        **kwargs,
+    )
     return images, labels, ids, out
 
 

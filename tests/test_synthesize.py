@@ -1,4 +1,5 @@
 """The synthesis engine and `dfkd synthesize`: unit order, quality on a real teacher, resume, refusals."""
+
 import json
 import subprocess
 import sys
@@ -18,9 +19,29 @@ from synth.shard_verify import verify
 from synth.shards import ShardDataset, list_shards
 from synth.units import parse_classes, plan_units
 
-SMALL = ["--classes", "0-3", "--per-class", "4", "--classes-per-batch", "2", "--images-per-class", "2",
-         "--resolutions", "16,32", "--iterations", "6,6", "--seed", "0", "--device", "cpu", "--threads", "1",
-         "--units-per-shard", "1", "--quiet"]
+SMALL = [
+    "--classes",
+    "0-3",
+    "--per-class",
+    "4",
+    "--classes-per-batch",
+    "2",
+    "--images-per-class",
+    "2",
+    "--resolutions",
+    "16,32",
+    "--iterations",
+    "6,6",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+    "--units-per-shard",
+    "1",
+    "--quiet",
+]
 
 
 def _contents(root):
@@ -42,7 +63,11 @@ def _assert_same(a, b):
 def test_unit_order_and_sample_ids():
     units = plan_units([0, 1, 2, 3], per_class=4, classes_per_batch=2, images_per_class=2)
     assert [(u.id, u.classes, u.first_index) for u in units] == [
-        (0, (0, 1), 0), (1, (2, 3), 0), (2, (0, 1), 2), (3, (2, 3), 2)]
+        (0, (0, 1), 0),
+        (1, (2, 3), 0),
+        (2, (0, 1), 2),
+        (3, (2, 3), 2),
+    ]
     assert units[1].labels == [2, 2, 3, 3]
     assert units[3].sample_ids().tolist() == [12, 13, 14, 15]
     with pytest.raises(UserError, match="does not divide"):
@@ -69,10 +94,17 @@ def test_learning_rate_warms_up_then_decays_to_zero():
 def test_real_teacher_run_lowers_loss_and_matches_targets(digits_teacher, tmp_path):
     # The 8-16-channel test teacher is too small for the intra-divergence terms (its 16-d embedding); the
     # 6-layer digits teacher of the demo reaches agreement 1.0 with them (bench/RESULTS.md).
-    config = SynthesisConfig(teacher=digits_teacher, classes="all", per_class=2, classes_per_batch=10,
-                             images_per_class=2, threads=1, device="cpu",
-                             losses=LossWeights(bn=1.0, ep=0.0, triplet=0.0),
-                             schedule=Schedule(resolutions=(16, 32), iterations=(150, 150)))
+    config = SynthesisConfig(
+        teacher=digits_teacher,
+        classes="all",
+        per_class=2,
+        classes_per_batch=10,
+        images_per_class=2,
+        threads=1,
+        device="cpu",
+        losses=LossWeights(bn=1.0, ep=0.0, triplet=0.0),
+        schedule=Schedule(resolutions=(16, 32), iterations=(150, 150)),
+    )
     summary = synthesize(config, tmp_path)
     assert summary["images"] == 20 and summary["complete"]
     assert summary["fidelity"] >= 0.9
@@ -105,8 +137,11 @@ def test_kill_and_resume_is_identical_to_uninterrupted_run(random_teacher, tmp_p
     args = ["synthesize", "--teacher", random_teacher, *SMALL[:-1], "--per-class", "8", "--iterations", "25,25"]
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     assert CliRunner().invoke(main, [*args, "--out", str(reference)]).exit_code == 0
-    process = subprocess.Popen([sys.executable, "-m", "dfkd", *args, "--out", str(interrupted)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dfkd", *args, "--out", str(interrupted)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while not (interrupted / "shard-000001.h5").exists() and time.time() < deadline and process.poll() is None:
         time.sleep(0.02)
@@ -137,29 +172,36 @@ def test_damaged_shard_is_regenerated_on_resume(random_teacher, tmp_path):
 
 def test_different_config_refused_and_nothing_touched(random_teacher, tmp_path):
     runner = CliRunner()
-    assert runner.invoke(main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL]).exit_code == 0
+    assert (
+        runner.invoke(main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL]).exit_code == 0
+    )
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
-    result = runner.invoke(main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL,
-                                  "--a-bn", "0.5"])
+    result = runner.invoke(
+        main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL, "--a-bn", "0.5"]
+    )
     assert result.exit_code == 2
     assert "holds a different synthesis (losses.bn: 10.0 there, 0.5 now)" in result.stderr
     assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--classes", "0-9"], "class id 4 is outside the teacher's range 0-3"),
-    (["--classes-per-batch", "1"], "classes_per_batch must be >= 2"),
-    (["--per-class", "3"], "per_class 3 must be a positive multiple of images_per_class 2"),
-    (["--resolutions", "32,16"], "must increase from low to high"),
-    (["--iterations", "5"], "must list the same number of stages"),
-    (["--iterations", "5,x"], "must be a number"),
-    (["--device", "tpu"], "device 'tpu' is not one of"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--classes", "0-9"], "class id 4 is outside the teacher's range 0-3"),
+        (["--classes-per-batch", "1"], "classes_per_batch must be >= 2"),
+        (["--per-class", "3"], "per_class 3 must be a positive multiple of images_per_class 2"),
+        (["--resolutions", "32,16"], "must increase from low to high"),
+        (["--iterations", "5"], "must list the same number of stages"),
+        (["--iterations", "5,x"], "must be a number"),
+        (["--device", "tpu"], "device 'tpu' is not one of"),
+    ],
+)
 def test_bad_inputs_exit_2_with_one_line(random_teacher, tmp_path, extra, message):
     existing = tmp_path / "keep.txt"
     existing.write_text("precious")
-    result = CliRunner().invoke(main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path),
-                                       *SMALL, *extra])
+    result = CliRunner().invoke(
+        main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL, *extra]
+    )
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], lines
@@ -178,11 +220,14 @@ def test_missing_teacher_and_recipe_errors(tmp_path):
 
 def test_recipe_values_and_overrides(random_teacher, tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"synthesize:\n  teacher: {random_teacher}\n  per_class: 2\n  classes: 0-1\n"
-                      "  classes_per_batch: 2\n  images_per_class: 2\n  threads: 1\n  device: cpu\n"
-                      "  schedule: {resolutions: [16], iterations: [3]}\n  losses: {bn: 2.0, tv: 1e-3}\n")
-    result = CliRunner().invoke(main, ["synthesize", "--config", str(recipe), "--out", str(tmp_path / "o"),
-                                       "--a-tv", "2e-3", "--quiet"])
+    recipe.write_text(
+        f"synthesize:\n  teacher: {random_teacher}\n  per_class: 2\n  classes: 0-1\n"
+        "  classes_per_batch: 2\n  images_per_class: 2\n  threads: 1\n  device: cpu\n"
+        "  schedule: {resolutions: [16], iterations: [3]}\n  losses: {bn: 2.0, tv: 1e-3}\n"
+    )
+    result = CliRunner().invoke(
+        main, ["synthesize", "--config", str(recipe), "--out", str(tmp_path / "o"), "--a-tv", "2e-3", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     config = ShardDataset(tmp_path / "o").config
     assert config["losses"]["bn"] == 2.0 and config["losses"]["tv"] == 2e-3 and config["schedule"]["iterations"] == [3]

@@ -1,4 +1,5 @@
 """Teacher loading: specs, weights files, BN discovery, embedding, and one-line refusals."""
+
 import time
 
 import pytest
@@ -58,12 +59,15 @@ def test_timm_bn_act_layers_are_found():
     assert layers and any(type(layer).__name__ == "BatchNormAct2d" for layer in layers)
 
 
-@pytest.mark.parametrize("spec, message", [
-    ("timm:not_a_model", "unknown timm model"),
-    ("torchvision:not_a_model", "unknown torchvision model"),
-    ("timm:vit_tiny_patch16_224", "no BatchNorm layers"),
-    ("missing-file.pt", "is not timm:<name>"),
-])
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("timm:not_a_model", "unknown timm model"),
+        ("torchvision:not_a_model", "unknown torchvision model"),
+        ("timm:vit_tiny_patch16_224", "no BatchNorm layers"),
+        ("missing-file.pt", "is not timm:<name>"),
+    ],
+)
 def test_bad_teacher_specs_refused(spec, message):
     with pytest.raises(UserError, match=message):
         load_teacher(spec)

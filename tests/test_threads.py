@@ -1,5 +1,6 @@
 """The CPU thread rule (synth.runtime): idle cores shared among a machine's processes; a resume keeps the
 count its run recorded."""
+
 import synth.engine
 import synth.runtime
 from synth.config import LossWeights, Schedule, SynthesisConfig
@@ -23,9 +24,17 @@ def test_idle_cores_is_a_core_count():
 
 
 def _config(teacher: str, threads: int) -> SynthesisConfig:
-    return SynthesisConfig(teacher=teacher, classes="0-1", per_class=2, classes_per_batch=2, images_per_class=2,
-                           threads=threads, device="cpu", schedule=Schedule(resolutions=(16,), iterations=(2,)),
-                           losses=LossWeights(ep=0.0, triplet=0.0))
+    return SynthesisConfig(
+        teacher=teacher,
+        classes="0-1",
+        per_class=2,
+        classes_per_batch=2,
+        images_per_class=2,
+        threads=threads,
+        device="cpu",
+        schedule=Schedule(resolutions=(16,), iterations=(2,)),
+        losses=LossWeights(ep=0.0, triplet=0.0),
+    )
 
 
 def test_a_run_without_threads_records_the_rule_and_resumes_with_that_count(random_teacher, tmp_path, monkeypatch):

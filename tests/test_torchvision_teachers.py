@@ -1,5 +1,6 @@
 """Every torchvision BN classifier works as a teacher (random weights, no download), and the embedding used by the
 intra-divergence and triplet losses is the pooled penultimate feature, not a hidden layer of a multi-layer head."""
+
 import pytest
 import timm
 import torch
@@ -11,13 +12,7 @@ from synth.errors import UserError
 from synth.inversion import invert_batch
 from synth.teacher import EmbeddingTap, find_bn_layers, teacher_from_model
 from synth.teacher import find_classifier_name as _classifier_name
-from synth.teacher_sources import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_torchvision,
-    load_teacher,
-    torchvision_head_name,
-)
+from synth.teacher_sources import IMAGENET_MEAN, IMAGENET_STD, build_torchvision, load_teacher, torchvision_head_name
 
 # Models above this many parameters are skipped to keep the test fast (construction with random init alone takes
 # seconds each): regnet_y_128gf/32gf/16gf, regnet_x_32gf/16gf, vgg*_bn, wide_resnet*, resnet101/152,
@@ -28,8 +23,15 @@ MAX_PARAMS = 25e6
 MIN_SIZE = {"inception_v3": 80}
 # RegNet's builder computes block widths with tensors, so it cannot be built on the meta device to count its
 # parameters; these are known to be far above MAX_PARAMS (39 M to 644 M) and are skipped without building them.
-KNOWN_HUGE = {"regnet_y_128gf", "regnet_y_32gf", "regnet_y_16gf", "regnet_y_8gf", "regnet_x_32gf", "regnet_x_16gf",
-              "regnet_x_8gf"}
+KNOWN_HUGE = {
+    "regnet_y_128gf",
+    "regnet_y_32gf",
+    "regnet_y_16gf",
+    "regnet_y_8gf",
+    "regnet_x_32gf",
+    "regnet_x_16gf",
+    "regnet_x_8gf",
+}
 
 
 def _bn_classifiers() -> list[tuple[str, int]]:
@@ -52,8 +54,17 @@ SMALL = [name for name, count in BN_CLASSIFIERS if count <= MAX_PARAMS]
 
 
 def test_the_bn_classifier_list_covers_the_families():
-    assert {"googlenet", "inception_v3", "mobilenet_v3_small", "resnet18", "regnet_y_400mf", "densenet121",
-            "efficientnet_b0", "shufflenet_v2_x0_5", "mnasnet0_5"} <= set(SMALL)
+    assert {
+        "googlenet",
+        "inception_v3",
+        "mobilenet_v3_small",
+        "resnet18",
+        "regnet_y_400mf",
+        "densenet121",
+        "efficientnet_b0",
+        "shufflenet_v2_x0_5",
+        "mnasnet0_5",
+    } <= set(SMALL)
 
 
 @pytest.mark.parametrize("name", SMALL)
@@ -63,14 +74,22 @@ def test_torchvision_bn_classifier_inverts_or_is_refused_cleanly(name):
     size = MIN_SIZE.get(name, 64)
     classifier = _classifier_name(model)
     try:
-        teacher = teacher_from_model(model, f"torchvision:{name}", IMAGENET_MEAN, IMAGENET_STD, size, classifier,
-                                     head_name=torchvision_head_name(model, classifier))
+        teacher = teacher_from_model(
+            model,
+            f"torchvision:{name}",
+            IMAGENET_MEAN,
+            IMAGENET_STD,
+            size,
+            classifier,
+            head_name=torchvision_head_name(model, classifier),
+        )
     except UserError as exc:
         assert "\n" not in str(exc)
         return
     labels = torch.tensor([0, 0, 1, 1])
-    result = invert_batch(teacher, labels, LossWeights(), Schedule(resolutions=(size,), iterations=(1,)),
-                          torch.Generator().manual_seed(0))
+    result = invert_batch(
+        teacher, labels, LossWeights(), Schedule(resolutions=(size,), iterations=(1,)), torch.Generator().manual_seed(0)
+    )
     assert result.images.shape == (4, size, size, 3)
     assert all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
 
@@ -94,8 +113,9 @@ def test_torchvision_embedding_is_the_heads_input(spec, head):
     model = build_torchvision(spec, num_classes=4).eval()
     classifier = _classifier_name(model)
     assert classifier != head  # the last Linear sits inside a multi-layer head
-    teacher = teacher_from_model(model, spec, IMAGENET_MEAN, IMAGENET_STD, 32, classifier,
-                                 head_name=torchvision_head_name(model, classifier))
+    teacher = teacher_from_model(
+        model, spec, IMAGENET_MEAN, IMAGENET_STD, 32, classifier, head_name=torchvision_head_name(model, classifier)
+    )
     tap = EmbeddingTap(teacher.embedding_module)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
@@ -110,8 +130,9 @@ def test_timm_embedding_is_pre_logits():
     torch.manual_seed(0)
     model = timm.create_model("mobilenetv3_small_050", num_classes=4).eval()
     cfg = model.pretrained_cfg
-    teacher = teacher_from_model(model, "timm:mobilenetv3_small_050", IMAGENET_MEAN, IMAGENET_STD, 32,
-                                 cfg["classifier"])
+    teacher = teacher_from_model(
+        model, "timm:mobilenetv3_small_050", IMAGENET_MEAN, IMAGENET_STD, 32, cfg["classifier"]
+    )
     tap = EmbeddingTap(teacher.embedding_module)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():

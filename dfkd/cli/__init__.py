@@ -1,4 +1,5 @@
 """The `dfkd` command line: a click group; each command module is thin (parse, configure, call, report)."""
+
 from __future__ import annotations
 
 import sys
@@ -57,6 +58,13 @@ def main() -> None:
     install_warning_filters()
 
 
-for command in (synthesize_command, train_teacher_command, distill_command, evaluate_group, inspect_command,
-                export_command, demo_command):
+for command in (
+    synthesize_command,
+    train_teacher_command,
+    distill_command,
+    evaluate_group,
+    inspect_command,
+    export_command,
+    demo_command,
+):
     main.add_command(command)

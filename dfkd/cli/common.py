@@ -1,4 +1,5 @@
 """What every command shares: --config/--json/--quiet, one-line errors with exit codes, progress and output."""
+
 from __future__ import annotations
 
 import functools
@@ -48,8 +49,13 @@ def common_options(func: Optional[Callable] = None, *, config: bool = True) -> C
             fail(f"{type(exc).__name__}: {exc}".splitlines()[0], EXIT_RUNTIME)
 
     if config:
-        wrapper = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                               help="YAML recipe; command-line options override it.")(wrapper)
+        wrapper = click.option(
+            "--config",
+            "config_path",
+            type=click.Path(dir_okay=False),
+            default=None,
+            help="YAML recipe; command-line options override it.",
+        )(wrapper)
     return wrapper
 
 
@@ -75,8 +81,15 @@ class Reporter:
         """Start a tqdm bar on stderr (a disabled one under --quiet, or when there is nothing to do); returns it."""
         from tqdm import tqdm
 
-        self._bar = tqdm(total=total, unit=unit, desc=desc, file=sys.stderr, disable=self.quiet or not total,
-                         dynamic_ncols=True, smoothing=0.1)
+        self._bar = tqdm(
+            total=total,
+            unit=unit,
+            desc=desc,
+            file=sys.stderr,
+            disable=self.quiet or not total,
+            dynamic_ncols=True,
+            smoothing=0.1,
+        )
         return self._bar
 
     def update(self, n: int, **postfix: str) -> None:
@@ -86,12 +99,14 @@ class Reporter:
                 self._bar.set_postfix(postfix, refresh=False)
             self._bar.update(n)
 
-    def progress(self, desc: str, unit: str = "img",
-                 postfix: Callable[[dict], dict] = lambda info: {}) -> Progress:
+    def progress(self, desc: str, unit: str = "img", postfix: Callable[[dict], dict] = lambda info: {}) -> Progress:
         """A synth Progress driving this reporter's bar; `postfix` picks what each update shows beside it."""
-        return Progress(start=lambda total: self.bar(total, unit, desc),
-                        advance=lambda n, info: self.update(n, **postfix(info)),
-                        message=self.message, close=self.close_bar)
+        return Progress(
+            start=lambda total: self.bar(total, unit, desc),
+            advance=lambda n, info: self.update(n, **postfix(info)),
+            message=self.message,
+            close=self.close_bar,
+        )
 
     def close_bar(self) -> None:
         """Close the current bar, if any."""

@@ -1,4 +1,5 @@
 """`dfkd demo`: the whole pipeline end to end on real digits, with a results table."""
+
 from __future__ import annotations
 
 import click
@@ -17,27 +18,44 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
 
 
 @click.command("demo", epilog=EXAMPLE)
-@click.option("--out", default="dfkd-demo", show_default=True, type=click.Path(file_okay=False),
-              help="Folder for the teacher, shards, student, grid.")
+@click.option(
+    "--out",
+    default="dfkd-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for the teacher, shards, student, grid.",
+)
 @click.option("--fast", is_flag=True, help="Toy scale (the shipped recipe digits_fast), for tests and a first look.")
 @click.option("--threads", type=int, default=0, help="CPU threads. [default: the idle cores]")
-@click.option("--lpips-backbone", type=click.Path(dir_okay=False),
-              help="AlexNet weights file for the LPIPS diversity figure (skipped without it).")
+@click.option(
+    "--lpips-backbone",
+    type=click.Path(dir_okay=False),
+    help="AlexNet weights file for the LPIPS diversity figure (skipped without it).",
+)
 @common_options
-def demo_command(out: str, fast: bool, threads: int, lpips_backbone: str, config_path: str, json_mode: bool,
-         quiet: bool) -> None:
+def demo_command(
+    out: str, fast: bool, threads: int, lpips_backbone: str, config_path: str, json_mode: bool, quiet: bool
+) -> None:
     """Train a digits teacher, synthesize shards from it, distill a DearKD student, evaluate on real digits."""
     from dfkd.digits.demo import results_table, run_demo
 
     reporter = Reporter(json_mode, quiet)
 
     reporter.message(f"dfkd demo: teacher -> synthesize -> distill -> evaluate, in {out}")
-    result = run_demo(out, config_path, fast, threads, lpips_backbone,
-                      lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img",
-                                                    postfix=_postfix))
+    result = run_demo(
+        out,
+        config_path,
+        fast,
+        threads,
+        lpips_backbone,
+        lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img", postfix=_postfix),
+    )
     reporter.result(result, results_table(result) + [f"image grid: {result['grid']}"])
 
 
 def _postfix(info: dict) -> dict:
-    return {k: f"{v:.3f}" if isinstance(v, float) else str(v) for k, v in info.items()
-            if k in ("loss", "total", "ce", "epoch", "stage")}
+    return {
+        k: f"{v:.3f}" if isinstance(v, float) else str(v)
+        for k, v in info.items()
+        if k in ("loss", "total", "ce", "epoch", "stage")
+    }

@@ -1,4 +1,5 @@
 """`dfkd distill`: shards (or real images) + a CNN teacher -> a DearKD student, in two stages."""
+
 from __future__ import annotations
 
 import click
@@ -41,8 +42,12 @@ effective batch = batch size x processes):
 @click.command("distill", epilog=EXAMPLE)
 @config_options(DistillConfig)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--verify/--no-verify", "verify_shards", default=True,
-              help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]")
+@click.option(
+    "--verify/--no-verify",
+    "verify_shards",
+    default=True,
+    help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]",
+)
 @common_options
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
@@ -62,18 +67,23 @@ def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     if ranks.rank != 0:
         return Progress(message=lambda text: None)
     desc = "distill" if not ranks.distributed else f"distill ({ranks.world_size} processes)"
-    return reporter.progress(desc, postfix=lambda info: {"epoch": info["epoch"], "stage": info["stage"],
-                                                         "loss": f"{info['loss']:.3f}"})
+    return reporter.progress(
+        desc, postfix=lambda info: {"epoch": info["epoch"], "stage": info["stage"], "loss": f"{info['loss']:.3f}"}
+    )
 
 
 def _lines(summary: dict) -> list[str]:
     kd = f"hidden KD pairs {', '.join(summary['pairs'])}" if summary["hidden_kd"] else "hidden KD off"
-    lines = [f"trained {summary['model']} for {summary['epochs']} epochs ({summary['stage1_epochs']} with "
-             f"{summary['distillation']} KD, {kd}) on {summary['images']} images in {summary['seconds']} s",
-             f"student: {summary['student']} (+ {summary['student_json']})"]
+    lines = [
+        f"trained {summary['model']} for {summary['epochs']} epochs ({summary['stage1_epochs']} with "
+        f"{summary['distillation']} KD, {kd}) on {summary['images']} images in {summary['seconds']} s",
+        f"student: {summary['student']} (+ {summary['student_json']})",
+    ]
     if summary["world_size"] > 1:
-        lines.append(f"{summary['world_size']} processes x batch {summary['batch_size']} = effective batch "
-                     f"{summary['effective_batch']}, lr {summary['lr']:.3g}")
+        lines.append(
+            f"{summary['world_size']} processes x batch {summary['batch_size']} = effective batch "
+            f"{summary['effective_batch']}, lr {summary['lr']:.3g}"
+        )
     if summary["final_loss"] is not None:
         lines.append(f"final training loss: {summary['final_loss']:.4f}")
     if summary["val_top1"] is not None:

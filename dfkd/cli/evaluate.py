@@ -1,4 +1,5 @@
 """`dfkd evaluate diversity|fidelity|accuracy`: thin layers over dfkd.evaluate."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,13 +10,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.evaluate import (
-    load_student,
-    measure_accuracy,
-    measure_fidelity,
-    measure_lpips_diversity,
-    teacher_classifier,
-)
+from dfkd.evaluate import load_student, measure_accuracy, measure_fidelity, measure_lpips_diversity, teacher_classifier
 from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError
 from synth.runtime import use_threads
@@ -46,9 +41,12 @@ def _class_label(result: dict, c: int) -> str:
 
 run_options = ("device", "batch_size", "workers", "threads")
 shards_argument = click.argument("shards", type=click.Path(file_okay=False))
-verify_option = click.option("--verify/--no-verify", "verify_shards", default=True,
-                             help="Refuse damaged, missing or unfinished shards (reads each shard once). "
-                                  "[default: verify]")
+verify_option = click.option(
+    "--verify/--no-verify",
+    "verify_shards",
+    default=True,
+    help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]",
+)
 
 
 @click.group("evaluate", epilog=EVALUATE_EXAMPLES)
@@ -56,13 +54,15 @@ def evaluate_group() -> None:
     """Score synthesized shards (LPIPS diversity, teacher fidelity) or a student on real images (accuracy)."""
 
 
-@evaluate_group.command(epilog="""
+@evaluate_group.command(
+    epilog="""
 \b
 Per class: the mean LPIPS (AlexNet, v0.1, inputs in [-1, 1]) over all pairs of its images, or over
 at most --pairs seeded random pairs; then the mean over classes. Images under 64 px are upsampled
 (bilinear) to 64 px. The AlexNet weights (torchvision's alexnet-owt-7be5be79.pth) come from
 --lpips-backbone, else the torch hub cache ($TORCH_HOME/hub/checkpoints), else a download.
-""")
+"""
+)
 @shards_argument
 @config_options(EvaluateConfig, only=("lpips_backbone", "pairs", "seed", "device", "batch_size", "threads"))
 @common_options
@@ -70,28 +70,48 @@ def diversity_command(shards: str, config_path: Optional[str], json_mode: bool, 
     """LPIPS diversity of the images of each class (higher is more diverse)."""
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
-    result = measure_lpips_diversity(shards, cfg.lpips_backbone, None if cfg.pairs == "all" else cfg.pairs, cfg.seed,
-                             cfg.device, cfg.batch_size, reporter.progress("lpips"))
-    lines = [f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)"
-             for c, v in result["per_class"].items()]
+    result = measure_lpips_diversity(
+        shards,
+        cfg.lpips_backbone,
+        None if cfg.pairs == "all" else cfg.pairs,
+        cfg.seed,
+        cfg.device,
+        cfg.batch_size,
+        reporter.progress("lpips"),
+    )
+    lines = [
+        f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)" for c, v in result["per_class"].items()
+    ]
     upsampled = f", upsampled from {result['stored_resolution']} px" if result["upsampled"] else ""
-    reporter.result(result, lines + [f"mean LPIPS over {len(result['per_class'])} classes: {result['mean']:.4f} "
-                                     f"(AlexNet v0.1 at {result['resolution']} px{upsampled})"])
+    reporter.result(
+        result,
+        lines
+        + [
+            f"mean LPIPS over {len(result['per_class'])} classes: {result['mean']:.4f} "
+            f"(AlexNet v0.1 at {result['resolution']} px{upsampled})"
+        ],
+    )
 
 
-@evaluate_group.command(epilog="""
+@evaluate_group.command(
+    epilog="""
 \b
 Re-runs the teacher on the stored uint8 images (at their stored resolution, normalised as the
 teacher expects) and counts how often its top-1 class is the target label.
 Without --teacher, the teacher recorded in the shards is loaded.
-""")
+"""
+)
 @shards_argument
-@config_options(EvaluateConfig, only=("teacher", "teacher_weights", *run_options),
-                help={"teacher": "timm:<name>[.<tag>], torchvision:<name>, or a teacher file. [default: the shards']"})
+@config_options(
+    EvaluateConfig,
+    only=("teacher", "teacher_weights", *run_options),
+    help={"teacher": "timm:<name>[.<tag>], torchvision:<name>, or a teacher file. [default: the shards']"},
+)
 @verify_option
 @common_options
-def fidelity_command(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, verify_shards: bool,
-             **options) -> None:
+def fidelity_command(
+    shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, verify_shards: bool, **options
+) -> None:
     """Teacher top-1 agreement with the target labels of the synthesized images."""
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
@@ -100,24 +120,30 @@ def fidelity_command(shards: str, config_path: Optional[str], json_mode: bool, q
     if not spec:
         raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher TEACHER")
     if not cfg.teacher and not spec.startswith(("timm:", "torchvision:")) and not Path(spec).is_file():
-        raise UserError(f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with "
-                        "--teacher FILE")
+        raise UserError(
+            f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with --teacher FILE"
+        )
     teacher = load_teacher(spec, cfg.teacher_weights)
     result = measure_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
 
 
-@evaluate_group.command(epilog="""
+@evaluate_group.command(
+    epilog="""
 \b
 DATA is a torchvision ImageFolder tree: DATA/<class>/<image>. Class ids: when every folder name is
 an integer (e.g. 0, 7, 0042) the id is that integer, else the position in sorted folder-name order;
 the ids must be the model's class ids. Images: shorter side resized to input_size / crop_pct,
 centre-cropped to the model's input size, scaled to [0, 1], normalised with the model's mean/std
 (the student's from student.json next to the checkpoint).
-""")
-@config_options(EvaluateConfig, only=("student", "teacher", "teacher_weights", "data", "crop_pct", *run_options),
-                help={"teacher": "Also score this teacher (reference line)."})
+"""
+)
+@config_options(
+    EvaluateConfig,
+    only=("student", "teacher", "teacher_weights", "data", "crop_pct", *run_options),
+    help={"teacher": "Also score this teacher (reference line)."},
+)
 @common_options
 def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
@@ -132,7 +158,14 @@ def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, *
         models["teacher"] = teacher_classifier(load_teacher(cfg.teacher, cfg.teacher_weights))
     result = {"data": cfg.data}
     for role, classifier in models.items():
-        result[role] = measure_accuracy(classifier, cfg.data, cfg.device, cfg.batch_size, cfg.workers, cfg.crop_pct,
-                                    reporter.progress(role))
-    reporter.result(result, [f"{role}: top-1 {result[role]['top1']:.2%}  top-{result[role]['k']} "
-                             f"{result[role]['top5']:.2%}  ({result[role]['images']} images)" for role in models])
+        result[role] = measure_accuracy(
+            classifier, cfg.data, cfg.device, cfg.batch_size, cfg.workers, cfg.crop_pct, reporter.progress(role)
+        )
+    reporter.result(
+        result,
+        [
+            f"{role}: top-1 {result[role]['top1']:.2%}  top-{result[role]['k']} "
+            f"{result[role]['top5']:.2%}  ({result[role]['images']} images)"
+            for role in models
+        ],
+    )

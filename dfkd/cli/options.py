@@ -1,5 +1,6 @@
 """Command-line options generated from config dataclasses (synth.settings): each setting's flag, type, accepted
 values, help and `[default: ...]` come from its one field declaration."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,8 +13,9 @@ import click
 PREFIX = "cfg__"  # click parameter names of generated options: cfg__losses__bn is the setting losses.bn
 
 
-def config_options(cls: type, only: Optional[tuple[str, ...]] = None,
-                   help: Optional[dict[str, str]] = None) -> Callable[[Callable], Callable]:
+def config_options(
+    cls: type, only: Optional[tuple[str, ...]] = None, help: Optional[dict[str, str]] = None
+) -> Callable[[Callable], Callable]:
     """A decorator adding one click option per flagged field of `cls` (nested configs included, in field order).
     `only`: the dotted names to offer (a command that uses part of a shared config); `help`: per-command wording
     for some of them (the default shown still comes from the field)."""
@@ -29,8 +31,11 @@ def config_options(cls: type, only: Optional[tuple[str, ...]] = None,
 
 def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
     """The generated options the user gave, as dotted-key overrides of a recipe (`losses.bn`: 0.1)."""
-    return {key[len(PREFIX):].replace("__", "."): value for key, value in options.items()
-            if key.startswith(PREFIX) and value is not None and value != ()}
+    return {
+        key[len(PREFIX) :].replace("__", "."): value
+        for key, value in options.items()
+        if key.startswith(PREFIX) and value is not None and value != ()
+    }
 
 
 def format_default(value: Any) -> str:

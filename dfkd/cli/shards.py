@@ -1,4 +1,5 @@
 """`dfkd inspect` and `dfkd export`: describe a shard set, or convert it for projects that do not read HDF5."""
+
 from __future__ import annotations
 
 import sys
@@ -14,7 +15,9 @@ from dfkd.evaluate import export_shards, inspect_shards
 from dfkd.evaluate.config import EvaluateConfig
 
 
-@click.command("inspect", epilog="""
+@click.command(
+    "inspect",
+    epilog="""
 \b
 Examples:
   dfkd inspect shards/
@@ -22,14 +25,22 @@ Examples:
 
 The grid has one row per class (its first k images; black cells when it has fewer), the class
 name or id in a 128-px label column: (128 + k*(R+2) + 2) x (classes*(R+2) + 2) px for R-px images.
-""")
+""",
+)
 @shards_argument
 @click.option("--grid", type=click.Path(dir_okay=False), help="Write a PNG grid of images per class.")
 @config_options(EvaluateConfig, only=("per_class_grid",))
 @click.option("--grid-classes", help="Classes in the grid: all, 0-9, or 1,5,7-9. [default: those present]")
 @common_options
-def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, grid: Optional[str],
-                    grid_classes: Optional[str], **options) -> None:
+def inspect_command(
+    shards: str,
+    config_path: Optional[str],
+    json_mode: bool,
+    quiet: bool,
+    grid: Optional[str],
+    grid_classes: Optional[str],
+    **options,
+) -> None:
     """Describe a shard directory: counts per class, resolution, teacher, config, format, verify result."""
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
@@ -43,10 +54,16 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
         f"teacher: {result['teacher'].get('spec')}  weights sha256 {str(result['teacher'].get('weights_sha256'))[:12]}",
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
         "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
-        f"dataset card: {result['card']}" if result["card"] else "dataset card: none (dfkd synthesize writes README.md)",
+        f"dataset card: {result['card']}"
+        if result["card"]
+        else "dataset card: none (dfkd synthesize writes README.md)",
         "config:",
-        *("  " + line for line in yaml.safe_dump(result["config"], sort_keys=False, default_flow_style=None,
-                                                  width=100).splitlines()),
+        *(
+            "  " + line
+            for line in yaml.safe_dump(
+                result["config"], sort_keys=False, default_flow_style=None, width=100
+            ).splitlines()
+        ),
     ]
     if grid:
         lines.append(f"grid: {grid} ({result['grid']['width']}x{result['grid']['height']} px)")
@@ -55,7 +72,9 @@ def inspect_command(shards: str, config_path: Optional[str], json_mode: bool, qu
         sys.exit(2)
 
 
-@click.command("export", epilog="""
+@click.command(
+    "export",
+    epilog="""
 \b
 Examples:
   dfkd export shards/ --to imagefolder digits-png/
@@ -77,26 +96,57 @@ hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with t
   sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
   datasets.load_from_disk(OUT)) or as OUT/data/train-00000-of-00001.parquet (--hf-format parquet:
   datasets.load_dataset("parquet", data_files=...) or load_dataset(OUT)).
-""")
+""",
+)
 @shards_argument
-@click.option("--to", "fmt", type=click.Choice(["imagefolder", "webdataset", "hf"]), required=True,
-              help="Output layout.")
+@click.option(
+    "--to", "fmt", type=click.Choice(["imagefolder", "webdataset", "hf"]), required=True, help="Output layout."
+)
 @click.argument("out", type=click.Path(file_okay=False))
 @click.option("--maxcount", type=int, default=10000, show_default=True, help="webdataset: samples per tar shard.")
-@click.option("--shard-size", type=int, default=None, help="webdataset: bytes per tar shard (about). [default: no limit]")
-@click.option("--image-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
-              help="webdataset: image encoding (png is lossless).")
+@click.option(
+    "--shard-size", type=int, default=None, help="webdataset: bytes per tar shard (about). [default: no limit]"
+)
+@click.option(
+    "--image-format",
+    type=click.Choice(["png", "jpg"]),
+    default="png",
+    show_default=True,
+    help="webdataset: image encoding (png is lossless).",
+)
 @click.option("--quality", type=int, default=95, show_default=True, help="webdataset: JPEG quality.")
-@click.option("--hf-format", type=click.Choice(["arrow", "parquet"]), default="arrow", show_default=True,
-              help="hf: save_to_disk (arrow) or a Parquet file.")
+@click.option(
+    "--hf-format",
+    type=click.Choice(["arrow", "parquet"]),
+    default="arrow",
+    show_default=True,
+    help="hf: save_to_disk (arrow) or a Parquet file.",
+)
 @common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
-def export_command(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool,
-           maxcount: int, shard_size: Optional[int], image_format: str, quality: int, hf_format: str) -> None:
+def export_command(
+    shards: str,
+    fmt: str,
+    out: str,
+    json_mode: bool,
+    quiet: bool,
+    maxcount: int,
+    shard_size: Optional[int],
+    image_format: str,
+    quality: int,
+    hf_format: str,
+) -> None:
     """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
     reporter = Reporter(json_mode, quiet)
-    options = {"webdataset": {"maxcount": maxcount, "shard_size": shard_size, "image_format": image_format,
-                              "quality": quality},
-               "hf": {"hf_format": hf_format}}.get(fmt, {})
+    options = {
+        "webdataset": {
+            "maxcount": maxcount,
+            "shard_size": shard_size,
+            "image_format": image_format,
+            "quality": quality,
+        },
+        "hf": {"hf_format": hf_format},
+    }.get(fmt, {})
     result = export_shards(shards, out, fmt, reporter.progress("export"), **options)
-    reporter.result(result, [f"exported {result['images']} images of {result['classes']} classes to "
-                             f"{result['out']} ({fmt})"])
+    reporter.result(
+        result, [f"exported {result['images']} images of {result['classes']} classes to {result['out']} ({fmt})"]
+    )

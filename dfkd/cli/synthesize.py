@@ -1,4 +1,5 @@
 """`dfkd synthesize`: a CNN teacher -> labelled synthetic images in verified HDF5 shards."""
+
 from __future__ import annotations
 
 import click
@@ -52,8 +53,9 @@ def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     if ranks.rank != 0:
         return Progress(message=lambda text: reporter.message(f"[rank {ranks.rank}] {text}"))
     desc = "synthesize" if not ranks.distributed else f"synthesize (rank 0 of {ranks.world_size})"
-    return reporter.progress(desc, postfix=lambda losses: {"loss": f"{losses['total']:.3f}",
-                                                           "ce": f"{losses['ce']:.3f}"})
+    return reporter.progress(
+        desc, postfix=lambda losses: {"loss": f"{losses['total']:.3f}", "ce": f"{losses['ce']:.3f}"}
+    )
 
 
 def _lines(summary: dict) -> list[str]:
@@ -61,17 +63,23 @@ def _lines(summary: dict) -> list[str]:
         head = f"nothing to do: all {summary['shards']} shards in {summary['out']} are finished and verified"
     else:
         processes = summary.get("processes", 1)
-        head = (f"wrote {summary['shards_written']} shard(s), kept {summary['shards_skipped']} finished, "
-                f"in {summary['out']} ({summary['seconds']} s"
-                f"{f', {processes} processes' if processes > 1 else ''})")
+        head = (
+            f"wrote {summary['shards_written']} shard(s), kept {summary['shards_skipped']} finished, "
+            f"in {summary['out']} ({summary['seconds']} s"
+            f"{f', {processes} processes' if processes > 1 else ''})"
+        )
     fidelity = summary.get("fidelity")
     lines = [head, f"images: {summary.get('images')}  complete: {summary.get('complete')}"]
     if summary.get("damaged"):
-        lines.append("regenerated damaged shard(s): " + ", ".join(
-            f"{name} ({problem})" for name, problem in summary["damaged"].items()))
+        lines.append(
+            "regenerated damaged shard(s): "
+            + ", ".join(f"{name} ({problem})" for name, problem in summary["damaged"].items())
+        )
     if fidelity is not None:
         lines.append(f"teacher fidelity (agreement with target labels): {fidelity:.3f}")
         if summary.get("low_fidelity"):
-            lines.append("LOW FIDELITY: the teacher does not see the target classes in these images; "
-                         "see the warning above before training on them")
+            lines.append(
+                "LOW FIDELITY: the teacher does not see the target classes in these images; "
+                "see the warning above before training on them"
+            )
     return lines

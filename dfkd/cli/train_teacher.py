@@ -1,4 +1,5 @@
 """`dfkd train-teacher`: train a small BatchNorm CNN teacher on real data and write a teacher file."""
+
 from __future__ import annotations
 
 import os
@@ -28,17 +29,23 @@ Example:
 def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Train a small BN CNN teacher on real images (held-out accuracy is reported and stored in the file)."""
     reporter = Reporter(json_mode, quiet)
-    config = build(TeacherTrainingConfig,
-                   apply_overrides(load_recipe(config_path, "train_teacher"), config_overrides(options)))
+    config = build(
+        TeacherTrainingConfig, apply_overrides(load_recipe(config_path, "train_teacher"), config_overrides(options))
+    )
     _check_writable(Path(out))
     reporter.bar(config.epochs, "epoch", "train-teacher")
     try:
         result = train_teacher(config, out, on_epoch=lambda epoch, loss: reporter.update(1, loss=f"{loss:.3f}"))
     finally:
         reporter.close_bar()
-    reporter.result(result, [f"wrote {result['out']}: {result['arch']} on {result['dataset']}, "
-                             f"held-out accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, "
-                             f"{result['seconds']} s)"])
+    reporter.result(
+        result,
+        [
+            f"wrote {result['out']}: {result['arch']} on {result['dataset']}, "
+            f"held-out accuracy {result['test_accuracy']:.4f} ({result['test_images']} images, "
+            f"{result['seconds']} s)"
+        ],
+    )
 
 
 def _check_writable(out: Path) -> None:

@@ -1,4 +1,5 @@
 """Real labelled image folders (`<root>/<class>/<image>`): integer folder names are the class ids."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """scikit-learn's bundled handwritten digits as 32x32 RGB uint8 images with a fixed seeded train/test split."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ def load_digits_split(size: int = 32, seed: int = 0) -> DigitsSplit:
     images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False).clamp(0, 1)
     images = (images.repeat(1, 3, 1, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     labels = digits.target.astype(np.int64)
-    train_x, test_x, train_y, test_y = train_test_split(images, labels, test_size=TEST_SIZE,
-                                                        random_state=seed, stratify=labels)
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, labels, test_size=TEST_SIZE, random_state=seed, stratify=labels
+    )
     return DigitsSplit(train_x, train_y, test_x, test_y)
 
 

@@ -3,6 +3,7 @@
 Each step writes into its own folder of `out`, and a rerun reuses what is finished (the teacher file,
 verified shards, the distillation checkpoint), so an interrupted demo resumes.
 """
+
 from __future__ import annotations
 
 import time
@@ -15,12 +16,7 @@ from dfkd.digits.data import DigitsSplit, load_digits_split, write_image_folder
 from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
-from dfkd.evaluate import (
-    draw_class_grid,
-    load_student,
-    measure_accuracy,
-    teacher_classifier,
-)
+from dfkd.evaluate import draw_class_grid, load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.accuracy import measure_shard_accuracy
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
@@ -30,6 +26,7 @@ from synth.teacher import Teacher
 from synth.teacher_sources import load_teacher
 
 T = TypeVar("T")
+
 
 def default_recipe(fast: bool) -> Path:
     """The shipped recipe `digits` (or `digits_fast`), found with importlib.resources in any install."""
@@ -49,8 +46,9 @@ class DigitsSetup:
 def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None, threads: int = 0) -> DigitsSetup:
     """Train the recipe's teacher (unless `out/teacher.pt` exists; `progress` counts its epochs) and write the
     held-out real digits folder."""
-    config = build(TeacherTrainingConfig, apply_overrides(load_recipe(recipe, "train_teacher"),
-                                                          {"threads": threads or None}))
+    config = build(
+        TeacherTrainingConfig, apply_overrides(load_recipe(recipe, "train_teacher"), {"threads": threads or None})
+    )
     out.mkdir(parents=True, exist_ok=True)
     teacher_file = out / "teacher.pt"
     if not teacher_file.is_file():
@@ -72,9 +70,14 @@ def recipe_config(kind: type[T], recipe: str, section: str, settings: dict[str, 
     return build(kind, apply_overrides(load_recipe(recipe, section), {"device": "cpu", **settings}))
 
 
-def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, threads: int = 0,
-             lpips_backbone: Optional[str] = None,
-             progress_for: Callable[[str], Progress] = lambda step: Progress()) -> dict[str, Any]:
+def run_demo(
+    out: str | Path,
+    recipe: Optional[str] = None,
+    fast: bool = False,
+    threads: int = 0,
+    lpips_backbone: Optional[str] = None,
+    progress_for: Callable[[str], Progress] = lambda step: Progress(),
+) -> dict[str, Any]:
     """Run every step (reusing finished ones) and return the results table as a dict."""
     recipe = str(recipe or default_recipe(fast))
     out = Path(out)
@@ -93,9 +96,18 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
     seconds["synthesize"] = time.time() - started
 
     started = time.time()
-    distill_config = recipe_config(DistillConfig, recipe, "distill", {
-        "shards": str(out / "shards"), "teacher": str(digits.teacher_file), "val_data": str(real_test),
-        "resume": True, **common})
+    distill_config = recipe_config(
+        DistillConfig,
+        recipe,
+        "distill",
+        {
+            "shards": str(out / "shards"),
+            "teacher": str(digits.teacher_file),
+            "val_data": str(real_test),
+            "resume": True,
+            **common,
+        },
+    )
     distillation = train_student(distill_config, out / "student", progress_for("distill"))
     seconds["distill"] = time.time() - started
 
@@ -113,12 +125,19 @@ def run_demo(out: str | Path, recipe: Optional[str] = None, fast: bool = False, 
     draw_class_grid(out / "shards", per_class=8).save(out / "grid.png")
     seconds["evaluate"] = time.time() - started
     return {
-        "teacher_accuracy": teacher_top1["top1"], "student_accuracy": student["top1"],
+        "teacher_accuracy": teacher_top1["top1"],
+        "student_accuracy": student["top1"],
         "student_synthetic_accuracy": student_synthetic["top1"],
-        "fidelity": synthesis["fidelity"], "embedding_diversity": diversity["mean"], "lpips_diversity": lpips,
-        "synthesized_images": synthesis["images"], "test_images": teacher_top1["images"],
-        "student": distillation["model"], "epochs": distillation["epochs"],
-        "stage1_epochs": distillation["stage1_epochs"], "grid": str(out / "grid.png"), "out": str(out),
+        "fidelity": synthesis["fidelity"],
+        "embedding_diversity": diversity["mean"],
+        "lpips_diversity": lpips,
+        "synthesized_images": synthesis["images"],
+        "test_images": teacher_top1["images"],
+        "student": distillation["model"],
+        "epochs": distillation["epochs"],
+        "stage1_epochs": distillation["stage1_epochs"],
+        "grid": str(out / "grid.png"),
+        "out": str(out),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
 
@@ -131,8 +150,11 @@ def results_table(result: dict[str, Any]) -> list[str]:
         ("teacher fidelity on synthesized images", f"{result['fidelity']:.4f}", result["seconds"]["synthesize"]),
         ("intra-class distance, teacher embedding", f"{result['embedding_diversity']:.3f}", ""),
         ("LPIPS diversity", f"{lpips:.3f}" if lpips is not None else "n/a (no --lpips-backbone)", ""),
-        (f"student accuracy ({result['student']}, trained on shards only)", f"{result['student_accuracy']:.4f}",
-         result["seconds"]["distill"]),
+        (
+            f"student accuracy ({result['student']}, trained on shards only)",
+            f"{result['student_accuracy']:.4f}",
+            result["seconds"]["distill"],
+        ),
         ("student accuracy on its synthesized training images", f"{result['student_synthetic_accuracy']:.4f}", ""),
         ("evaluation", "", result["seconds"]["evaluate"]),
     ]

@@ -1,4 +1,5 @@
 """Train a small BatchNorm CNN teacher on real data (the bundled digits) and write a dfkd teacher file."""
+
 from __future__ import annotations
 
 import time
@@ -31,14 +32,14 @@ def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> to
     padded = F.pad(x, (pixels,) * 4, value=float(x.min()))
     size = x.shape[-1]
     offsets = torch.randint(0, 2 * pixels + 1, (len(x), 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy:dy + size, dx:dx + size] for i, (dy, dx) in enumerate(offsets)])
+    return torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
 
 
 @torch.no_grad()
 def held_out_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
     """Top-1 accuracy of `model` (eval mode) on normalised inputs."""
     model.eval()
-    hits = sum(int((model(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum()) for i in range(0, len(x), batch))
+    hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
     return hits / len(x)
 
 
@@ -46,8 +47,12 @@ def held_out_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 class TeacherTrainingConfig:
     """Settings of `dfkd train-teacher` (the `train_teacher:` section of a recipe)."""
 
-    dataset: str = setting("digits", flag=True, choices=DATASETS,
-                           help="Real training data (digits: scikit-learn's bundled handwritten digits, 32x32 RGB).")
+    dataset: str = setting(
+        "digits",
+        flag=True,
+        choices=DATASETS,
+        help="Real training data (digits: scikit-learn's bundled handwritten digits, 32x32 RGB).",
+    )
     arch: str = setting("dfkd_cnn_digits", help="timm architecture with BatchNorm.", flag=True)
     epochs: int = setting(12, help="Training epochs.", flag=True)
     batch_size: int = setting(64, help="Images per step.")
@@ -64,13 +69,20 @@ class TeacherTrainingConfig:
             raise UserError(f"epochs must be >= 1, not {self.epochs}")
 
 
-def train_teacher(config: TeacherTrainingConfig, out: str | Path,
-                  on_epoch: Optional[Callable[[int, float], None]] = None) -> dict:
+def train_teacher(
+    config: TeacherTrainingConfig, out: str | Path, on_epoch: Optional[Callable[[int, float], None]] = None
+) -> dict:
     """Train `config.arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
     config.validate()
     use_threads(config.threads)
-    dataset, arch, epochs, batch_size, lr, seed = (config.dataset, config.arch, config.epochs, config.batch_size,
-                                                   config.lr, config.seed)
+    dataset, arch, epochs, batch_size, lr, seed = (
+        config.dataset,
+        config.arch,
+        config.epochs,
+        config.batch_size,
+        config.lr,
+        config.seed,
+    )
     started = time.time()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -85,9 +97,10 @@ def train_teacher(config: TeacherTrainingConfig, out: str | Path,
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
         for i in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[i:i + batch_size]
-            loss = F.cross_entropy(model(random_shift(train_x[index], 2, generator)), train_y[index],
-                                   label_smoothing=0.05)
+            index = order[i : i + batch_size]
+            loss = F.cross_entropy(
+                model(random_shift(train_x[index], 2, generator)), train_y[index], label_smoothing=0.05
+            )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -95,9 +108,24 @@ def train_teacher(config: TeacherTrainingConfig, out: str | Path,
         if on_epoch:
             on_epoch(epoch, float(loss.detach()))
     test_accuracy = held_out_accuracy(model, test_x, test_y)
-    save_teacher_file(out, f"timm:{arch}", {"num_classes": len(CLASS_NAMES)}, model, DIGITS_MEAN, DIGITS_STD,
-                      split.train_images.shape[1], CLASS_NAMES,
-                      extra={"dataset": dataset, "test_accuracy": test_accuracy, "seed": seed, "epochs": epochs},
-                      grayscale=True)  # the digits are grayscale: synthesis then optimises one channel
-    return {"out": str(out), "dataset": dataset, "arch": arch, "test_accuracy": test_accuracy,
-            "train_images": len(train_x), "test_images": len(test_x), "seconds": round(time.time() - started, 2)}
+    save_teacher_file(
+        out,
+        f"timm:{arch}",
+        {"num_classes": len(CLASS_NAMES)},
+        model,
+        DIGITS_MEAN,
+        DIGITS_STD,
+        split.train_images.shape[1],
+        CLASS_NAMES,
+        extra={"dataset": dataset, "test_accuracy": test_accuracy, "seed": seed, "epochs": epochs},
+        grayscale=True,
+    )  # the digits are grayscale: synthesis then optimises one channel
+    return {
+        "out": str(out),
+        "dataset": dataset,
+        "arch": arch,
+        "test_accuracy": test_accuracy,
+        "train_images": len(train_x),
+        "test_images": len(test_x),
+        "seconds": round(time.time() - started, 2),
+    }

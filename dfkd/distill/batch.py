@@ -1,4 +1,5 @@
 """The training batch step on the device: normalise, random erasing, Mixup/CutMix, soft targets."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,7 @@ class BatchMix:
         if np.random.rand() < self.prob:
             if self.mixup > 0 and self.cutmix > 0:
                 use_cutmix = np.random.rand() < self.switch_prob
-                lam = np.random.beta(self.cutmix, self.cutmix) if use_cutmix \
-                    else np.random.beta(self.mixup, self.mixup)
+                lam = np.random.beta(self.cutmix, self.cutmix) if use_cutmix else np.random.beta(self.mixup, self.mixup)
             elif self.mixup > 0:
                 lam = np.random.beta(self.mixup, self.mixup)
             else:
@@ -65,22 +65,32 @@ class BatchPrep:
     Stored teacher logits, when present, become probabilities at `tau`, mixed with the same lambda and pairing.
     """
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], num_classes: int, augment: AugmentConfig,
-                 device: torch.device, tau: float = 1.0):
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int,
+        augment: AugmentConfig,
+        device: torch.device,
+        tau: float = 1.0,
+    ):
         self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
         self.num_classes, self.smoothing, self.device, self.tau = num_classes, augment.smoothing, device, tau
-        self.erasing = RandomErasing(augment.reprob, mode="pixel", max_count=1, device=device) \
-            if augment.reprob > 0 else None
-        self.mix = BatchMix(augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob) \
-            if augment.mixing else None
+        self.erasing = (
+            RandomErasing(augment.reprob, mode="pixel", max_count=1, device=device) if augment.reprob > 0 else None
+        )
+        self.mix = (
+            BatchMix(augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob) if augment.mixing else None
+        )
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float, normalised with the student's mean and std, on the device."""
         return (images.to(self.device, non_blocking=True).float() / 255 - self.mean) / self.std
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor,
-                 stored_logits: Optional[torch.Tensor] = None) -> Batch:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor, stored_logits: Optional[torch.Tensor] = None
+    ) -> Batch:
         """One training batch, augmented on the device."""
         x = self.normalize(images)
         labels = labels.to(self.device, non_blocking=True)

@@ -1,6 +1,7 @@
 """Setting up a distillation: the data, the teacher, the student, hidden-feature KD, the loss, the optimiser and
 its schedule. Under DDP each process takes `batch_size` images per step, so the effective batch is batch_size x
 world_size and lr = base lr x effective batch / 512."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,14 +20,7 @@ from dfkd.distill.config import DistillConfig
 from dfkd.distill.data import open_shards, set_transform, subset
 from dfkd.distill.distiller import Distiller
 from dfkd.distill.losses import DistillationLoss
-from dfkd.distill.taps import (
-    BlockTaps,
-    TeacherTaps,
-    default_block,
-    default_stage,
-    parse_pairs,
-    teacher_stages,
-)
+from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.distill.transforms import train_transform
 from dfkd.models import (
     Aligner,  # importing dfkd.models registers the DearKD students with timm
@@ -59,8 +53,7 @@ class Run:
     effective_batch: int
 
 
-def setup(config: DistillConfig, device: torch.device, progress: Optional[Progress] = None,
-          world_size: int = 1) -> Run:
+def setup(config: DistillConfig, device: torch.device, progress: Optional[Progress] = None, world_size: int = 1) -> Run:
     """Open the data, load the teacher, build student, aligners, loss, optimiser and schedule; check they fit.
     Each of `world_size` DDP processes takes config.batch_size images per step; lr and steps per epoch follow."""
     progress = progress or Progress()
@@ -73,24 +66,50 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
     if resolution is not None and resolution != size:
         progress.message(f"resizing {resolution}-px shard images to the student's {size} px")
     if stored:
-        progress.message("stored distillation: the shards' teacher logits are the targets; no teacher runs, "
-                         "so hidden-feature KD is off")
+        progress.message(
+            "stored distillation: the shards' teacher logits are the targets; no teacher runs, "
+            "so hidden-feature KD is off"
+        )
     set_transform(dataset, train_transform(size, config.augment, mean))
     effective_batch = config.batch_size * world_size
     steps = len(dataset) // world_size // config.batch_size  # each rank's DistributedSampler share drops the tail
     if steps == 0:
-        raise UserError(f"batch size {config.batch_size} is larger than the {len(dataset)} training images"
-                        if world_size == 1 else f"batch size {config.batch_size} per process x {world_size} "
-                        f"processes is larger than the {len(dataset)} training images")
+        raise UserError(
+            f"batch size {config.batch_size} is larger than the {len(dataset)} training images"
+            if world_size == 1
+            else f"batch size {config.batch_size} per process x {world_size} "
+            f"processes is larger than the {len(dataset)} training images"
+        )
     pairs, taps, block_taps, aligners = hidden_kd(config, teacher, student)
     criterion = DistillationLoss(
-        config.loss.distillation, taps, aligners, tau=config.loss.tau, w_cls=config.loss.w_cls,
-        w_dist=config.loss.w_dist, a_hid=config.loss.a_hid,
-        renorm=(mean, std, teacher.mean, teacher.std) if teacher is not None else None).to(device)
+        config.loss.distillation,
+        taps,
+        aligners,
+        tau=config.loss.tau,
+        w_cls=config.loss.w_cls,
+        w_dist=config.loss.w_dist,
+        a_hid=config.loss.a_hid,
+        renorm=(mean, std, teacher.mean, teacher.std) if teacher is not None else None,
+    ).to(device)
     optimizer, scheduler = make_optimizer(config, student, aligners, effective_batch, steps)
-    return Run(dataset, num_classes, size, mean, std, student, aligners, pairs, block_taps, criterion,
-               BatchPrep(mean, std, num_classes, config.augment, device, tau=config.loss.tau), optimizer, scheduler,
-               steps, Distiller(student, criterion, block_taps), effective_batch)
+    return Run(
+        dataset,
+        num_classes,
+        size,
+        mean,
+        std,
+        student,
+        aligners,
+        pairs,
+        block_taps,
+        criterion,
+        BatchPrep(mean, std, num_classes, config.augment, device, tau=config.loss.tau),
+        optimizer,
+        scheduler,
+        steps,
+        Distiller(student, criterion, block_taps),
+        effective_batch,
+    )
 
 
 def open_data(config: DistillConfig, teacher: Optional[Teacher]) -> tuple[Dataset, int, Optional[int]]:
@@ -100,8 +119,10 @@ def open_data(config: DistillConfig, teacher: Optional[Teacher]) -> tuple[Datase
         dataset = open_shards(config.shards, stored_logits=config.loss.distillation == "stored")
         num_classes, resolution = dataset.num_classes, dataset.resolution
         if teacher is not None and teacher.num_classes != num_classes:
-            raise UserError(f"teacher {config.teacher} has {teacher.num_classes} classes but the shards in "
-                            f"'{config.shards}' were made for {num_classes}; use the teacher they were made with")
+            raise UserError(
+                f"teacher {config.teacher} has {teacher.num_classes} classes but the shards in "
+                f"'{config.shards}' were made for {num_classes}; use the teacher they were made with"
+            )
     else:
         dataset = open_image_folder(config.images, teacher.num_classes)
         num_classes, resolution = teacher.num_classes, None
@@ -111,8 +132,9 @@ def open_data(config: DistillConfig, teacher: Optional[Teacher]) -> tuple[Datase
 def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
     """The timm student with class and distillation heads, distilled training on; its input size checked."""
     if not timm.is_model(config.student):
-        raise UserError(f"unknown student '{config.student}'; DearKD students: "
-                        f"{', '.join(timm.list_models('dearkd*'))}")
+        raise UserError(
+            f"unknown student '{config.student}'; DearKD students: {', '.join(timm.list_models('dearkd*'))}"
+        )
     kwargs = dict(config.model_kwargs(), drop_path_rate=config.drop_path)
     if config.locality_strength is not None:
         kwargs["locality_strength"] = config.locality_strength
@@ -125,14 +147,17 @@ def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
     height, width = student.patch_embed.img_size
     patch = student.patch_embed.patch_size[0]
     if height != width or height % patch:
-        raise UserError(f"student input {height}x{width} px cannot be reconciled with square images and its "
-                        f"{patch}-px patch grid; choose an input size that is a multiple of {patch}")
+        raise UserError(
+            f"student input {height}x{width} px cannot be reconciled with square images and its "
+            f"{patch}-px patch grid; choose an input size that is a multiple of {patch}"
+        )
     student.set_distilled_training(True)
     return student
 
 
-def hidden_kd(config: DistillConfig, teacher: Optional[Teacher], student: nn.Module) \
-        -> tuple[list[tuple[int, int]], Optional[TeacherTaps], Optional[BlockTaps], nn.ModuleList]:
+def hidden_kd(
+    config: DistillConfig, teacher: Optional[Teacher], student: nn.Module
+) -> tuple[list[tuple[int, int]], Optional[TeacherTaps], Optional[BlockTaps], nn.ModuleList]:
     """The (student block, teacher stage) pairs of hidden-feature KD, the teacher's taps (None: no teacher runs),
     the student's block taps and one aligner per pair; no pairs when hidden KD is off."""
     pairs: list[tuple[int, int]] = []
@@ -141,25 +166,37 @@ def hidden_kd(config: DistillConfig, teacher: Optional[Teacher], student: nn.Mod
     if teacher is not None:
         stages = teacher_stages(teacher, student.patch_embed.img_size[0])
         if config.hidden_kd:
-            pairs = parse_pairs(config.loss.pairs, len(student.blocks), len(stages)) if config.loss.pairs \
+            pairs = (
+                parse_pairs(config.loss.pairs, len(student.blocks), len(stages))
+                if config.loss.pairs
                 else [(default_block(student), default_stage(stages, student.patch_embed.patch_size[0]))]
-            aligners = nn.ModuleList(Aligner(student.embed_dim, stages[t].channels, stages[t].hw, stages[t].nonnegative)
-                                     for _, t in pairs)
+            )
+            aligners = nn.ModuleList(
+                Aligner(student.embed_dim, stages[t].channels, stages[t].hw, stages[t].nonnegative) for _, t in pairs
+            )
             block_taps = BlockTaps(student, [b for b, _ in pairs])
         taps = TeacherTaps(teacher, [stages[t] for _, t in pairs])
     return pairs, taps, block_taps, aligners
 
 
-def make_optimizer(config: DistillConfig, student: nn.Module, aligners: nn.ModuleList, effective_batch: int,
-                   steps: int) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
+def make_optimizer(
+    config: DistillConfig, student: nn.Module, aligners: nn.ModuleList, effective_batch: int, steps: int
+) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
     """timm's optimiser over the student and the aligners (no weight decay on biases, norms and the student's
     no_weight_decay set), lr scaled to the effective batch; a per-step cosine schedule with linear warm-up."""
     weight_decay = config.optim.weight_decay
-    groups = param_groups_weight_decay(student, weight_decay, no_weight_decay_list=student.no_weight_decay()) \
-        + param_groups_weight_decay(aligners, weight_decay)
-    optimizer = create_optimizer_v2(groups, config.optim.opt, lr=config.optim.lr * effective_batch / 512,
-                                    weight_decay=weight_decay)
-    scheduler = CosineLRScheduler(optimizer, t_initial=config.epochs * steps, lr_min=config.optim.min_lr,
-                                  warmup_t=round(config.optim.warmup_epochs * steps),
-                                  warmup_lr_init=config.optim.warmup_lr, t_in_epochs=False)
+    groups = param_groups_weight_decay(
+        student, weight_decay, no_weight_decay_list=student.no_weight_decay()
+    ) + param_groups_weight_decay(aligners, weight_decay)
+    optimizer = create_optimizer_v2(
+        groups, config.optim.opt, lr=config.optim.lr * effective_batch / 512, weight_decay=weight_decay
+    )
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=config.epochs * steps,
+        lr_min=config.optim.min_lr,
+        warmup_t=round(config.optim.warmup_epochs * steps),
+        warmup_lr_init=config.optim.warmup_lr,
+        t_in_epochs=False,
+    )
     return optimizer, scheduler

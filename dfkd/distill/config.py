@@ -1,5 +1,6 @@
 """Distillation settings (the `distill:` section of a recipe, the options of `dfkd distill`); defaults are DeiT's /
 DearKD's ImageNet recipe."""
+
 from __future__ import annotations
 
 import math
@@ -23,18 +24,25 @@ from synth.settings import (
 class LossConfig:
     """Distillation type and loss weights (docs/method.md, "Distillation: two stages")."""
 
-    distillation: str = setting("hard", flag=True, choices=KINDS,
-                                help="function_matching: both heads match the teacher's distribution (KL at tau) on "
-                                     "the very mixed view they train on, labels unused (the data-free default); hard: "
-                                     "CE to the teacher's argmax; soft: KL at tau on the distillation head; stored: "
-                                     "the shards' teacher logits, no teacher run (hidden KD off).")
+    distillation: str = setting(
+        "hard",
+        flag=True,
+        choices=KINDS,
+        help="function_matching: both heads match the teacher's distribution (KL at tau) on "
+        "the very mixed view they train on, labels unused (the data-free default); hard: "
+        "CE to the teacher's argmax; soft: KL at tau on the distillation head; stored: "
+        "the shards' teacher logits, no teacher run (hidden KD off).",
+    )
     tau: float = setting(1.0, help="Temperature of soft/function_matching/stored distillation.", flag=True)
     w_cls: float = setting(1.0, help="Weight of the class-head term.", flag=True)
     w_dist: float = setting(1.0, help="Weight of the distillation-head term.")
     a_hid: float = setting(1.0, help="Weight of the hidden-feature MSE (0: off).", flag=True)
-    pairs: list[str] = setting(help="Hidden KD pairs block:stage, e.g. 7:3,3:2.", flag=True, factory=list,
-                               default_text="last MHCA block with the teacher stage whose stride matches the "
-                                            "patch size")
+    pairs: list[str] = setting(
+        help="Hidden KD pairs block:stage, e.g. 7:3,3:2.",
+        flag=True,
+        factory=list,
+        default_text="last MHCA block with the teacher stage whose stride matches the patch size",
+    )
 
 
 @dataclass
@@ -53,8 +61,7 @@ class OptimConfig:
 class AugmentConfig:
     """DeiT's augmentations (timm.data); small-image recipes turn them down."""
 
-    rand_augment: Optional[str] = setting("rand-m9-mstd0.5-inc1", help="timm RandAugment string, or none.",
-                                          flag=True)
+    rand_augment: Optional[str] = setting("rand-m9-mstd0.5-inc1", help="timm RandAugment string, or none.", flag=True)
     color_jitter: float = setting(0.3, help="Colour jitter strength (timm applies it only without RandAugment).")
     scale: tuple[float, float] = setting((0.08, 1.0), help="RandomResizedCrop area range.")
     hflip: float = setting(0.5, help="Horizontal flip probability.", flag=True)
@@ -81,31 +88,46 @@ class AugmentConfig:
 class DistillConfig:
     """Everything `dfkd distill` needs."""
 
-    shards: Optional[str] = setting(None, flag=True, help="Synthesized shard directory to train on; several sets of "
-                                                          "the same teacher combine as one: a,b (comma-separated).")
-    images: Optional[str] = setting(None, flag=True, path="dir",
-                                    help="Real image folder (<dir>/<class>/<image>; integer folder names are class "
-                                         "ids) instead of shards.")
+    shards: Optional[str] = setting(
+        None,
+        flag=True,
+        help="Synthesized shard directory to train on; several sets of "
+        "the same teacher combine as one: a,b (comma-separated).",
+    )
+    images: Optional[str] = setting(
+        None,
+        flag=True,
+        path="dir",
+        help="Real image folder (<dir>/<class>/<image>; integer folder names are class ids) instead of shards.",
+    )
     subset: float = setting(1.0, help="Seeded class-stratified fraction of the training images.", flag=True)
     subset_seed: int = setting(0, help="Seed of the subset.", flag=True)
     val_data: Optional[str] = setting(None, help="Real image folder for top-1 validation.", flag=True, path="dir")
     val_every: int = setting(1, help="Validate every N epochs (and after the last).", flag=True)
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()
-    student: str = setting("dearkd_tiny_patch16_224", flag=True,
-                           help="timm student with a distillation head, e.g. dearkd_tiny_patch16_224 (see "
-                                "timm.list_models('dearkd*')).")
+    student: str = setting(
+        "dearkd_tiny_patch16_224",
+        flag=True,
+        help="timm student with a distillation head, e.g. dearkd_tiny_patch16_224 (see timm.list_models('dearkd*')).",
+    )
     num_mhca: Optional[int] = setting(None, help="MHCA blocks of the student.", flag=True, default_text="the model's")
-    locality_strength: Optional[float] = setting(None, help="MHCA local-init strength alpha (0: plain MHSA start).",
-                                                 flag=True)
-    input_size: Optional[int] = setting(None, help="Student input px, a multiple of its patch.", flag=True,
-                                        default_text="the model's")
+    locality_strength: Optional[float] = setting(
+        None, help="MHCA local-init strength alpha (0: plain MHSA start).", flag=True
+    )
+    input_size: Optional[int] = setting(
+        None, help="Student input px, a multiple of its patch.", flag=True, default_text="the model's"
+    )
     drop_path: float = setting(0.1, help="Student stochastic depth rate.", flag=True)
     epochs: int = setting(300, help="Total epochs.", flag=True)
-    stage1_epochs: float = setting(5 / 6, help="Stage-1 epochs: a count, or a fraction of --epochs below 1.",
-                                   flag=True, default_text="5/6")
-    batch_size: int = setting(256, flag=True, help="Images per step and process (under torchrun the effective batch "
-                                                   "is this x the number of processes).")
+    stage1_epochs: float = setting(
+        5 / 6, help="Stage-1 epochs: a count, or a fraction of --epochs below 1.", flag=True, default_text="5/6"
+    )
+    batch_size: int = setting(
+        256,
+        flag=True,
+        help="Images per step and process (under torchrun the effective batch is this x the number of processes).",
+    )
     workers: int = setting(4, help="DataLoader worker processes.", flag=True)
     seed: int = setting(0, help="Seed.", flag=True)
     threads: int = threads_setting()
@@ -127,13 +149,18 @@ class DistillConfig:
         checks = [
             (0 < self.subset <= 1, f"subset must be in (0, 1], not {self.subset}"),
             (self.epochs >= 1, f"epochs must be >= 1, not {self.epochs}"),
-            (self.stage1_epochs >= 0 and (self.stage1_epochs < 1 or self.stage1_epochs == int(self.stage1_epochs))
-             and self.stage1_epochs <= self.epochs,
-             f"stage1_epochs must be a fraction below 1 or a whole number of epochs up to {self.epochs}, "
-             f"not {self.stage1_epochs}"),
+            (
+                self.stage1_epochs >= 0
+                and (self.stage1_epochs < 1 or self.stage1_epochs == int(self.stage1_epochs))
+                and self.stage1_epochs <= self.epochs,
+                f"stage1_epochs must be a fraction below 1 or a whole number of epochs up to {self.epochs}, "
+                f"not {self.stage1_epochs}",
+            ),
             (self.batch_size >= 2, f"batch_size must be >= 2, not {self.batch_size}"),
-            (not (self.augment.mixing and self.batch_size % 2),
-             f"batch_size must be even with Mixup/CutMix on (timm mixes image i with -1-i), not {self.batch_size}"),
+            (
+                not (self.augment.mixing and self.batch_size % 2),
+                f"batch_size must be even with Mixup/CutMix on (timm mixes image i with -1-i), not {self.batch_size}",
+            ),
             (self.val_every >= 1, f"val_every must be >= 1, not {self.val_every}"),
             (self.workers >= 0 and self.threads >= 0, "workers and threads must be >= 0"),
             (self.loss.tau > 0, f"tau must be > 0, not {self.loss.tau}"),
@@ -147,9 +174,13 @@ class DistillConfig:
     def _check_numbers(self) -> None:
         """Refuse non-finite or out-of-range optimiser numbers as typed (before any batch scaling)."""
         optim = self.optim
-        for name, value, least in (("lr", optim.lr, None), ("min-lr", optim.min_lr, 0),
-                                   ("warmup-lr", optim.warmup_lr, 0), ("weight-decay", optim.weight_decay, 0),
-                                   ("warmup-epochs", optim.warmup_epochs, 0)):
+        for name, value, least in (
+            ("lr", optim.lr, None),
+            ("min-lr", optim.min_lr, 0),
+            ("warmup-lr", optim.warmup_lr, 0),
+            ("weight-decay", optim.weight_decay, 0),
+            ("warmup-epochs", optim.warmup_epochs, 0),
+        ):
             if not math.isfinite(value) or (least is None and value <= 0) or (least is not None and value < least):
                 accepted = "a finite number > 0" if least is None else f"a finite number >= {least}"
                 raise UserError(f"{name} {value} is not accepted; give {accepted}")

@@ -1,5 +1,6 @@
 """Training and validation data: shards or image folders, seeded subsets, per-image transforms set on them, and
 the loaders that batch them (per-epoch seeded order; DistributedSampler shares under DDP)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -70,8 +71,17 @@ def epoch_generator(seed: int, epoch: int, rank: Optional[int] = None) -> torch.
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, seed: int = 0, epoch: int = 0,
-                pin_memory: bool = False, rank: int = 0, world_size: int = 1) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    workers: int,
+    train: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    pin_memory: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
     """The one place where loaders and their samplers are made; `batch_size` is per process.
 
     Training loaders shuffle with a per-epoch generator and drop the last incomplete batch (Mixup needs even
@@ -81,13 +91,28 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int, train: bool, se
     is counted once when the ranks' hits are summed).
     """
     if world_size == 1:
-        return DataLoader(dataset, batch_size=batch_size, shuffle=train, drop_last=train, num_workers=workers,
-                          generator=epoch_generator(seed, epoch), pin_memory=pin_memory)
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=workers,
+            generator=epoch_generator(seed, epoch),
+            pin_memory=pin_memory,
+        )
     if train:
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                                     drop_last=True)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         sampler.set_epoch(epoch)
     else:
         sampler = range(rank, len(dataset), world_size)
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=train, num_workers=workers,
-                      generator=epoch_generator(seed, epoch, rank), pin_memory=pin_memory)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=train,
+        num_workers=workers,
+        generator=epoch_generator(seed, epoch, rank),
+        pin_memory=pin_memory,
+    )

@@ -1,5 +1,6 @@
 """The module distillation trains: the student and the loss (with the aligners) as one, wrapped in
 DistributedDataParallel under torchrun; the teacher stays outside it, under no_grad."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -22,13 +23,13 @@ class Distiller(nn.Module):
         super().__init__()
         self.student, self.criterion, self.block_taps = student, criterion, block_taps
 
-    def forward(self, inputs: torch.Tensor, target: torch.Tensor, stage: int,
-                stored_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, inputs: torch.Tensor, target: torch.Tensor, stage: int, stored_probs: Optional[torch.Tensor] = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its detached parts on one prepared batch."""
         outputs = self.student(inputs)
         tokens = self.block_taps.take() if self.block_taps is not None and stage == 1 else ()
-        return self.criterion(inputs, outputs, target, stage, tokens, self.student.patch_embed.grid_size,
-                              stored_probs)
+        return self.criterion(inputs, outputs, target, stage, tokens, self.student.patch_embed.grid_size, stored_probs)
 
 
 def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) -> nn.Module:
@@ -40,5 +41,6 @@ def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) 
     if not ranks.distributed:
         return model
     # broadcast_buffers off: the students' buffers are constants (relative positions; no BN running statistics)
-    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+    )

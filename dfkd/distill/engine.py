@@ -1,4 +1,5 @@
 """The training step, one training epoch and validation (top-1 accuracy)."""
+
 from __future__ import annotations
 
 import time
@@ -15,8 +16,9 @@ from synth.distributed import Ranks
 from synth.runtime import Progress
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
-               stage: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def train_step(
+    model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch, stage: int
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One optimiser step of `model` (a Distiller or its DDP wrapper) on a prepared batch (bf16 autocast on CUDA);
     returns the loss and its parts, detached (no host sync)."""
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if batch.inputs.is_cuda else nullcontext()
@@ -28,8 +30,16 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: Batch,
     return loss.detach(), parts
 
 
-def train_one_epoch(model: nn.Module, run: Run, loader: DataLoader, epoch: int, stage: int, updates: int,
-                    progress: Progress, ranks: Ranks) -> tuple[dict[str, Any], int]:
+def train_one_epoch(
+    model: nn.Module,
+    run: Run,
+    loader: DataLoader,
+    epoch: int,
+    stage: int,
+    updates: int,
+    progress: Progress,
+    ranks: Ranks,
+) -> tuple[dict[str, Any], int]:
     """Train `model` (run.model or its DDP wrapper for `stage`) on one epoch of batches, stepping the schedule per
     update. Returns the epoch's record (mean losses over every rank's batches, lr, speed) and the updates so far."""
     if run.block_taps is not None:  # the student's hidden tokens are taken in stage 1 only
@@ -44,16 +54,25 @@ def train_one_epoch(model: nn.Module, run: Run, loader: DataLoader, epoch: int, 
         run.scheduler.step_update(updates)
         sums += torch.stack([loss, parts["cls"], parts["dist"], parts["hid"]])
         if step % 10 == 0 or step == steps:
-            progress.advance((step - shown) * images,
-                             {"epoch": epoch + 1, "stage": stage, "loss": float(sums[0]) / step})
+            progress.advance(
+                (step - shown) * images, {"epoch": epoch + 1, "stage": stage, "loss": float(sums[0]) / step}
+            )
             shown = step
     seconds = time.time() - started
     means = (sums / steps).tolist()
     if ranks.distributed:  # the mean over every rank's batches
         means = [sum(values) / ranks.world_size for values in zip(*ranks.all_gather(means))]
-    return {"epoch": epoch + 1, "stage": stage, "loss": means[0], "cls": means[1], "dist": means[2], "hid": means[3],
-            "lr": run.optimizer.param_groups[0]["lr"], "img_s": round(steps * images / seconds, 2),
-            "seconds": round(seconds, 2)}, updates
+    return {
+        "epoch": epoch + 1,
+        "stage": stage,
+        "loss": means[0],
+        "cls": means[1],
+        "dist": means[2],
+        "hid": means[3],
+        "lr": run.optimizer.param_groups[0]["lr"],
+        "img_s": round(steps * images / seconds, 2),
+        "seconds": round(seconds, 2),
+    }, updates
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ Stage 2: w_cls * CE(z_cls, target) + w_dist * CE(z_dist, target); no teacher for
 Every KL is reduced per sample (`batchmean`: summed over classes, averaged over the batch), the textbook KL;
 DeiT's soft loss divides the same sum by batch x classes, i.e. it is this one / C.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Sequence
@@ -33,11 +34,17 @@ def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: floa
     return F.kl_div(F.log_softmax(student_logits / tau, dim=1), teacher_probs, reduction="batchmean") * tau * tau
 
 
-def teacher_affine(student_mean: Sequence[float], student_std: Sequence[float], teacher_mean: Sequence[float],
-                   teacher_std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+def teacher_affine(
+    student_mean: Sequence[float],
+    student_std: Sequence[float],
+    teacher_mean: Sequence[float],
+    teacher_std: Sequence[float],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), (1, 3, 1, 1) each, mapping a student-normalised image to the same image teacher-normalised."""
-    s_mean, s_std, t_mean, t_std = (torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
-                                    for v in (student_mean, student_std, teacher_mean, teacher_std))
+    s_mean, s_std, t_mean, t_std = (
+        torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
+        for v in (student_mean, student_std, teacher_mean, teacher_std)
+    )
     return s_std / t_std, (s_mean - t_mean) / t_std
 
 
@@ -48,9 +55,17 @@ class DistillationLoss(nn.Module):
     re-normalised with its own statistics.
     """
 
-    def __init__(self, kind: str = "hard", teacher: Optional[TeacherTaps] = None,
-                 aligners: Sequence[nn.Module] = (), tau: float = 1.0, w_cls: float = 1.0, w_dist: float = 1.0,
-                 a_hid: float = 1.0, renorm: Optional[tuple[Sequence[float], ...]] = None):
+    def __init__(
+        self,
+        kind: str = "hard",
+        teacher: Optional[TeacherTaps] = None,
+        aligners: Sequence[nn.Module] = (),
+        tau: float = 1.0,
+        w_cls: float = 1.0,
+        w_dist: float = 1.0,
+        a_hid: float = 1.0,
+        renorm: Optional[tuple[Sequence[float], ...]] = None,
+    ):
         super().__init__()
         if kind not in KINDS:
             raise ValueError(f"distillation kind {kind!r} is not one of {KINDS}")
@@ -64,9 +79,16 @@ class DistillationLoss(nn.Module):
         self.register_buffer("shift", shift, persistent=False)
         self.ce = SoftTargetCrossEntropy()
 
-    def forward(self, inputs: torch.Tensor, outputs: tuple[torch.Tensor, torch.Tensor], target: torch.Tensor,
-                stage: int, tokens: Sequence[torch.Tensor] = (), grid_size: Optional[tuple[int, int]] = None,
-                stored_probs: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        outputs: tuple[torch.Tensor, torch.Tensor],
+        target: torch.Tensor,
+        stage: int,
+        tokens: Sequence[torch.Tensor] = (),
+        grid_size: Optional[tuple[int, int]] = None,
+        stored_probs: Optional[torch.Tensor] = None,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its detached parts (cls, dist, hid) for student `outputs` = (z_cls, z_dist) on `inputs`."""
         z_cls, z_dist = (o.float() for o in outputs)
         hid = z_cls.new_zeros(())

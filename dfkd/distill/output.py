@@ -1,4 +1,5 @@
 """The files of a distillation run: checkpoint.pt, metrics.jsonl, student.pth and student.json."""
+
 from __future__ import annotations
 
 import json
@@ -35,20 +36,30 @@ class Output:
             # results without a checkpoint belong to another run (or a copy): never overwrite them
             others = [p.name for p in (self.student, self.student_json, self.metrics) if p.exists()]
             if others:
-                raise UserError(f"'{self.root}' holds {', '.join(others)} of another run but no checkpoint.pt to "
-                                "resume; choose another --out (dfkd does not overwrite them)")
+                raise UserError(
+                    f"'{self.root}' holds {', '.join(others)} of another run but no checkpoint.pt to "
+                    "resume; choose another --out (dfkd does not overwrite them)"
+                )
             return None
         try:
             state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - truncated, overwritten or foreign files
-            raise UserError(f"cannot read '{self.checkpoint}' ({type(exc).__name__}); it is damaged: continue "
-                            "from a copy or choose another --out") from None
-        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT \
-                or state.get("version", 0) > CHECKPOINT_VERSION:
+            raise UserError(
+                f"cannot read '{self.checkpoint}' ({type(exc).__name__}); it is damaged: continue "
+                "from a copy or choose another --out"
+            ) from None
+        if (
+            not isinstance(state, dict)
+            or state.get("format") != CHECKPOINT_FORMAT
+            or state.get("version", 0) > CHECKPOINT_VERSION
+        ):
             raise UserError(f"'{self.checkpoint}' is not a dfkd distill checkpoint this version can read")
         if self.main and self.metrics.is_file():  # drop records of an epoch that ran after the last checkpoint
-            kept = [line for line in self.metrics.read_text().splitlines()
-                    if line and json.loads(line)["epoch"] <= state["epoch"]]
+            kept = [
+                line
+                for line in self.metrics.read_text().splitlines()
+                if line and json.loads(line)["epoch"] <= state["epoch"]
+            ]
             self._atomic_text(self.metrics, "".join(line + "\n" for line in kept))
         return state
 

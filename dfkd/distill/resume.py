@@ -5,6 +5,7 @@ the epoch and stage, and the RNG states (each rank's under DDP); each epoch's sh
 seeded by (seed, epoch). A resumed run therefore repeats the uninterrupted one exactly (on CPU at the same thread
 count, with the same number of processes).
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -26,8 +27,10 @@ def check_resume(saved: dict, config: DistillConfig) -> None:
     now = asdict(config)
     for key in sorted(set(saved) | set(now)):
         if key not in RESUME_FREE and saved.get(key) != now.get(key):
-            raise UserError(f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, "
-                            f"now {key}={now.get(key)!r}; use the same settings or another --out")
+            raise UserError(
+                f"cannot resume: the checkpoint was made with {key}={saved.get(key)!r}, "
+                f"now {key}={now.get(key)!r}; use the same settings or another --out"
+            )
 
 
 def check_world(state: dict, world_size: int, batch_size: int) -> None:
@@ -35,21 +38,35 @@ def check_world(state: dict, world_size: int, batch_size: int) -> None:
     the learning rate, the steps per epoch and each rank's share of the data and RNG states)."""
     saved = state.get("world_size", 1)
     if saved != world_size:
-        raise UserError(f"cannot resume: the checkpoint was made with {saved} process(es) (effective batch "
-                        f"{saved * batch_size}), now {world_size}; launch the same number of processes "
-                        "or use another --out")
+        raise UserError(
+            f"cannot resume: the checkpoint was made with {saved} process(es) (effective batch "
+            f"{saved * batch_size}), now {world_size}; launch the same number of processes "
+            "or use another --out"
+        )
 
 
-def checkpoint(config: DistillConfig, run: Run, epoch: int, stage: int, updates: int, record: dict[str, Any],
-               ranks: Ranks) -> dict[str, Any]:
+def checkpoint(
+    config: DistillConfig, run: Run, epoch: int, stage: int, updates: int, record: dict[str, Any], ranks: Ranks
+) -> dict[str, Any]:
     """The checkpoint after `epoch` epochs (collective under DDP: every rank's RNG state is gathered)."""
     rng = {"rng": rng_state()}
     if ranks.distributed:  # each rank's own stream, for an exact resume
         rng["rng_ranks"] = ranks.all_gather(rng["rng"])
-    return {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "epoch": epoch, "stage": stage,
-            "updates": updates, "student": run.student.state_dict(), "aligners": run.aligners.state_dict(),
-            "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(), **rng,
-            "world_size": ranks.world_size, "record": record, "config": asdict(config)}
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "epoch": epoch,
+        "stage": stage,
+        "updates": updates,
+        "student": run.student.state_dict(),
+        "aligners": run.aligners.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        **rng,
+        "world_size": ranks.world_size,
+        "record": record,
+        "config": asdict(config),
+    }
 
 
 def restore(run: Run, saved: dict[str, Any], ranks: Ranks) -> tuple[int, int]:

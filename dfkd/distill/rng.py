@@ -1,4 +1,5 @@
 """Seeding and the RNG states a checkpoint holds (torch, CUDA, numpy, python), for an exact resume."""
+
 from __future__ import annotations
 
 import random
@@ -17,10 +18,12 @@ def seed_all(seed: int) -> None:
 def rng_state() -> dict:
     """The torch, CUDA, numpy and python RNG states (as weights_only-loadable data)."""
     name, keys, pos, has_gauss, cached = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
-            "python": random.getstate()}
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached],
+        "python": random.getstate(),
+    }
 
 
 def set_rng_state(state: dict) -> None:

@@ -6,6 +6,7 @@ that is outermost (fewest dots in its name; the last such to finish) among those
 (resnet: relu, layer1..layer4; regnet: stem, block1..block4). Stage index k is the k-th of these,
 shallow to deep; its reduction (stride) is measured at the training resolution.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,8 +46,9 @@ def _stage_modules(model: nn.Module, size: int) -> list[str]:
     return [chosen[size] for size in sorted(chosen, reverse=True)]
 
 
-def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None,
-           random: bool = False) -> dict[str, torch.Tensor]:
+def _probe(
+    model: nn.Module, size: int, names: Sequence[str] | None = None, random: bool = False
+) -> dict[str, torch.Tensor]:
     """Outputs (4-D tensors only) of the named modules, or of all modules, on one zero image (or two seeded noise
     images: `random`, from a private generator, leaving the global RNG alone), in completion order."""
     outputs: dict[str, torch.Tensor] = {}
@@ -57,18 +59,23 @@ def _probe(model: nn.Module, size: int, names: Sequence[str] | None = None,
             if isinstance(output, torch.Tensor) and output.ndim == 4:
                 outputs.pop(name, None)
                 outputs[name] = output
+
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in wanted.items() if n]
     device = next(model.parameters()).device
-    x = (torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)) if random
-         else torch.zeros(1, 3, size, size)).to(device)
+    x = (
+        torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
+        if random
+        else torch.zeros(1, 3, size, size)
+    ).to(device)
     try:
         with torch.no_grad():
             model(x)
     except Exception as exc:  # noqa: BLE001 - too small an input for this teacher
-        raise UserError(f"the teacher cannot run at the student's input size {size} px "
-                        f"({type(exc).__name__}: {first_line(exc)})") from None
+        raise UserError(
+            f"the teacher cannot run at the student's input size {size} px ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
     finally:
         for handle in handles:
             handle.remove()
@@ -79,9 +86,17 @@ def teacher_stages(teacher: Teacher, size: int) -> list[Stage]:
     """The teacher's feature stages, shallow to deep, measured on a `size` x `size` input."""
     names = _stage_modules(teacher.model, size)
     shapes = _probe(teacher.model, size, names, random=True)
-    return [Stage(n, shapes[n].shape[1], tuple(shapes[n].shape[-2:]), size / shapes[n].shape[-1],
-                  nonnegative=bool(shapes[n].min() >= 0))
-            for n in names if n in shapes]
+    return [
+        Stage(
+            n,
+            shapes[n].shape[1],
+            tuple(shapes[n].shape[-2:]),
+            size / shapes[n].shape[-1],
+            nonnegative=bool(shapes[n].min() >= 0),
+        )
+        for n in names
+        if n in shapes
+    ]
 
 
 def default_stage(stages: Sequence[Stage], patch_size: int) -> int:
@@ -115,12 +130,14 @@ class TeacherTaps:
     def __init__(self, teacher: Teacher, stages: Sequence[Stage]):
         self.teacher, self.stages = teacher, list(stages)
         self._features: dict[str, torch.Tensor] = {}
-        self._handles = [teacher.model.get_submodule(s.module).register_forward_hook(self._hook(s.module))
-                         for s in self.stages]
+        self._handles = [
+            teacher.model.get_submodule(s.module).register_forward_hook(self._hook(s.module)) for s in self.stages
+        ]
 
     def _hook(self, name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             self._features[name] = output
+
         return record
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -150,6 +167,7 @@ class BlockTaps:
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
             if self.enabled:
                 self.tokens[block] = output[:, prefix:]
+
         return record
 
     def take(self) -> list[torch.Tensor]:

@@ -5,6 +5,7 @@ Under torchrun (`ranks` from synth.distributed.init) every rank checks the setti
 the run; each trains on its DistributedSampler share inside one DDP wrapper (dfkd.distill.distiller) with its own
 RNG stream (augmentations, Mixup, drop path). Rank 0 alone writes files.
 """
+
 from __future__ import annotations
 
 import time
@@ -31,8 +32,13 @@ from synth.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.teacher import state_dict_sha256
 
 
-def train_student(config: DistillConfig, out: str | Path, progress: Optional[Progress] = None,
-            on_epoch: Optional[Callable[[dict], None]] = None, ranks: Optional[Ranks] = None) -> dict[str, Any]:
+def train_student(
+    config: DistillConfig,
+    out: str | Path,
+    progress: Optional[Progress] = None,
+    on_epoch: Optional[Callable[[dict], None]] = None,
+    ranks: Optional[Ranks] = None,
+) -> dict[str, Any]:
     """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`.
 
     Under torchrun pass `ranks` (synth.distributed.init): DistributedDataParallel over ranks.world_size processes;
@@ -54,9 +60,17 @@ def train_student(config: DistillConfig, out: str | Path, progress: Optional[Pro
             if stage != model_stage:
                 model = None  # let the previous stage's DDP wrapper go before the next one is made
                 model, model_stage = for_stage(run.model, stage, ranks, device), stage
-            loader = make_loader(run.dataset, config.batch_size, config.workers, train=True, seed=config.seed,
-                                 epoch=epoch, pin_memory=device.type == "cuda", rank=ranks.rank,
-                                 world_size=ranks.world_size)
+            loader = make_loader(
+                run.dataset,
+                config.batch_size,
+                config.workers,
+                train=True,
+                seed=config.seed,
+                epoch=epoch,
+                pin_memory=device.type == "cuda",
+                rank=ranks.rank,
+                world_size=ranks.world_size,
+            )
             record, updates = train_one_epoch(model, run, loader, epoch, stage, updates, progress, ranks)
             if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                 val_top1 = record["val_top1"] = measure_top1(run.student, val_loader, run.prep, ranks)
@@ -68,14 +82,24 @@ def train_student(config: DistillConfig, out: str | Path, progress: Optional[Pro
         progress.close()
     model = None
     hashes = _same_weights(run.student, ranks)
-    output.export_student(run.student, {
-        "model": config.student, "num_classes": run.num_classes, "input_size": run.size, "mean": list(run.mean),
-        "std": list(run.std), "epochs": config.epochs, "model_kwargs": config.model_kwargs()})
+    output.export_student(
+        run.student,
+        {
+            "model": config.student,
+            "num_classes": run.num_classes,
+            "input_size": run.size,
+            "mean": list(run.mean),
+            "std": list(run.std),
+            "epochs": config.epochs,
+            "model_kwargs": config.model_kwargs(),
+        },
+    )
     return _summary(config, out, output, run, record, val_top1, hashes, ranks.world_size, started)
 
 
-def _open(config: DistillConfig, out: str | Path, progress: Progress,
-          ranks: Ranks) -> tuple[torch.device, Output, Optional[dict]]:
+def _open(
+    config: DistillConfig, out: str | Path, progress: Progress, ranks: Ranks
+) -> tuple[torch.device, Output, Optional[dict]]:
     """Check the settings; this rank's device, the run's files and the checkpoint to resume (None: a fresh run)."""
     config.validate()
     threads = use_threads(config.threads, ranks.local_world_size)
@@ -88,13 +112,16 @@ def _open(config: DistillConfig, out: str | Path, progress: Progress,
     elif config.resume:
         progress.message(f"no checkpoint in '{out}' yet; starting a fresh run")
     if ranks.distributed and ranks.local_world_size * threads > available_cores():
-        progress.message(f"note: {ranks.local_world_size} processes x {threads} threads exceed this machine's "
-                         f"{available_cores()} cores; set --threads")
+        progress.message(
+            f"note: {ranks.local_world_size} processes x {threads} threads exceed this machine's "
+            f"{available_cores()} cores; set --threads"
+        )
     return device, output, saved
 
 
-def _start(config: DistillConfig, device: torch.device, saved: Optional[dict], progress: Progress,
-           ranks: Ranks) -> tuple[Run, int, int]:
+def _start(
+    config: DistillConfig, device: torch.device, saved: Optional[dict], progress: Progress, ranks: Ranks
+) -> tuple[Run, int, int]:
     """The seeded run, restored from `saved` when resuming, with the epochs and optimiser updates already done."""
     seed_all(config.seed)
     run = setup(config, device, progress, ranks.world_size)
@@ -114,8 +141,15 @@ def _val_loader(config: DistillConfig, run: Run, ranks: Ranks) -> Optional[DataL
     cfg = run.student.pretrained_cfg
     val_set = open_image_folder(config.val_data, run.num_classes)
     set_transform(val_set, eval_transform(run.size, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
-    return make_loader(val_set, config.batch_size, config.workers, train=False, seed=config.seed, rank=ranks.rank,
-                       world_size=ranks.world_size)
+    return make_loader(
+        val_set,
+        config.batch_size,
+        config.workers,
+        train=False,
+        seed=config.seed,
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
 
 
 def _check_same_start(ranks: Ranks, start: int, out: str | Path) -> None:
@@ -125,8 +159,10 @@ def _check_same_start(ranks: Ranks, start: int, out: str | Path) -> None:
         seen = ranks.all_gather(start)
         with ranks.together():
             if any(epoch != seen[0] for epoch in seen):
-                raise UserError(f"the ranks see different checkpoints in '{out}' (epochs {seen}); --out must be a "
-                                "directory every node shares")
+                raise UserError(
+                    f"the ranks see different checkpoints in '{out}' (epochs {seen}); --out must be a "
+                    "directory every node shares"
+                )
 
 
 def _same_weights(student: nn.Module, ranks: Ranks) -> list[str]:
@@ -134,20 +170,45 @@ def _same_weights(student: nn.Module, ranks: Ranks) -> list[str]:
     is a bug, not a result)."""
     hashes = ranks.all_gather(state_dict_sha256(student.state_dict()))
     if any(h != hashes[0] for h in hashes):
-        raise RuntimeError(f"the processes ended with different student weights (sha256 {hashes}); "
-                           "student.pth was not written")
+        raise RuntimeError(
+            f"the processes ended with different student weights (sha256 {hashes}); student.pth was not written"
+        )
     return hashes
 
 
-def _summary(config: DistillConfig, out: str | Path, output: Output, run: Run, record: dict[str, Any],
-             val_top1: Optional[float], hashes: list[str], world_size: int, started: float) -> dict[str, Any]:
+def _summary(
+    config: DistillConfig,
+    out: str | Path,
+    output: Output,
+    run: Run,
+    record: dict[str, Any],
+    val_top1: Optional[float],
+    hashes: list[str],
+    world_size: int,
+    started: float,
+) -> dict[str, Any]:
     """What `distill` returns: the files, the settings that shaped the run and its results."""
     effective = run.effective_batch
-    return {"out": str(out), "student": str(output.student), "student_json": str(output.student_json),
-            "checkpoint": str(output.checkpoint), "metrics": str(output.metrics), "model": config.student,
-            "num_classes": run.num_classes, "images": len(run.dataset), "epochs": config.epochs,
-            "stage1_epochs": config.stage1, "distillation": config.loss.distillation, "hidden_kd": bool(run.pairs),
-            "pairs": [f"{b}:{t}" for b, t in run.pairs], "final_loss": record.get("loss"), "val_top1": val_top1,
-            "world_size": world_size, "batch_size": config.batch_size, "effective_batch": effective,
-            "lr": config.optim.lr * effective / 512, "weights_sha256": hashes,
-            "seconds": round(time.time() - started, 2)}
+    return {
+        "out": str(out),
+        "student": str(output.student),
+        "student_json": str(output.student_json),
+        "checkpoint": str(output.checkpoint),
+        "metrics": str(output.metrics),
+        "model": config.student,
+        "num_classes": run.num_classes,
+        "images": len(run.dataset),
+        "epochs": config.epochs,
+        "stage1_epochs": config.stage1,
+        "distillation": config.loss.distillation,
+        "hidden_kd": bool(run.pairs),
+        "pairs": [f"{b}:{t}" for b, t in run.pairs],
+        "final_loss": record.get("loss"),
+        "val_top1": val_top1,
+        "world_size": world_size,
+        "batch_size": config.batch_size,
+        "effective_batch": effective,
+        "lr": config.optim.lr * effective / 512,
+        "weights_sha256": hashes,
+        "seconds": round(time.time() - started, 2),
+    }

@@ -1,4 +1,5 @@
 """Per-image transforms: PIL image -> uint8 CHW tensor, with DeiT's augmentations (timm) for training."""
+
 from __future__ import annotations
 
 import random
@@ -12,10 +13,18 @@ from dfkd.distill.config import AugmentConfig
 
 def train_transform(size: int, augment: AugmentConfig, mean: Sequence[float]):
     """PIL image -> augmented uint8 CHW tensor at `size` (random resized crop, flip, RandAugment / colour jitter)."""
-    transform = create_transform(size, is_training=True, scale=tuple(augment.scale), hflip=augment.hflip,
-                                 color_jitter=augment.color_jitter or None, auto_augment=augment.rand_augment or None,
-                                 interpolation=augment.interpolation, mean=tuple(mean), normalize=False,
-                                 grayscale_prob=augment.grayscale)
+    transform = create_transform(
+        size,
+        is_training=True,
+        scale=tuple(augment.scale),
+        hflip=augment.hflip,
+        color_jitter=augment.color_jitter or None,
+        auto_augment=augment.rand_augment or None,
+        interpolation=augment.interpolation,
+        mean=tuple(mean),
+        normalize=False,
+        grayscale_prob=augment.grayscale,
+    )
     for t in transform.transforms:
         if hasattr(t, "ops"):  # RandAugment, AugMix
             t.ops = [Posterize(op) if op.name.startswith("Posterize") else op for op in t.ops]
@@ -24,8 +33,7 @@ def train_transform(size: int, augment: AugmentConfig, mean: Sequence[float]):
 
 def eval_transform(size: int, crop_pct: float, interpolation: str):
     """PIL image -> uint8 CHW tensor at `size` (resize, centre crop)."""
-    return create_transform(size, is_training=False, crop_pct=crop_pct, interpolation=interpolation,
-                            normalize=False)
+    return create_transform(size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, normalize=False)
 
 
 class Posterize:
@@ -49,7 +57,7 @@ class Posterize:
         elif self.magnitude_std > 0:
             magnitude = random.gauss(magnitude, self.magnitude_std)
         magnitude = max(0.0, min(magnitude, self.magnitude_max or 10.0))  # timm's magnitude scale ends at 10
-        bits, = auto_augment.LEVEL_TO_ARG[self.name](magnitude, self.hparams)
+        (bits,) = auto_augment.LEVEL_TO_ARG[self.name](magnitude, self.hparams)
         return Image.new(img.mode, img.size) if bits < 1 else auto_augment.posterize(img, bits)
 
     def __repr__(self) -> str:

@@ -1,4 +1,5 @@
 """Top-1 / top-5 accuracy of a student (or the teacher) on a real labelled image folder."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,10 @@ def load_student(checkpoint: str | Path) -> Classifier:
         raise UserError(f"student checkpoint '{path}' does not exist")
     meta_path = next((p for p in (path.with_suffix(".json"), path.parent / "student.json") if p.is_file()), None)
     if meta_path is None:
-        raise UserError(f"no {path.stem}.json or student.json next to '{path}' "
-                        f"(written by dfkd distill: {', '.join(STUDENT_META_KEYS)})")
+        raise UserError(
+            f"no {path.stem}.json or student.json next to '{path}' "
+            f"(written by dfkd distill: {', '.join(STUDENT_META_KEYS)})"
+        )
     try:
         meta = json.loads(meta_path.read_text())
     except json.JSONDecodeError:
@@ -52,8 +55,12 @@ def load_student(checkpoint: str | Path) -> Classifier:
     if not timm.is_model(meta["model"]):
         raise UserError(f"'{meta_path}' names unknown model '{meta['model']}'")
     try:
-        model = timm.create_model(meta["model"], num_classes=int(meta["num_classes"]), checkpoint_path=str(path),
-                                  **meta.get("model_kwargs", {}))
+        model = timm.create_model(
+            meta["model"],
+            num_classes=int(meta["num_classes"]),
+            checkpoint_path=str(path),
+            **meta.get("model_kwargs", {}),
+        )
     except Exception as exc:  # noqa: BLE001 - unreadable or mismatched weights are a user problem
         raise UserError(f"checkpoint '{path}' does not load into {meta['model']}: {first_line(exc)}") from None
     return Classifier(model.eval(), int(meta["num_classes"]), int(meta["input_size"]), meta["mean"], meta["std"])
@@ -66,21 +73,34 @@ def teacher_classifier(teacher: Teacher) -> Classifier:
 
 def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0) -> LabelledFolder:
     """The labelled folder: shorter side resized to input_size / crop_pct, centre crop, [0, 1], normalised."""
-    transform = transforms.Compose([
-        transforms.Resize(int(round(classifier.input_size / crop_pct))), transforms.CenterCrop(classifier.input_size),
-        transforms.ToTensor(), transforms.Normalize(classifier.mean, classifier.std)])
+    transform = transforms.Compose(
+        [
+            transforms.Resize(int(round(classifier.input_size / crop_pct))),
+            transforms.CenterCrop(classifier.input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(classifier.mean, classifier.std),
+        ]
+    )
     return open_image_folder(data, classifier.num_classes, transform)
 
 
-def measure_accuracy(classifier: Classifier, data: str | Path, device: str = "auto", batch_size: int = 64, workers: int = 0,
-             crop_pct: float = 1.0, progress: Optional[Progress] = None) -> dict[str, Any]:
+def measure_accuracy(
+    classifier: Classifier,
+    data: str | Path,
+    device: str = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    crop_pct: float = 1.0,
+    progress: Optional[Progress] = None,
+) -> dict[str, Any]:
     """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data`."""
     dataset = image_folder(data, classifier, crop_pct)
     return {**_topk(classifier, dataset, device, batch_size, workers, progress), "classes": len(dataset.classes)}
 
 
-def measure_shard_accuracy(classifier: Classifier, shards: str | Path, device: str = "auto",
-                   batch_size: int = 64) -> dict[str, Any]:
+def measure_shard_accuracy(
+    classifier: Classifier, shards: str | Path, device: str = "auto", batch_size: int = 64
+) -> dict[str, Any]:
     """Top-1 / top-5 of `classifier` against the target labels of synthesized shards (how well it fits them)."""
     normalize = transforms.Normalize(classifier.mean, classifier.std)
     resize = transforms.Resize(classifier.input_size, antialias=True)
@@ -88,8 +108,9 @@ def measure_shard_accuracy(classifier: Classifier, shards: str | Path, device: s
     return _topk(classifier, dataset, device, batch_size, 0, None)
 
 
-def _topk(classifier: Classifier, dataset, device: str, batch_size: int, workers: int,
-          progress: Optional[Progress]) -> dict[str, Any]:
+def _topk(
+    classifier: Classifier, dataset, device: str, batch_size: int, workers: int, progress: Optional[Progress]
+) -> dict[str, Any]:
     progress = progress or Progress()
     device = resolve_device(device)
     model = classifier.model.to(device)

@@ -1,5 +1,6 @@
 """Settings of `dfkd evaluate`, `dfkd inspect` (the `evaluate:` section of a recipe); each command offers the
 options it uses."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,9 @@ class EvaluateConfig:
     lpips_backbone: Optional[str] = setting(None, help="torchvision AlexNet state_dict file.", flag=True, path="file")
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()
-    student: Optional[str] = setting(None, help="Student state_dict (student.pth + student.json).", flag=True,
-                                     path="file")
+    student: Optional[str] = setting(
+        None, help="Student state_dict (student.pth + student.json).", flag=True, path="file"
+    )
     data: Optional[str] = setting(None, help="Labelled image folder (ImageFolder layout).", flag=True, path="dir")
     crop_pct: float = setting(1.0, help="Centre-crop fraction (0.875: the ImageNet protocol).", flag=True)
     per_class_grid: int = setting(8, help="Images per class in the grid.", flag=True)
@@ -48,6 +50,8 @@ class EvaluateConfig:
         if not 0 < self.crop_pct <= 1:
             raise UserError(f"crop-pct {self.crop_pct} must be in (0, 1]")
         if self.per_class_grid > MAX_GRID_PER_CLASS:
-            raise UserError(f"per-class-grid {self.per_class_grid} is too many images per class for one PNG; "
-                            f"accepted: 1-{MAX_GRID_PER_CLASS}")
+            raise UserError(
+                f"per-class-grid {self.per_class_grid} is too many images per class for one PNG; "
+                f"accepted: 1-{MAX_GRID_PER_CLASS}"
+            )
         check_device(self.device)

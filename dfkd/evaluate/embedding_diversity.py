@@ -1,4 +1,5 @@
 """Intra-class diversity in the teacher's embedding space: mean pairwise distance of L2-normalised embeddings."""
+
 from __future__ import annotations
 
 from pathlib import Path

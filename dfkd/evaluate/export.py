@@ -6,6 +6,7 @@ OUT (`.OUT.partial-XXXX`, created here, so nothing else is ever deleted) and ren
 failed or interrupted export leaves no OUT. The source is verified against its digests first. The dataset card
 (README.md) of the source is copied into the export (rendered from the shards when the source has none).
 """
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,9 @@ def copy_card(shards: str | Path, tmp: Path) -> None:
         (tmp / card.CARD).write_text(card.render(shards))
 
 
-def export_shards(shards: str | Path, out: str | Path, fmt: str = "imagefolder", progress: Optional[Progress] = None,
-                  **options: Any) -> dict[str, Any]:
+def export_shards(
+    shards: str | Path, out: str | Path, fmt: str = "imagefolder", progress: Optional[Progress] = None, **options: Any
+) -> dict[str, Any]:
     """Export SHARDS to OUT in format `fmt` (imagefolder, webdataset or hf); returns a summary."""
     if fmt not in FORMATS:
         raise UserError(f"export format '{fmt}' is not one of {', '.join(FORMATS)}")

@@ -1,5 +1,6 @@
 """The export formats: lossless PNGs in ImageFolder class folders, WebDataset tar shards, or a Hugging Face
 `datasets` dataset. Each writer streams the samples into a folder and returns what it adds to the summary."""
+
 from __future__ import annotations
 
 import io
@@ -50,8 +51,9 @@ def _imagefolder(dataset: ShardDataset, tmp: Path, progress: Progress) -> dict[s
 WDS_SPLIT = "train"
 
 
-def _check_webdataset(maxcount: int = 10000, shard_size: Optional[int] = None, image_format: str = "png",
-                      quality: int = 95) -> None:
+def _check_webdataset(
+    maxcount: int = 10000, shard_size: Optional[int] = None, image_format: str = "png", quality: int = 95
+) -> None:
     if maxcount < 1:
         raise UserError(f"maxcount must be at least 1, not {maxcount}")
     if shard_size is not None and shard_size < 1:
@@ -74,8 +76,15 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, maxcount: int = 10000,
-                shard_size: Optional[int] = None, image_format: str = "png", quality: int = 95) -> dict[str, Any]:
+def _webdataset(
+    dataset: ShardDataset,
+    tmp: Path,
+    progress: Progress,
+    maxcount: int = 10000,
+    shard_size: Optional[int] = None,
+    image_format: str = "png",
+    quality: int = 95,
+) -> dict[str, Any]:
     """Tar shards `train-NNNNNN.tar` of at most `maxcount` samples and (about) `shard_size` bytes; one sample per key
     (`<sample id>.png|jpg`, `.cls`, `.logits.npy`, `.json`), plus `_info.json` (timm's split description)."""
     filenames: list[str] = []
@@ -85,8 +94,10 @@ def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, maxcount: 
     try:
         for sample in iter_samples(dataset):
             key = f"{sample.sample_id:08d}"
-            members = [(f"{key}.{image_format}", encode_image(sample.image, image_format, quality)),
-                       (f"{key}.cls", str(sample.label).encode())]
+            members = [
+                (f"{key}.{image_format}", encode_image(sample.image, image_format, quality)),
+                (f"{key}.cls", str(sample.label).encode()),
+            ]
             if sample.logits is not None:
                 members.append((f"{key}.logits.npy", _npy(sample.logits)))
             meta = {"sample_id": sample.sample_id, "label": sample.label, "resolution": int(sample.image.shape[0])}
@@ -94,8 +105,11 @@ def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, maxcount: 
                 meta["class_name"] = dataset.class_names[sample.label]
             members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
             sample_bytes = sum(len(data) + 512 for _, data in members)
-            if tar is None or lengths[-1] >= maxcount \
-                    or (shard_size and lengths[-1] and size + sample_bytes > shard_size):
+            if (
+                tar is None
+                or lengths[-1] >= maxcount
+                or (shard_size and lengths[-1] and size + sample_bytes > shard_size)
+            ):
                 if tar is not None:
                     tar.close()
                 filenames.append(f"{WDS_SPLIT}-{len(filenames):06d}.tar")
@@ -112,17 +126,31 @@ def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, maxcount: 
             tar.close()
     info = {
         "name": Path(dataset.paths[0]).parent.name,
-        "num_classes": dataset.num_classes, "class_names": dataset.class_names, "resolution": dataset.resolution,
-        "mean": list(dataset.mean), "std": list(dataset.std), "teacher": dataset.teacher,
-        "splits": {WDS_SPLIT: {"name": WDS_SPLIT, "num_samples": sum(lengths), "filenames": filenames,
-                               "shard_lengths": lengths}},
+        "num_classes": dataset.num_classes,
+        "class_names": dataset.class_names,
+        "resolution": dataset.resolution,
+        "mean": list(dataset.mean),
+        "std": list(dataset.std),
+        "teacher": dataset.teacher,
+        "splits": {
+            WDS_SPLIT: {
+                "name": WDS_SPLIT,
+                "num_samples": sum(lengths),
+                "filenames": filenames,
+                "shard_lengths": lengths,
+            }
+        },
     }
     (tmp / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return {"shards": len(filenames), "image_format": image_format,
-            "pattern": f"{WDS_SPLIT}-{{000000..{len(filenames) - 1:06d}}}.tar"}
+    return {
+        "shards": len(filenames),
+        "image_format": image_format,
+        "pattern": f"{WDS_SPLIT}-{{000000..{len(filenames) - 1:06d}}}.tar",
+    }
 
 
 # Hugging Face datasets ---------------------------------------------------------------------------------------------
+
 
 def _require(module: str, extra: str):
     import importlib
@@ -145,8 +173,11 @@ def _hf_generator(paths: list[str], with_logits: bool):
     dataset = ShardDataset(paths)
     try:
         for sample in iter_samples(dataset, with_logits):
-            row = {"image": {"bytes": encode_image(sample.image), "path": None}, "label": sample.label,
-                   "sample_id": sample.sample_id}
+            row = {
+                "image": {"bytes": encode_image(sample.image), "path": None},
+                "label": sample.label,
+                "sample_id": sample.sample_id,
+            }
             if with_logits:
                 row["logits"] = sample.logits.astype(np.float32)
             yield row
@@ -160,8 +191,11 @@ def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, hf_format: str = "
     datasets = _require("datasets", "hf")
     names = dataset.class_names or [str(c) for c in range(dataset.num_classes)]
     with_logits = has_logits(dataset)
-    columns = {"image": datasets.Image(), "label": datasets.ClassLabel(names=names),
-               "sample_id": datasets.Value("int64")}
+    columns = {
+        "image": datasets.Image(),
+        "label": datasets.ClassLabel(names=names),
+        "sample_id": datasets.Value("int64"),
+    }
     if with_logits:
         columns["logits"] = datasets.Sequence(datasets.Value("float32"))
     features = datasets.Features(columns)
@@ -176,9 +210,13 @@ def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, hf_format: str = "
     was_enabled = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        built = datasets.Dataset.from_generator(rows, features=features, cache_dir=str(cache),
-                                                gen_kwargs={"paths": paths, "with_logits": with_logits},
-                                                split="train")
+        built = datasets.Dataset.from_generator(
+            rows,
+            features=features,
+            cache_dir=str(cache),
+            gen_kwargs={"paths": paths, "with_logits": with_logits},
+            split="train",
+        )
         if hf_format == "arrow":
             built.save_to_disk(str(tmp))
         else:

@@ -1,5 +1,6 @@
 """Reading a shard set to export: verified against its digests first, then sample by sample in shard order, a
 block of images at a time (constant memory for any set size)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,11 +33,15 @@ def verified_source(shards: str | Path) -> ShardDataset:
     report = verify(shards)
     if report.problems:
         first = next(iter(report.problems.items()))
-        raise UserError(f"'{shards}' has {len(report.problems)} damaged shard(s) ({first[0]}: {first[1]}); "
-                        "rerun the synthesis to regenerate them before exporting")
+        raise UserError(
+            f"'{shards}' has {len(report.problems)} damaged shard(s) ({first[0]}: {first[1]}); "
+            "rerun the synthesis to regenerate them before exporting"
+        )
     if report.missing:
-        raise UserError(f"'{shards}' is incomplete ({len(report.missing)} shard(s) missing, e.g. "
-                        f"{report.missing[0]}); rerun the synthesis to finish it before exporting")
+        raise UserError(
+            f"'{shards}' is incomplete ({len(report.missing)} shard(s) missing, e.g. "
+            f"{report.missing[0]}); rerun the synthesis to finish it before exporting"
+        )
     return ShardDataset(shards)
 
 
@@ -52,8 +57,12 @@ def iter_samples(dataset: ShardDataset, with_logits: bool = True) -> Iterator[Sa
                 block_labels, block_ids = labels[start:stop], ids[start:stop]
                 block_logits = logits[start:stop] if logits is not None else None
                 for i in range(stop - start):
-                    yield Sample(block[i], int(block_labels[i]), int(block_ids[i]),
-                                 block_logits[i] if block_logits is not None else None)
+                    yield Sample(
+                        block[i],
+                        int(block_labels[i]),
+                        int(block_ids[i]),
+                        block_logits[i] if block_logits is not None else None,
+                    )
 
 
 def has_logits(dataset: ShardDataset) -> bool:

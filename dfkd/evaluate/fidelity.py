@@ -1,4 +1,5 @@
 """Teacher fidelity: top-1 agreement of the teacher with the target labels on the stored (uint8) images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,14 +14,22 @@ from synth.shards import ShardDataset
 from synth.teacher import Teacher
 
 
-def measure_fidelity(shards: str | Path, teacher: Teacher, device: str = "auto", batch_size: int = 128, workers: int = 0,
-             progress: Optional[Progress] = None) -> dict[str, Any]:
+def measure_fidelity(
+    shards: str | Path,
+    teacher: Teacher,
+    device: str = "auto",
+    batch_size: int = 128,
+    workers: int = 0,
+    progress: Optional[Progress] = None,
+) -> dict[str, Any]:
     """Re-run `teacher` on the shards' images at their stored resolution; agreement per class and overall."""
     progress = progress or Progress()
     dataset = ShardDataset(shards)
     if int(dataset.labels.max()) >= teacher.num_classes:
-        raise UserError(f"shards in '{shards}' have class {int(dataset.labels.max())}, "
-                        f"but teacher {teacher.spec} has {teacher.num_classes} classes")
+        raise UserError(
+            f"shards in '{shards}' have class {int(dataset.labels.max())}, "
+            f"but teacher {teacher.spec} has {teacher.num_classes} classes"
+        )
     device = resolve_device(device)
     teacher.to(device)
     hits = torch.zeros(teacher.num_classes, dtype=torch.int64)
@@ -34,7 +43,11 @@ def measure_fidelity(shards: str | Path, teacher: Teacher, device: str = "auto",
     progress.close()
     dataset.close()
     present = counts.nonzero().flatten().tolist()
-    return {"fidelity": hits.sum().item() / len(dataset),
-            "per_class": {c: hits[c].item() / counts[c].item() for c in present},
-            "counts": {c: counts[c].item() for c in present}, "images": len(dataset), "teacher": teacher.spec,
-            "same_teacher_weights": teacher.weights_sha256 == dataset.teacher.get("weights_sha256")}
+    return {
+        "fidelity": hits.sum().item() / len(dataset),
+        "per_class": {c: hits[c].item() / counts[c].item() for c in present},
+        "counts": {c: counts[c].item() for c in present},
+        "images": len(dataset),
+        "teacher": teacher.spec,
+        "same_teacher_weights": teacher.weights_sha256 == dataset.teacher.get("weights_sha256"),
+    }

@@ -1,4 +1,5 @@
 """Image grids of synthesized shards: one row per class, its first k images, the class name or id as a label."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,8 +16,9 @@ PADDING = 2
 LABEL_WIDTH = 128
 
 
-def draw_class_grid(shards: str | Path | Sequence[str | Path], per_class: int = 8,
-               classes: Optional[Sequence[int]] = None) -> Image.Image:
+def draw_class_grid(
+    shards: str | Path | Sequence[str | Path], per_class: int = 8, classes: Optional[Sequence[int]] = None
+) -> Image.Image:
     """Grid of the first k images per class: (128 + k*(R+2) + 2) x (rows*(R+2) + 2) px for R-px images."""
     dataset = ShardDataset(shards)
     classes = np.unique(dataset.labels).tolist() if classes is None else list(classes)

@@ -1,4 +1,5 @@
 """Inspect a shard directory: counts per class, resolution, teacher, config, format version, verify result."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,24 +16,38 @@ from synth.shards import ShardDataset, list_shards
 from synth.units import parse_classes
 
 
-def inspect_shards(shards: str | Path, grid: Optional[str | Path] = None, per_class_grid: int = 8,
-                   grid_classes: Optional[Sequence[int] | str] = None) -> dict[str, Any]:
+def inspect_shards(
+    shards: str | Path,
+    grid: Optional[str | Path] = None,
+    per_class_grid: int = 8,
+    grid_classes: Optional[Sequence[int] | str] = None,
+) -> dict[str, Any]:
     """Describe the shards that verify (and report those that do not); optionally write a class grid PNG.
     `grid_classes` is a list of class ids or a spec like "0-9" (checked against the shards' class count)."""
     report = verify(shards)
     good = [p for p in list_shards(shards) if p.name not in report.problems]
     if not good:
-        raise UserError(f"no readable shards (shard-XXXXXX.h5) in '{shards}'"
-                        + (f": {report.problems}" if report.problems else ""))
+        raise UserError(
+            f"no readable shards (shard-XXXXXX.h5) in '{shards}'" + (f": {report.problems}" if report.problems else "")
+        )
     dataset = ShardDataset(good)
     classes, counts = np.unique(dataset.labels, return_counts=True)
     manifest = read_manifest(shards) or {}
     result = {
-        "path": str(shards), "format_version": dataset.format_version, "resolution": dataset.resolution,
-        "num_classes": dataset.num_classes, "images": len(dataset), "shards": len(good),
-        "per_class": dict(zip(classes.tolist(), counts.tolist())), "class_names": dataset.class_names,
-        "mean": dataset.mean, "std": dataset.std, "teacher": dataset.teacher, "config": dataset.config,
-        "complete": manifest.get("complete"), "verify": report.as_dict(),
+        "path": str(shards),
+        "format_version": dataset.format_version,
+        "resolution": dataset.resolution,
+        "num_classes": dataset.num_classes,
+        "images": len(dataset),
+        "shards": len(good),
+        "per_class": dict(zip(classes.tolist(), counts.tolist())),
+        "class_names": dataset.class_names,
+        "mean": dataset.mean,
+        "std": dataset.std,
+        "teacher": dataset.teacher,
+        "config": dataset.config,
+        "complete": manifest.get("complete"),
+        "verify": report.as_dict(),
         "card": str(Path(shards) / CARD) if (Path(shards) / CARD).is_file() else None,
     }
     if isinstance(grid_classes, str):

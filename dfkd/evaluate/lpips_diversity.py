@@ -1,4 +1,5 @@
 """LPIPS diversity: per class, the mean LPIPS (AlexNet, v0.1, inputs in [-1, 1]) over pairs of its images."""
+
 from __future__ import annotations
 
 import warnings
@@ -25,8 +26,9 @@ def backbone_file(path: Optional[str | Path] = None) -> Path:
     """The AlexNet backbone: `path`, else the torch hub cache, else torchvision's download (failing fast offline)."""
     if path:
         if not Path(path).is_file():
-            raise UserError(f"LPIPS backbone '{path}' does not exist; "
-                            f"pass a torchvision AlexNet state_dict ({ALEXNET_FILE})")
+            raise UserError(
+                f"LPIPS backbone '{path}' does not exist; pass a torchvision AlexNet state_dict ({ALEXNET_FILE})"
+            )
         return Path(path)
     return Path(hub_cached_download(ALEXNET_URL, "pass the torchvision AlexNet weights with --lpips-backbone FILE"))
 
@@ -44,8 +46,9 @@ def load_lpips(backbone: Optional[str | Path] = None, device: str | torch.device
     source = {name: "features." + name.split(".", 1)[1] for name in own}
     for name, key in source.items():
         if key not in state or state[key].shape != own[name].shape:
-            raise UserError(f"'{path}' is not a torchvision AlexNet state_dict "
-                            f"(no {key} of shape {tuple(own[name].shape)})")
+            raise UserError(
+                f"'{path}' is not a torchvision AlexNet state_dict (no {key} of shape {tuple(own[name].shape)})"
+            )
     model.net.load_state_dict({name: state[key] for name, key in source.items()})
     return model.eval().requires_grad_(False).to(device)
 
@@ -82,9 +85,15 @@ def lpips_from_features(model: torch.nn.Module, a: list[torch.Tensor], b: list[t
     return sum(lin((fa - fb) ** 2).mean((2, 3)) for lin, fa, fb in zip(model.lins, a, b)).flatten()
 
 
-def measure_lpips_diversity(shards: str | Path, backbone: Optional[str | Path] = None, pairs: Optional[int] = DEFAULT_PAIRS,
-                    seed: int = 0, device: str = "auto", batch_size: int = 64,
-                    progress: Optional[Progress] = None) -> dict[str, Any]:
+def measure_lpips_diversity(
+    shards: str | Path,
+    backbone: Optional[str | Path] = None,
+    pairs: Optional[int] = DEFAULT_PAIRS,
+    seed: int = 0,
+    device: str = "auto",
+    batch_size: int = 64,
+    progress: Optional[Progress] = None,
+) -> dict[str, Any]:
     """Per-class mean LPIPS over all pairs (or `pairs` seeded random ones), the mean over classes, the size used."""
     progress = progress or Progress()
     dataset = ShardDataset(shards)
@@ -101,7 +110,7 @@ def measure_lpips_diversity(shards: str | Path, backbone: Optional[str | Path] =
             continue
         used, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
         inverse = torch.from_numpy(inverse).to(device)
-        plans[c] = (members[used], inverse[:len(first)], inverse[len(first):])
+        plans[c] = (members[used], inverse[: len(first)], inverse[len(first) :])
     if not plans:
         raise UserError(f"no class in '{shards}' has two images; LPIPS diversity needs pairs")
     per_class, counts = {}, {}
@@ -110,21 +119,35 @@ def measure_lpips_diversity(shards: str | Path, backbone: Optional[str | Path] =
         for c, (indices, first, second) in plans.items():
             parts = []
             for start in range(0, len(indices), batch_size):
-                batch = torch.stack([dataset[int(i)][0] for i in indices[start:start + batch_size]]).to(device)
+                batch = torch.stack([dataset[int(i)][0] for i in indices[start : start + batch_size]]).to(device)
                 parts.append(lpips_features(model, batch, size))
                 progress.advance(len(batch), {})
             features = [torch.cat(layer) for layer in zip(*parts)]
-            distances = torch.cat([
-                lpips_from_features(model, [f[first[s:s + batch_size]] for f in features],
-                                    [f[second[s:s + batch_size]] for f in features])
-                for s in range(0, len(first), batch_size)])
+            distances = torch.cat(
+                [
+                    lpips_from_features(
+                        model,
+                        [f[first[s : s + batch_size]] for f in features],
+                        [f[second[s : s + batch_size]] for f in features],
+                    )
+                    for s in range(0, len(first), batch_size)
+                ]
+            )
             per_class[c], counts[c] = distances.mean().item(), len(first)
     progress.close()
     dataset.close()
-    result = {"metric": "lpips-alex-v0.1", "mean": float(np.mean(list(per_class.values()))), "per_class": per_class,
-              "pairs": counts, "resolution": size, "stored_resolution": dataset.resolution,
-              "upsampled": size != dataset.resolution, "images": len(dataset), "skipped_classes": skipped,
-              "backbone": str(backbone)}
+    result = {
+        "metric": "lpips-alex-v0.1",
+        "mean": float(np.mean(list(per_class.values()))),
+        "per_class": per_class,
+        "pairs": counts,
+        "resolution": size,
+        "stored_resolution": dataset.resolution,
+        "upsampled": size != dataset.resolution,
+        "images": len(dataset),
+        "skipped_classes": skipped,
+        "backbone": str(backbone),
+    }
     if dataset.class_names:
         result["class_names"] = {c: dataset.class_names[c] for c in per_class}
     return result

@@ -1,4 +1,5 @@
 """Aligner: maps student patch tokens onto a CNN teacher's feature map shape (docs/method.md, "Aligners")."""
+
 from typing import Optional, Tuple, Union
 
 import torch
@@ -6,7 +7,7 @@ from timm.layers import LayerNorm2d, to_2tuple
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ['Aligner', 'patch_tokens']
+__all__ = ["Aligner", "patch_tokens"]
 
 
 def patch_tokens(x: torch.Tensor, num_prefix_tokens: int) -> torch.Tensor:
@@ -22,11 +23,11 @@ class Aligner(nn.Module):
     match. The trainer sets it from what the tapped stage outputs (`dfkd.distill.taps.Stage.nonnegative`)."""
 
     def __init__(
-            self,
-            student_dim: int,
-            teacher_channels: int,
-            teacher_hw: Optional[Union[int, Tuple[int, int]]] = None,
-            nonnegative: bool = True,
+        self,
+        student_dim: int,
+        teacher_channels: int,
+        teacher_hw: Optional[Union[int, Tuple[int, int]]] = None,
+        nonnegative: bool = True,
     ) -> None:
         super().__init__()
         self.teacher_hw = to_2tuple(teacher_hw) if teacher_hw is not None else None
@@ -42,5 +43,5 @@ class Aligner(nn.Module):
             tokens = tokens.transpose(1, 2).reshape(B, D, *grid_size)
         x = self.act(self.norm(self.pw(self.dw(tokens))))
         if self.teacher_hw is not None and tuple(x.shape[-2:]) != self.teacher_hw:
-            x = F.interpolate(x, size=self.teacher_hw, mode='bilinear', align_corners=False)
+            x = F.interpolate(x, size=self.teacher_hw, mode="bilinear", align_corners=False)
         return x
