@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 import synth  # noqa: F401  (registers the small teacher CNNs with timm)
 from synth.config import LossWeights, Schedule
-from synth.inversion import compiled_inversion_step, inversion_step, invert_batch
+from synth.inversion import invert_batch
 from synth.losses import BNStatisticsLoss
+from synth.step import compiled_inversion_step, inversion_step
 from synth.teacher import EmbeddingTap, Teacher
 from synth.teacher_sources import load_teacher
 
