@@ -21,7 +21,7 @@ second / the measured rate of a large bf16 matrix multiply on the same GPU (not 
 
 Numerics: the bf16 + channels_last step (eager, and compiled when compiled is a mode) against the fp32 eager step
 (TF32 off) from the same images, then a 10-iteration inversion at 112 px from one seed against fp32 eager; for
-the DeepInversion terms alone and for all DF-DearKD terms (gpu_measure.CHECKS holds the tolerances: worst loss-term
+the DeepInversion terms alone and for all DF-DearKD terms (gpu_numerics.CHECKS holds the tolerances: worst loss-term
 relative error 5e-2; image-gradient cosine 0.99 / 0.98; final total loss 5% / 10%; mean pixel difference in
 [0, 1] 0.02 / 0.05). The intra-divergence and triplet terms compare nearly identical embeddings, where bf16
 costs the most, hence the looser second row. The verdict line says PASS or FAIL (exit status 3 on FAIL, after
@@ -35,8 +35,8 @@ bench/data_path.py). Eager and the student compiled.
 Everything that must fit the time budget (--budget-s, default 450 s) is ordered by importance; a compiled
 configuration that would not fit is skipped with a note.
 
-The measurements live in bench/gpu_measure.py (imported from this script's folder); this script parses the
-arguments, runs them teacher by teacher and prints the tables.
+The measurements live in bench/gpu_measure.py and bench/gpu_numerics.py (imported from this script's folder);
+this script parses the arguments, runs them teacher by teacher and prints the tables.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ from gpu_measure import (
     iteration_seconds,
     make_teacher,
     matmul_rate,
-    numerics_check,
     student_images_per_second,
 )
+from gpu_numerics import numerics_check
 
 from synth.teacher import Teacher
 
