@@ -21,7 +21,7 @@ second / the measured rate of a large bf16 matrix multiply on the same GPU (not 
 
 Numerics: the bf16 + channels_last step (eager, and compiled when compiled is a mode) against the fp32 eager step
 (TF32 off) from the same images, then a 10-iteration inversion at 112 px from one seed against fp32 eager; for
-the DeepInversion terms alone and for all DF-DearKD terms (gpu_measure.CHECKS holds the tolerances: worst loss-term
+the DeepInversion terms alone and for all DF-DearKD terms (gpu_numerics.CHECKS holds the tolerances: worst loss-term
 relative error 5e-2; image-gradient cosine 0.99 / 0.98; final total loss 5% / 10%; mean pixel difference in
 [0, 1] 0.02 / 0.05). The intra-divergence and triplet terms compare nearly identical embeddings, where bf16
 costs the most, hence the looser second row. The verdict line says PASS or FAIL (exit status 3 on FAIL, after
@@ -35,8 +35,9 @@ bench/data_path.py). Eager and the student compiled.
 Everything that must fit the time budget (--budget-s, default 450 s) is ordered by importance; a compiled
 configuration that would not fit is skipped with a note.
 
-The measurements live in bench/gpu_measure.py (imported from this script's folder); this script parses the
-arguments, runs them teacher by teacher and prints the tables.
+The measurements live in bench/gpu_measure.py and bench/gpu_numerics.py, the tables' printing in
+bench/gpu_report.py (imported from this script's folder); this script parses the arguments and runs them teacher
+by teacher.
 """
 
 from __future__ import annotations
@@ -48,16 +49,9 @@ import time
 from typing import Optional
 
 import torch
-from gpu_measure import (
-    Setup,
-    count_flops,
-    floor_seconds,
-    iteration_seconds,
-    make_teacher,
-    matmul_rate,
-    numerics_check,
-    student_images_per_second,
-)
+from gpu_measure import Setup, count_flops, floor_seconds, iteration_seconds, make_teacher, matmul_rate
+from gpu_numerics import numerics_check
+from gpu_report import print_numerics, print_student, print_synthesis
 
 from synth.teacher import Teacher
 
@@ -228,68 +222,6 @@ def bench_teachers(
         if setup.device.type == "cuda":
             torch.cuda.empty_cache()
     return rows, check_lines, ok, check_batch
-
-
-def print_synthesis(setup: Setup, rows: list[str]) -> None:
-    """The synthesis table."""
-    r0, r1 = setup.resolutions
-    print(
-        "\n## Synthesis (images per GPU-hour; ms per iteration, in brackets / the floor = teacher forward + "
-        "input-gradient backward)"
-    )
-    print(
-        f"| teacher | batch | schedule | mode | ms/iter {r0}px | ms/iter {r1}px | images/GPU-hour | MFU | "
-        f"warm-up+compile s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        print(row)
-    print("(reference: DeepInversion ResNet-50 setting 0, fp32 on a V100: about 840 images per GPU-hour)")
-
-
-def print_student(setup: Setup, rate: float) -> None:
-    """The student training table, eager then (when compiled is a mode and the budget allows) compiled."""
-    print(
-        f"\n## Student training ({setup.student}, teacher {setup.student_teacher} under no_grad, batch "
-        f"{setup.student_batch} at {setup.student_resolution}px, AdamW, CE on both heads)"
-    )
-    print("| mode | images/s | images/GPU-hour | MFU |")
-    print("|---|---|---|---|")
-    flops = 0.0
-    for compiled in [False, True] if "compiled" in setup.modes else [False]:
-        if compiled and not setup.fits("student compiled", 1.5 * max(setup.longest_compile, 60.0)):
-            continue
-        ips, counted = student_images_per_second(setup, compiled)
-        flops = counted or flops
-        print(
-            f"| {'compiled' if compiled else 'eager'} | {ips:,.1f} | {ips * 3600:,.0f} | "
-            f"{100 * ips * flops / rate:.1f}% |"
-        )
-    print(f"(counted FLOPs per image: {flops / 1e9:.3f} G = student forward + backward + teacher forward)")
-
-
-def print_numerics(setup: Setup, smoke: bool, check_lines: list[str], ok: bool, check_batch: int) -> None:
-    """The numerics table and its verdict line."""
-    print(
-        f"\n## Numerics against fp32 eager ({setup.models[0]}, batch {check_batch}, "
-        f"{setup.resolutions[0]}px): one step from the same images, then 10 iterations from one seed"
-    )
-    print(
-        "| objective | path | worst loss-term rel. error | image-gradient cosine | final loss rel. error | "
-        "mean pixel difference | verdict |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for line in check_lines:
-        print(line)
-    print(
-        f"numerics: {'PASS' if ok else 'FAIL'}"
-        + (
-            " (informational in --smoke: tiny random teachers have "
-            "near-identical embeddings, where bf16 costs the intra-divergence and triplet terms the most)"
-            if smoke
-            else ""
-        )
-    )
 
 
 def main(argv: Optional[list[str]] = None) -> int:

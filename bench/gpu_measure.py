@@ -1,5 +1,5 @@
 """The measurements of bench/gpu.py (run that script, not this module): matmul rate, FLOP counting, inversion
-iteration and floor timing, the bf16-vs-fp32 numerics check and student training throughput."""
+iteration and floor timing and student training throughput (the numerics check is in bench/gpu_numerics.py)."""
 
 from __future__ import annotations
 
@@ -16,19 +16,11 @@ import torch.nn.functional as F
 
 import synth  # noqa: F401  (registers the small teacher CNNs with timm)
 from synth.config import LossWeights, Schedule
-from synth.inversion import compiled_inversion_step, inversion_step, invert_batch
+from synth.inversion import InversionResult, invert_batch
 from synth.losses import BNStatisticsLoss
+from synth.step import inversion_step
 from synth.teacher import EmbeddingTap, Teacher
 from synth.teacher_sources import load_teacher
-
-# (row, weights, tolerances: worst loss-term relative error, image-gradient cosine, final-loss relative error after
-# 10 iterations, mean absolute pixel difference in [0, 1] after 10 iterations). The intra-divergence and triplet
-# terms work on distances between nearly identical embeddings, where bf16's 8-bit mantissa costs the most, hence
-# the looser second row.
-CHECKS = (
-    ("DeepInversion terms", LossWeights(ep=0.0, triplet=0.0), (5e-2, 0.99, 0.05, 0.02)),
-    ("all DF-DearKD terms", LossWeights(), (5e-2, 0.98, 0.10, 0.05)),
-)
 
 
 @dataclass
@@ -104,7 +96,7 @@ def matmul_rate(setup: Setup) -> float:
     return 2 * n**3 * reps / (setup.clock() - start)
 
 
-def _labels(batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
+def batch_labels(batch: int, num_classes: int, device: torch.device) -> torch.Tensor:
     """Batch = classes x 4 images each (at least two classes, two images per class: the triplet's needs)."""
     per_class = 4 if batch >= 8 else 2
     return (torch.arange(batch // per_class) % num_classes).repeat_interleave(per_class).to(device)
@@ -115,7 +107,7 @@ def count_flops(teacher: Teacher, batch: int, resolution: int, device: torch.dev
     from torch.utils.flop_counter import FlopCounterMode
 
     n = 8
-    labels = _labels(n, teacher.num_classes, device)
+    labels = batch_labels(n, teacher.num_classes, device)
     x = torch.randn(n, 3, resolution, resolution, device=device, requires_grad=True)
     bn_loss, tap = BNStatisticsLoss(teacher.bn_layers), EmbeddingTap(teacher.classifier)
     try:
@@ -132,7 +124,7 @@ def count_flops(teacher: Teacher, batch: int, resolution: int, device: torch.dev
     return iteration / n, forward / n
 
 
-def _invert(
+def invert(
     setup: Setup,
     teacher: Teacher,
     model: torch.nn.Module,
@@ -143,8 +135,10 @@ def _invert(
     seed: int = 0,
     autocast: bool = True,
     weights: Optional[LossWeights] = None,
-):
-    labels = _labels(batch, teacher.num_classes, setup.device)
+) -> InversionResult:
+    """`invert_batch` on one batch at one resolution in a bench mode, with the bench's autocast dtype and
+    channels_last unless `autocast` is False (the fp32 reference)."""
+    labels = batch_labels(batch, teacher.num_classes, setup.device)
     schedule = Schedule(resolutions=(resolution,), iterations=(iterations,))
     return invert_batch(
         teacher,
@@ -164,13 +158,13 @@ def iteration_seconds(
 ) -> tuple[float, float]:
     """(seconds per inversion iteration, warm-up seconds incl. compilation) for one mode and shape."""
     start = setup.clock()
-    _invert(setup, teacher, model, batch, resolution, setup.warmup + 1, mode)
+    invert(setup, teacher, model, batch, resolution, setup.warmup + 1, mode)
     warm = setup.clock() - start
     start = setup.clock()
-    _invert(setup, teacher, model, batch, resolution, 1, mode)
+    invert(setup, teacher, model, batch, resolution, 1, mode)
     one = setup.clock() - start
     start = setup.clock()
-    _invert(setup, teacher, model, batch, resolution, 1 + setup.iterations, mode)
+    invert(setup, teacher, model, batch, resolution, 1 + setup.iterations, mode)
     many = setup.clock() - start
     return max(many - one, 1e-9) / setup.iterations, warm
 
@@ -199,67 +193,6 @@ def _autocast(setup: Setup):
     if setup.dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=setup.device.type, dtype=setup.dtype)
-
-
-@contextlib.contextmanager
-def _true_fp32():
-    """TF32 off while the fp32 reference runs (the bench allows it elsewhere)."""
-    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
-
-
-def numerics_check(
-    setup: Setup, teacher: Teacher, model: torch.nn.Module, batch: int, modes: list[str]
-) -> tuple[list[str], bool]:
-    """bf16 (+channels_last, +compile) step and short inversion against fp32 eager; table lines and the verdict."""
-    resolution = setup.resolutions[0]
-    labels = _labels(batch, teacher.num_classes, setup.device)
-    x = torch.randn(batch, 3, resolution, resolution, device=setup.device)
-
-    def step(mode: str, low_precision: bool, weights: LossWeights) -> tuple[dict[str, float], torch.Tensor]:
-        inp = x.clone().requires_grad_(True)
-        aug = inp.contiguous(memory_format=torch.channels_last) if low_precision and setup.channels_last else inp * 1
-        bn_loss, tap = BNStatisticsLoss(teacher.bn_layers, weights.bn_first), EmbeddingTap(teacher.classifier)
-        try:
-            fn = compiled_inversion_step(compile_option(mode)) or inversion_step
-            terms = fn(model, aug, labels, bn_loss, tap, weights, setup.dtype if low_precision else None)
-            terms["total"].backward()
-        finally:
-            bn_loss.remove()
-            tap.remove()
-        return {k: float(v.detach()) for k, v in terms.items()}, inp.grad.detach().float()
-
-    ok, lines = True, []
-    for label, weights, tol in CHECKS:
-        if label != "all DF-DearKD terms" and setup.device.type == "cuda":
-            modes_here = ["eager"]  # other weights would compile new graphs: eager only for this row
-        else:
-            modes_here = modes
-        with _true_fp32():
-            ref_terms, ref_grad = step("eager", False, weights)
-            ref_run = _invert(
-                setup, teacher, model, batch, resolution, 10, "eager", seed=1, autocast=False, weights=weights
-            )
-        for mode in modes_here:
-            terms, grad = step(mode, True, weights)
-            worst = max(abs(terms[k] - ref_terms[k]) / max(abs(ref_terms[k]), 1e-3) for k in ref_terms)
-            cosine = float(F.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0))
-            run = _invert(setup, teacher, model, batch, resolution, 10, mode, seed=1, weights=weights)
-            loss_rel = abs(run.losses["total"] - ref_run.losses["total"]) / max(abs(ref_run.losses["total"]), 1e-6)
-            pixel = float((run.images.float() - ref_run.images.float()).abs().mean() / 255)
-            values = (worst, cosine, loss_rel, pixel)
-            passed = values[0] <= tol[0] and values[1] >= tol[1] and values[2] <= tol[2] and values[3] <= tol[3]
-            ok &= passed
-            path = str(setup.dtype).replace("torch.", "") + ("+channels_last" if setup.channels_last else "")
-            lines.append(
-                f"| {label} | {path} {mode} | {worst:.1e} (<= {tol[0]}) | {cosine:.4f} (>= {tol[1]}) | "
-                f"{loss_rel:.1e} (<= {tol[2]}) | {pixel:.4f} (<= {tol[3]}) | {'PASS' if passed else 'FAIL'} |"
-            )
-    return lines, ok
 
 
 def student_images_per_second(setup: Setup, compiled: bool) -> tuple[float, float]:

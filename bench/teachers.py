@@ -16,6 +16,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -28,10 +29,12 @@ from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
+from synth.teacher import Teacher
 from synth.teacher_sources import load_teacher
 
 
-def main() -> None:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    """The command line (None: sys.argv)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="bench-teachers")
     parser.add_argument("--recipe", default="digits")
@@ -41,70 +44,104 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=None)
     parser.add_argument("--distill-epochs", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    """Bench every architecture in turn (one JSON line each), save the rows and print the table."""
+    args = parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
+    real_test = real_test_folder(out)
+    overrides = {**json.loads(args.synth), **({"per_class": args.per_class} if args.per_class else {})}
+    rows = []
+    for arch in args.archs.split(","):
+        rows.append(bench_arch(args, out, arch, real_test, overrides))
+        print(json.dumps(rows[-1]), flush=True)
+    (out / f"results-{args.tag or 'default'}.json").write_text(json.dumps(rows, indent=2))
+    print_table(args.recipe, overrides, rows)
+
+
+def real_test_folder(out: Path) -> Path:
+    """The held-out real digits as an image folder, `out/real-test` (written unless present)."""
     split = load_digits_split(seed=0)
     real_test = out / "real-test"
     if not real_test.is_dir():
         write_image_folder(split.test_images, split.test_labels, real_test)
-    overrides = {**json.loads(args.synth), **({"per_class": args.per_class} if args.per_class else {})}
-    rows = []
-    for arch in args.archs.split(","):
-        teacher_file = out / "teachers" / f"{arch}.pt"
-        started = time.time()
-        if not teacher_file.is_file():
-            teacher_file.parent.mkdir(parents=True, exist_ok=True)
-            train_teacher(TeacherTrainingConfig(arch=arch, threads=args.threads), teacher_file)
-        teacher_seconds = time.time() - started
-        teacher = load_teacher(str(teacher_file))
-        row = {
-            "arch": arch,
-            "bn_layers": len(teacher.bn_layers),
-            "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
-            "teacher_seconds": round(teacher_seconds, 1),
-        }
-        shards = out / "shards" / (args.tag or "default") / arch
-        config = recipe_config(
-            SynthesisConfig,
+    return real_test
+
+
+def bench_arch(
+    args: argparse.Namespace, out: Path, arch: str, real_test: Path, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """One architecture's row: its teacher, the set synthesized from it and (with --distill-epochs) the student."""
+    teacher_file = out / "teachers" / f"{arch}.pt"
+    started = time.time()
+    if not teacher_file.is_file():
+        teacher_file.parent.mkdir(parents=True, exist_ok=True)
+        train_teacher(TeacherTrainingConfig(arch=arch, threads=args.threads), teacher_file)
+    teacher_seconds = time.time() - started
+    teacher = load_teacher(str(teacher_file))
+    row = {
+        "arch": arch,
+        "bn_layers": len(teacher.bn_layers),
+        "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
+        "teacher_seconds": round(teacher_seconds, 1),
+    }
+    shards = out / "shards" / (args.tag or "default") / arch
+    row.update(synthesis_stats(args, teacher_file, teacher, shards, overrides))
+    if args.distill_epochs:
+        row["student_accuracy"] = student_accuracy(args, teacher_file, shards, out / "students", arch, real_test)
+    return row
+
+
+def synthesis_stats(
+    args: argparse.Namespace, teacher_file: Path, teacher: Teacher, shards: Path, overrides: dict[str, Any]
+) -> dict[str, Any]:
+    """Synthesize the recipe's set into `shards`: fidelity, images, embedding diversity and, from the synthesis log,
+    the mean last-iteration CE and BN terms and the seconds spent."""
+    config = recipe_config(
+        SynthesisConfig, args.recipe, "synthesize", {"teacher": str(teacher_file), "threads": args.threads, **overrides}
+    )
+    summary = synthesize(config, shards)
+    last = [json.loads(line) for line in (shards / "logs" / "synthesis-rank0.jsonl").read_text().splitlines()]
+    return dict(
+        fidelity=summary["fidelity"],
+        images=summary["images"],
+        embedding_diversity=measure_embedding_diversity(shards, teacher)["mean"],
+        final_ce=sum(r["losses"]["ce"] for r in last) / len(last),
+        final_bn=sum(r["losses"]["bn"] for r in last) / len(last),
+        synth_seconds=round(sum(r["seconds"] for r in last), 1),
+    )
+
+
+def student_accuracy(
+    args: argparse.Namespace, teacher_file: Path, shards: Path, students: Path, arch: str, real_test: Path
+) -> float:
+    """Real-digit top-1 of the recipe's student distilled on `shards` for --distill-epochs (all in stage 1)."""
+    epochs = args.distill_epochs
+    run = train_student(
+        recipe_config(
+            DistillConfig,
             args.recipe,
-            "synthesize",
-            {"teacher": str(teacher_file), "threads": args.threads, **overrides},
-        )
-        started = time.time()
-        summary = synthesize(config, shards)
-        last = [json.loads(line) for line in (shards / "logs" / "synthesis-rank0.jsonl").read_text().splitlines()]
-        row.update(
-            fidelity=summary["fidelity"],
-            images=summary["images"],
-            embedding_diversity=measure_embedding_diversity(shards, teacher)["mean"],
-            final_ce=sum(r["losses"]["ce"] for r in last) / len(last),
-            final_bn=sum(r["losses"]["bn"] for r in last) / len(last),
-            synth_seconds=round(sum(r["seconds"] for r in last), 1),
-        )
-        if args.distill_epochs:
-            epochs = args.distill_epochs
-            run = train_student(
-                recipe_config(
-                    DistillConfig,
-                    args.recipe,
-                    "distill",
-                    {
-                        "shards": str(shards),
-                        "teacher": str(teacher_file),
-                        "resume": True,
-                        "threads": args.threads,
-                        "epochs": epochs,
-                        "stage1_epochs": epochs,
-                    },
-                ),
-                out / "students" / (args.tag or "default") / arch,
-            )
-            row["student_accuracy"] = measure_accuracy(load_student(run["student"]), real_test, device="cpu")["top1"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    (out / f"results-{args.tag or 'default'}.json").write_text(json.dumps(rows, indent=2))
-    print(f"\n# teacher families, {time.strftime('%Y-%m-%d')}, recipe {args.recipe}, overrides {overrides}")
+            "distill",
+            {
+                "shards": str(shards),
+                "teacher": str(teacher_file),
+                "resume": True,
+                "threads": args.threads,
+                "epochs": epochs,
+                "stage1_epochs": epochs,
+            },
+        ),
+        students / (args.tag or "default") / arch,
+    )
+    return measure_accuracy(load_student(run["student"]), real_test, device="cpu")["top1"]
+
+
+def print_table(recipe: str, overrides: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """The rows as a markdown table."""
+    print(f"\n# teacher families, {time.strftime('%Y-%m-%d')}, recipe {recipe}, overrides {overrides}")
     print("| teacher | BN layers | teacher acc | fidelity | embedding div | final CE | final BN | synth s | student |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:

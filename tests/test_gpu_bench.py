@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from synth.config import LossWeights
-from synth.inversion import compiled_inversion_step, inversion_step
 from synth.losses import BNStatisticsLoss
+from synth.step import compiled_inversion_step, inversion_step
 from synth.teacher import EmbeddingTap
 from synth.teacher_sources import load_teacher
 

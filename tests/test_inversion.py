@@ -7,7 +7,7 @@ import timm
 import torch
 
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
-from synth import inversion
+from synth import inversion, step
 from synth.config import LossWeights, Schedule
 from synth.inversion import invert_batch
 from synth.losses import BNStatisticsLoss, bn_stat_distance, channel_stats, tv_prior
@@ -201,7 +201,7 @@ def _assert_same(a, b):
 
 def test_compile_unavailable_falls_back_to_eager_with_one_warning(teacher, monkeypatch):
     eager = _run(teacher)
-    monkeypatch.setattr(inversion, "_COMPILED", {})
+    monkeypatch.setattr(step, "_COMPILED", {})
 
     def broken_compile(*args, **kwargs):
         raise RuntimeError("no compiler here")
@@ -217,7 +217,7 @@ def test_compile_unavailable_falls_back_to_eager_with_one_warning(teacher, monke
 
 def test_compile_failing_at_first_call_falls_back_to_eager(teacher, monkeypatch):
     eager = _run(teacher)
-    monkeypatch.setattr(inversion, "_COMPILED", {})
+    monkeypatch.setattr(step, "_COMPILED", {})
 
     def failing(*args, **kwargs):
         raise RuntimeError("inductor: C++ compiler not found")
@@ -230,7 +230,7 @@ def test_compile_failing_at_first_call_falls_back_to_eager(teacher, monkeypatch)
 def test_compiled_step_traces_hooks_and_custom_backwards_without_recompiling(teacher, monkeypatch):
     from torch._dynamo.utils import counters
 
-    monkeypatch.setattr(inversion, "_COMPILED", {})
+    monkeypatch.setattr(step, "_COMPILED", {})
     torch._dynamo.reset()
     eager = [_run(teacher) for _ in range(2)]
     first = _run(teacher, compile="aot_eager")  # AOTAutograd traces forward and backward, no C++ compiler

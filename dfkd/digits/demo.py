@@ -84,61 +84,85 @@ def run_demo(
     seconds: dict[str, float] = {}
     common = {"threads": threads} if threads else {}
     use_threads(threads or 0)
-
-    started = time.time()
-    digits = prepare_digits(out, recipe, progress_for("train-teacher"), threads)
-    teacher, real_test = digits.teacher, digits.real_test
-    seconds["teacher"] = time.time() - started
-
-    started = time.time()
-    synth_config = recipe_config(SynthesisConfig, recipe, "synthesize", {"teacher": str(digits.teacher_file), **common})
-    synthesis = synthesize(synth_config, out / "shards", progress_for("synthesize"))
-    seconds["synthesize"] = time.time() - started
-
-    started = time.time()
-    distill_config = recipe_config(
-        DistillConfig,
-        recipe,
-        "distill",
-        {
-            "shards": str(out / "shards"),
-            "teacher": str(digits.teacher_file),
-            "val_data": str(real_test),
-            "resume": True,
-            **common,
-        },
-    )
-    distillation = train_student(distill_config, out / "student", progress_for("distill"))
-    seconds["distill"] = time.time() - started
-
-    started = time.time()
-    classifier = load_student(distillation["student"])
-    student = measure_accuracy(classifier, real_test, device="cpu")
-    student_synthetic = measure_shard_accuracy(classifier, out / "shards", device="cpu")
-    teacher_top1 = measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")
-    diversity = measure_embedding_diversity(out / "shards", teacher)
-    lpips = None
-    if lpips_backbone:
-        from dfkd.evaluate import measure_lpips_diversity
-
-        lpips = measure_lpips_diversity(out / "shards", lpips_backbone, device="cpu")["mean"]
-    draw_class_grid(out / "shards", per_class=8).save(out / "grid.png")
-    seconds["evaluate"] = time.time() - started
+    digits = _timed(seconds, "teacher", lambda: prepare_digits(out, recipe, progress_for("train-teacher"), threads))
+    synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, digits, common, progress_for))
+    distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, digits, common, progress_for))
+    evaluation = _timed(seconds, "evaluate", lambda: _evaluate(out, digits, distillation, lpips_backbone))
     return {
-        "teacher_accuracy": teacher_top1["top1"],
-        "student_accuracy": student["top1"],
-        "student_synthetic_accuracy": student_synthetic["top1"],
+        "teacher_accuracy": evaluation["teacher"]["top1"],
+        "student_accuracy": evaluation["student"]["top1"],
+        "student_synthetic_accuracy": evaluation["student_synthetic"]["top1"],
         "fidelity": synthesis["fidelity"],
-        "embedding_diversity": diversity["mean"],
-        "lpips_diversity": lpips,
+        "embedding_diversity": evaluation["diversity"]["mean"],
+        "lpips_diversity": evaluation["lpips"],
         "synthesized_images": synthesis["images"],
-        "test_images": teacher_top1["images"],
+        "test_images": evaluation["teacher"]["images"],
         "student": distillation["model"],
         "epochs": distillation["epochs"],
         "stage1_epochs": distillation["stage1_epochs"],
         "grid": str(out / "grid.png"),
         "out": str(out),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+
+
+def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:
+    """`run()`, its wall-clock seconds recorded as `seconds[step]`."""
+    started = time.time()
+    result = run()
+    seconds[step] = time.time() - started
+    return result
+
+
+def _synthesize(
+    out: Path, recipe: str, digits: DigitsSetup, common: dict[str, Any], progress_for: Callable[[str], Progress]
+) -> dict[str, Any]:
+    """Synthesize the recipe's shards from the digits teacher into `out/shards`."""
+    config = recipe_config(SynthesisConfig, recipe, "synthesize", {"teacher": str(digits.teacher_file), **common})
+    return synthesize(config, out / "shards", progress_for("synthesize"))
+
+
+def _distill(
+    out: Path, recipe: str, digits: DigitsSetup, common: dict[str, Any], progress_for: Callable[[str], Progress]
+) -> dict[str, Any]:
+    """Distill the recipe's student on the shards into `out/student` (resuming), validated on the real digits."""
+    config = recipe_config(
+        DistillConfig,
+        recipe,
+        "distill",
+        {
+            "shards": str(out / "shards"),
+            "teacher": str(digits.teacher_file),
+            "val_data": str(digits.real_test),
+            "resume": True,
+            **common,
+        },
+    )
+    return train_student(config, out / "student", progress_for("distill"))
+
+
+def _evaluate(
+    out: Path, digits: DigitsSetup, distillation: dict[str, Any], lpips_backbone: Optional[str]
+) -> dict[str, Any]:
+    """Student and teacher accuracy on the real digits, the student's on its shards, the shards' diversity (LPIPS
+    too with a backbone) and the class grid `out/grid.png`."""
+    classifier = load_student(distillation["student"])
+    student = measure_accuracy(classifier, digits.real_test, device="cpu")
+    student_synthetic = measure_shard_accuracy(classifier, out / "shards", device="cpu")
+    teacher = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")
+    diversity = measure_embedding_diversity(out / "shards", digits.teacher)
+    lpips = None
+    if lpips_backbone:
+        from dfkd.evaluate import measure_lpips_diversity
+
+        lpips = measure_lpips_diversity(out / "shards", lpips_backbone, device="cpu")["mean"]
+    draw_class_grid(out / "shards", per_class=8).save(out / "grid.png")
+    return {
+        "student": student,
+        "student_synthetic": student_synthetic,
+        "teacher": teacher,
+        "diversity": diversity,
+        "lpips": lpips,
     }
 
 

@@ -60,17 +60,7 @@ def train_student(
             if stage != model_stage:
                 model = None  # let the previous stage's DDP wrapper go before the next one is made
                 model, model_stage = for_stage(run.model, stage, ranks, device), stage
-            loader = make_loader(
-                run.dataset,
-                config.batch_size,
-                config.workers,
-                train=True,
-                seed=config.seed,
-                epoch=epoch,
-                pin_memory=device.type == "cuda",
-                rank=ranks.rank,
-                world_size=ranks.world_size,
-            )
+            loader = _train_loader(config, run, epoch, device, ranks)
             record, updates = train_one_epoch(model, run, loader, epoch, stage, updates, progress, ranks)
             if val_loader is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs):
                 val_top1 = record["val_top1"] = measure_top1(run.student, val_loader, run.prep, ranks)
@@ -82,18 +72,7 @@ def train_student(
         progress.close()
     model = None
     hashes = _same_weights(run.student, ranks)
-    output.export_student(
-        run.student,
-        {
-            "model": config.student,
-            "num_classes": run.num_classes,
-            "input_size": run.size,
-            "mean": list(run.mean),
-            "std": list(run.std),
-            "epochs": config.epochs,
-            "model_kwargs": config.model_kwargs(),
-        },
-    )
+    output.export_student(run.student, _student_info(config, run))
     return _summary(config, out, output, run, record, val_top1, hashes, ranks.world_size, started)
 
 
@@ -150,6 +129,34 @@ def _val_loader(config: DistillConfig, run: Run, ranks: Ranks) -> Optional[DataL
         rank=ranks.rank,
         world_size=ranks.world_size,
     )
+
+
+def _train_loader(config: DistillConfig, run: Run, epoch: int, device: torch.device, ranks: Ranks) -> DataLoader:
+    """This rank's shuffled share of the shards for `epoch` (pinned memory on CUDA)."""
+    return make_loader(
+        run.dataset,
+        config.batch_size,
+        config.workers,
+        train=True,
+        seed=config.seed,
+        epoch=epoch,
+        pin_memory=device.type == "cuda",
+        rank=ranks.rank,
+        world_size=ranks.world_size,
+    )
+
+
+def _student_info(config: DistillConfig, run: Run) -> dict[str, Any]:
+    """What student.json records beside the weights: the model, its input and the settings to rebuild it."""
+    return {
+        "model": config.student,
+        "num_classes": run.num_classes,
+        "input_size": run.size,
+        "mean": list(run.mean),
+        "std": list(run.std),
+        "epochs": config.epochs,
+        "model_kwargs": config.model_kwargs(),
+    }
 
 
 def _check_same_start(ranks: Ranks, start: int, out: str | Path) -> None:

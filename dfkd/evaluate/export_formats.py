@@ -7,12 +7,13 @@ import io
 import json
 import shutil
 import tarfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from dfkd.evaluate.export_source import has_logits, iter_samples
+from dfkd.evaluate.export_source import Sample, has_logits, iter_samples
 from synth.errors import UserError
 from synth.runtime import Progress
 from synth.shards import ShardDataset
@@ -87,44 +88,86 @@ def _webdataset(
 ) -> dict[str, Any]:
     """Tar shards `train-NNNNNN.tar` of at most `maxcount` samples and (about) `shard_size` bytes; one sample per key
     (`<sample id>.png|jpg`, `.cls`, `.logits.npy`, `.json`), plus `_info.json` (timm's split description)."""
-    filenames: list[str] = []
-    lengths: list[int] = []
-    tar: Optional[tarfile.TarFile] = None
-    size = 0
+    shards = _TarShards(tmp, maxcount, shard_size)
     try:
         for sample in iter_samples(dataset):
-            key = f"{sample.sample_id:08d}"
-            members = [
-                (f"{key}.{image_format}", encode_image(sample.image, image_format, quality)),
-                (f"{key}.cls", str(sample.label).encode()),
-            ]
-            if sample.logits is not None:
-                members.append((f"{key}.logits.npy", _npy(sample.logits)))
-            meta = {"sample_id": sample.sample_id, "label": sample.label, "resolution": int(sample.image.shape[0])}
-            if dataset.class_names:
-                meta["class_name"] = dataset.class_names[sample.label]
-            members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
-            sample_bytes = sum(len(data) + 512 for _, data in members)
-            if (
-                tar is None
-                or lengths[-1] >= maxcount
-                or (shard_size and lengths[-1] and size + sample_bytes > shard_size)
-            ):
-                if tar is not None:
-                    tar.close()
-                filenames.append(f"{WDS_SPLIT}-{len(filenames):06d}.tar")
-                tar = tarfile.open(tmp / filenames[-1], "w", format=tarfile.USTAR_FORMAT)
-                lengths.append(0)
-                size = 0
-            for name, data in members:
-                _tar_add(tar, name, data)
-            lengths[-1] += 1
-            size += sample_bytes
+            shards.add(_wds_members(dataset, sample, image_format, quality))
             progress.advance(1, {})
     finally:
-        if tar is not None:
-            tar.close()
-    info = {
+        shards.close()
+    info = _wds_info(dataset, shards.filenames, shards.lengths)
+    (tmp / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    return {
+        "shards": len(shards.filenames),
+        "image_format": image_format,
+        "pattern": f"{WDS_SPLIT}-{{000000..{len(shards.filenames) - 1:06d}}}.tar",
+    }
+
+
+def _wds_members(dataset: ShardDataset, sample: Sample, image_format: str, quality: int) -> list[tuple[str, bytes]]:
+    """One sample's tar members: the encoded image, `.cls`, `.logits.npy` (when stored) and `.json` metadata."""
+    key = f"{sample.sample_id:08d}"
+    members = [
+        (f"{key}.{image_format}", encode_image(sample.image, image_format, quality)),
+        (f"{key}.cls", str(sample.label).encode()),
+    ]
+    if sample.logits is not None:
+        members.append((f"{key}.logits.npy", _npy(sample.logits)))
+    meta = {"sample_id": sample.sample_id, "label": sample.label, "resolution": int(sample.image.shape[0])}
+    if dataset.class_names:
+        meta["class_name"] = dataset.class_names[sample.label]
+    members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
+    return members
+
+
+@dataclass
+class _TarShards:
+    """The tar shards written so far, in order: a sample goes into the current one, or a new one when the current
+    holds `maxcount` samples or the sample would take it past `shard_size` bytes (tar headers counted)."""
+
+    folder: Path
+    maxcount: int
+    shard_size: Optional[int]
+    filenames: list[str] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    tar: Optional[tarfile.TarFile] = None
+    size: int = 0
+
+    def add(self, members: list[tuple[str, bytes]]) -> None:
+        """Write one sample's members, starting a new shard first when the current one is full."""
+        sample_bytes = sum(len(data) + 512 for _, data in members)
+        if self._full(sample_bytes):
+            self._next_shard()
+        for name, data in members:
+            _tar_add(self.tar, name, data)
+        self.lengths[-1] += 1
+        self.size += sample_bytes
+
+    def _full(self, sample_bytes: int) -> bool:
+        """True when the next sample must open a new shard (also before the first)."""
+        return bool(
+            self.tar is None
+            or self.lengths[-1] >= self.maxcount
+            or (self.shard_size and self.lengths[-1] and self.size + sample_bytes > self.shard_size)
+        )
+
+    def _next_shard(self) -> None:
+        """Close the current shard and open the next, `train-<index, 6 digits>.tar`."""
+        self.close()
+        self.filenames.append(f"{WDS_SPLIT}-{len(self.filenames):06d}.tar")
+        self.tar = tarfile.open(self.folder / self.filenames[-1], "w", format=tarfile.USTAR_FORMAT)
+        self.lengths.append(0)
+        self.size = 0
+
+    def close(self) -> None:
+        """Close the current shard, if any."""
+        if self.tar is not None:
+            self.tar.close()
+
+
+def _wds_info(dataset: ShardDataset, filenames: list[str], lengths: list[int]) -> dict[str, Any]:
+    """`_info.json`: the set's description and its one split, as timm's `wds/` reader expects."""
+    return {
         "name": Path(dataset.paths[0]).parent.name,
         "num_classes": dataset.num_classes,
         "class_names": dataset.class_names,
@@ -140,12 +183,6 @@ def _webdataset(
                 "shard_lengths": lengths,
             }
         },
-    }
-    (tmp / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    return {
-        "shards": len(filenames),
-        "image_format": image_format,
-        "pattern": f"{WDS_SPLIT}-{{000000..{len(filenames) - 1:06d}}}.tar",
     }
 
 

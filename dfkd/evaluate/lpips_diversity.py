@@ -101,6 +101,29 @@ def measure_lpips_diversity(
     backbone = backbone_file(backbone)
     model = load_lpips(backbone, device)
     size = max(dataset.resolution, MIN_RESOLUTION)
+    plans, skipped = _pair_plans(dataset, pairs, seed, device)
+    if not plans:
+        raise UserError(f"no class in '{shards}' has two images; LPIPS diversity needs pairs")
+    per_class, counts = {}, {}
+    progress.start(sum(len(p[0]) for p in plans.values()))
+    with torch.inference_mode():
+        for c, (indices, first, second) in plans.items():
+            features = _class_features(model, dataset, indices, size, batch_size, device, progress)
+            distances = _pair_distances(model, features, first, second, batch_size)
+            per_class[c], counts[c] = distances.mean().item(), len(first)
+    progress.close()
+    dataset.close()
+    return _summary(dataset, per_class, counts, size, skipped, backbone)
+
+
+PairPlan = tuple[np.ndarray, torch.Tensor, torch.Tensor]
+
+
+def _pair_plans(
+    dataset: ShardDataset, pairs: Optional[int], seed: int, device: torch.device
+) -> tuple[dict[int, PairPlan], list[int]]:
+    """Per class with at least one pair: the dataset indices of the images its pairs use, and each pair's first and
+    second image as positions in those (on `device`); and the classes skipped for want of two images."""
     plans, skipped = {}, []
     for c in np.unique(dataset.labels).tolist():
         members = np.flatnonzero(dataset.labels == c)
@@ -111,31 +134,52 @@ def measure_lpips_diversity(
         used, inverse = np.unique(np.concatenate([first, second]), return_inverse=True)
         inverse = torch.from_numpy(inverse).to(device)
         plans[c] = (members[used], inverse[: len(first)], inverse[len(first) :])
-    if not plans:
-        raise UserError(f"no class in '{shards}' has two images; LPIPS diversity needs pairs")
-    per_class, counts = {}, {}
-    progress.start(sum(len(p[0]) for p in plans.values()))
-    with torch.inference_mode():
-        for c, (indices, first, second) in plans.items():
-            parts = []
-            for start in range(0, len(indices), batch_size):
-                batch = torch.stack([dataset[int(i)][0] for i in indices[start : start + batch_size]]).to(device)
-                parts.append(lpips_features(model, batch, size))
-                progress.advance(len(batch), {})
-            features = [torch.cat(layer) for layer in zip(*parts)]
-            distances = torch.cat(
-                [
-                    lpips_from_features(
-                        model,
-                        [f[first[s : s + batch_size]] for f in features],
-                        [f[second[s : s + batch_size]] for f in features],
-                    )
-                    for s in range(0, len(first), batch_size)
-                ]
+    return plans, skipped
+
+
+def _class_features(
+    model: torch.nn.Module,
+    dataset: ShardDataset,
+    indices: np.ndarray,
+    size: int,
+    batch_size: int,
+    device: torch.device,
+    progress: Progress,
+) -> list[torch.Tensor]:
+    """`lpips_features` of the images at `indices`, read and computed `batch_size` at a time, one tensor per layer."""
+    parts = []
+    for start in range(0, len(indices), batch_size):
+        batch = torch.stack([dataset[int(i)][0] for i in indices[start : start + batch_size]]).to(device)
+        parts.append(lpips_features(model, batch, size))
+        progress.advance(len(batch), {})
+    return [torch.cat(layer) for layer in zip(*parts)]
+
+
+def _pair_distances(
+    model: torch.nn.Module, features: list[torch.Tensor], first: torch.Tensor, second: torch.Tensor, batch_size: int
+) -> torch.Tensor:
+    """The LPIPS distance of every pair (`first[k]`, `second[k]`) of feature rows, `batch_size` pairs at a time."""
+    return torch.cat(
+        [
+            lpips_from_features(
+                model,
+                [f[first[s : s + batch_size]] for f in features],
+                [f[second[s : s + batch_size]] for f in features],
             )
-            per_class[c], counts[c] = distances.mean().item(), len(first)
-    progress.close()
-    dataset.close()
+            for s in range(0, len(first), batch_size)
+        ]
+    )
+
+
+def _summary(
+    dataset: ShardDataset,
+    per_class: dict[int, float],
+    counts: dict[int, int],
+    size: int,
+    skipped: list[int],
+    backbone: Path,
+) -> dict[str, Any]:
+    """What `measure_lpips_diversity` returns: the mean over classes, per-class values and pair counts, sizes."""
     result = {
         "metric": "lpips-alex-v0.1",
         "mean": float(np.mean(list(per_class.values()))),
