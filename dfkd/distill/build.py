@@ -22,9 +22,7 @@ from dfkd.distill.distiller import Distiller
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.distill.transforms import train_transform
-from dfkd.models import (
-    Aligner,  # importing dfkd.models registers the DearKD students with timm
-)
+from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
 from synth.errors import UserError
 from synth.runtime import Progress
 from synth.teacher import Teacher
