@@ -10,9 +10,11 @@ import yaml
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.evaluate import settings, shards_argument
-from dfkd.cli.options import config_options
+from dfkd.cli.options import config_options, config_overrides
+from dfkd.config import build
 from dfkd.evaluate import export_shards, inspect_shards
-from dfkd.evaluate.config import EvaluateConfig
+from dfkd.evaluate.config import EvaluateConfig, ExportConfig
+from dfkd.evaluate.export_formats import FORMATS
 
 
 @click.command(
@@ -99,54 +101,15 @@ hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with t
 """,
 )
 @shards_argument
-@click.option(
-    "--to", "fmt", type=click.Choice(["imagefolder", "webdataset", "hf"]), required=True, help="Output layout."
-)
+@click.option("--to", "fmt", type=click.Choice(FORMATS), required=True, help="Output layout.")
 @click.argument("out", type=click.Path(file_okay=False))
-@click.option("--maxcount", type=int, default=10000, show_default=True, help="webdataset: samples per tar shard.")
-@click.option(
-    "--shard-size", type=int, default=None, help="webdataset: bytes per tar shard (about). [default: no limit]"
-)
-@click.option(
-    "--image-format",
-    type=click.Choice(["png", "jpg"]),
-    default="png",
-    show_default=True,
-    help="webdataset: image encoding (png is lossless).",
-)
-@click.option("--quality", type=int, default=95, show_default=True, help="webdataset: JPEG quality.")
-@click.option(
-    "--hf-format",
-    type=click.Choice(["arrow", "parquet"]),
-    default="arrow",
-    show_default=True,
-    help="hf: save_to_disk (arrow) or a Parquet file.",
-)
+@config_options(ExportConfig)
 @common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
-def export_command(
-    shards: str,
-    fmt: str,
-    out: str,
-    json_mode: bool,
-    quiet: bool,
-    maxcount: int,
-    shard_size: Optional[int],
-    image_format: str,
-    quality: int,
-    hf_format: str,
-) -> None:
+def export_command(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool, **options) -> None:
     """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
     reporter = Reporter(json_mode, quiet)
-    options = {
-        "webdataset": {
-            "maxcount": maxcount,
-            "shard_size": shard_size,
-            "image_format": image_format,
-            "quality": quality,
-        },
-        "hf": {"hf_format": hf_format},
-    }.get(fmt, {})
-    result = export_shards(shards, out, fmt, reporter.progress("export"), **options)
+    config = build(ExportConfig, config_overrides(options))
+    result = export_shards(shards, out, fmt, reporter.progress("export"), config)
     reporter.result(
         result, [f"exported {result['images']} images of {result['classes']} classes to {result['out']} ({fmt})"]
     )

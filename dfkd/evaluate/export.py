@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
+from dfkd.evaluate.config import ExportConfig
 from dfkd.evaluate.export_formats import CHECKS, FORMATS, WRITERS
 from dfkd.evaluate.export_source import verified_source
 from synth import card
@@ -61,22 +62,29 @@ def copy_card(shards: str | Path, tmp: Path) -> None:
 
 
 def export_shards(
-    shards: str | Path, out: str | Path, fmt: str = "imagefolder", progress: Optional[Progress] = None, **options: Any
+    shards: str | Path,
+    out: str | Path,
+    fmt: str = "imagefolder",
+    progress: Optional[Progress] = None,
+    config: Optional[ExportConfig] = None,
 ) -> dict[str, Any]:
-    """Export SHARDS to OUT in format `fmt` (imagefolder, webdataset or hf); returns a summary."""
+    """Export SHARDS to OUT in format `fmt` (imagefolder, webdataset or hf) with the format options of `config`;
+    returns a summary."""
     if fmt not in FORMATS:
         raise UserError(f"export format '{fmt}' is not one of {', '.join(FORMATS)}")
+    config = config or ExportConfig()
+    config.validate()
     writer = WRITERS[fmt]
     writer_check = CHECKS.get(fmt)
     if writer_check:
-        writer_check(**options)
+        writer_check(config)
     progress = progress or Progress()
     dataset = verified_source(shards)
     try:
         with atomic_output(out) as tmp:
             progress.start(len(dataset))
             try:
-                result = writer(dataset, tmp, progress, **options)
+                result = writer(dataset, tmp, progress, config)
             finally:
                 progress.close()
             copy_card(shards, tmp)

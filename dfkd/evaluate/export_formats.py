@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from dfkd.evaluate.config import ExportConfig
 from dfkd.evaluate.export_source import Sample, has_logits, iter_samples
 from synth.errors import UserError
 from synth.runtime import Progress
@@ -24,7 +25,7 @@ def class_folder(label: int, num_classes: int) -> str:
     return f"{label:0{len(str(num_classes - 1))}d}"
 
 
-def encode_image(array: np.ndarray, image_format: str = "png", quality: int = 95) -> bytes:
+def encode_image(array: np.ndarray, image_format: str, quality: int) -> bytes:
     """uint8 HWC -> PNG (lossless) or JPEG bytes."""
     from PIL import Image
 
@@ -36,13 +37,13 @@ def encode_image(array: np.ndarray, image_format: str = "png", quality: int = 95
     return buffer.getvalue()
 
 
-def _imagefolder(dataset: ShardDataset, tmp: Path, progress: Progress) -> dict[str, Any]:
+def _imagefolder(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
     """Every image as lossless PNG in <class id, zero-padded>/<sample id, 8 digits>.png."""
     for c in np.unique(dataset.labels).tolist():
         (tmp / class_folder(c, dataset.num_classes)).mkdir()
     for sample in iter_samples(dataset, with_logits=False):
         path = tmp / class_folder(sample.label, dataset.num_classes) / f"{sample.sample_id:08d}.png"
-        path.write_bytes(encode_image(sample.image))
+        path.write_bytes(encode_image(sample.image, "png", config.quality))
         progress.advance(1, {})
     return {}
 
@@ -50,19 +51,6 @@ def _imagefolder(dataset: ShardDataset, tmp: Path, progress: Progress) -> dict[s
 # WebDataset --------------------------------------------------------------------------------------------------------
 
 WDS_SPLIT = "train"
-
-
-def _check_webdataset(
-    maxcount: int = 10000, shard_size: Optional[int] = None, image_format: str = "png", quality: int = 95
-) -> None:
-    if maxcount < 1:
-        raise UserError(f"maxcount must be at least 1, not {maxcount}")
-    if shard_size is not None and shard_size < 1:
-        raise UserError(f"shard-size must be at least 1 byte, not {shard_size}")
-    if image_format not in ("png", "jpg"):
-        raise UserError(f"image format '{image_format}' is not one of png, jpg")
-    if not 1 <= quality <= 100:
-        raise UserError(f"quality {quality} must be in 1-100")
 
 
 def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -77,21 +65,13 @@ def _npy(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _webdataset(
-    dataset: ShardDataset,
-    tmp: Path,
-    progress: Progress,
-    maxcount: int = 10000,
-    shard_size: Optional[int] = None,
-    image_format: str = "png",
-    quality: int = 95,
-) -> dict[str, Any]:
+def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
     """Tar shards `train-NNNNNN.tar` of at most `maxcount` samples and (about) `shard_size` bytes; one sample per key
     (`<sample id>.png|jpg`, `.cls`, `.logits.npy`, `.json`), plus `_info.json` (timm's split description)."""
-    shards = _TarShards(tmp, maxcount, shard_size)
+    shards = _TarShards(tmp, config.maxcount, config.shard_size)
     try:
         for sample in iter_samples(dataset):
-            shards.add(_wds_members(dataset, sample, image_format, quality))
+            shards.add(_wds_members(dataset, sample, config.image_format, config.quality))
             progress.advance(1, {})
     finally:
         shards.close()
@@ -99,7 +79,7 @@ def _webdataset(
     (tmp / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return {
         "shards": len(shards.filenames),
-        "image_format": image_format,
+        "image_format": config.image_format,
         "pattern": f"{WDS_SPLIT}-{{000000..{len(shards.filenames) - 1:06d}}}.tar",
     }
 
@@ -198,9 +178,7 @@ def _require(module: str, extra: str):
         raise UserError(f"this export needs the '{module}' package: pip install \"dfkd[{extra}]\"") from None
 
 
-def _check_hf(hf_format: str = "arrow") -> None:
-    if hf_format not in ("arrow", "parquet"):
-        raise UserError(f"hf format '{hf_format}' is not one of arrow, parquet")
+def _check_hf(config: ExportConfig) -> None:
     _require("datasets", "hf")
 
 
@@ -211,7 +189,7 @@ def _hf_generator(paths: list[str], with_logits: bool):
     try:
         for sample in iter_samples(dataset, with_logits):
             row = {
-                "image": {"bytes": encode_image(sample.image), "path": None},
+                "image": {"bytes": encode_image(sample.image, "png", 100), "path": None},
                 "label": sample.label,
                 "sample_id": sample.sample_id,
             }
@@ -222,7 +200,7 @@ def _hf_generator(paths: list[str], with_logits: bool):
         dataset.close()
 
 
-def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, hf_format: str = "arrow") -> dict[str, Any]:
+def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
     """A `datasets.Dataset` built from a generator (Arrow files on disk, constant memory), saved with
     `save_to_disk` (arrow) or as `data/train-00000-of-00001.parquet` (parquet)."""
     datasets = _require("datasets", "hf")
@@ -254,7 +232,7 @@ def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, hf_format: str = "
             gen_kwargs={"paths": paths, "with_logits": with_logits},
             split="train",
         )
-        if hf_format == "arrow":
+        if config.hf_format == "arrow":
             built.save_to_disk(str(tmp))
         else:
             (tmp / "data").mkdir()
@@ -264,9 +242,9 @@ def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, hf_format: str = "
         if was_enabled:
             datasets.enable_progress_bars()
         shutil.rmtree(cache, ignore_errors=True)
-    return {"hf_format": hf_format, "logits": with_logits}
+    return {"hf_format": config.hf_format, "logits": with_logits}
 
 
 WRITERS = {"imagefolder": _imagefolder, "webdataset": _webdataset, "hf": _hf}
-CHECKS = {"webdataset": _check_webdataset, "hf": _check_hf}  # options checked before anything is read or written
+CHECKS = {"hf": _check_hf}  # what a format needs, checked before anything is read or written
 FORMATS = tuple(WRITERS)
