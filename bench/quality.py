@@ -41,9 +41,12 @@ from dfkd.digits.demo import DigitsSetup, prepare_digits, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
+from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
+
+CPU = EvaluateConfig(device="cpu")  # evaluation settings of these runs
 
 # shard sets: name -> synthesis overrides of the recipe
 SETS = {
@@ -155,7 +158,7 @@ class QualityRun:
             "description": description,
             "data": data,
             "images": run["images"],
-            "accuracy": measure_accuracy(load_student(run["student"]), self.digits.real_test, device="cpu")["top1"],
+            "accuracy": measure_accuracy(load_student(run["student"]), self.digits.real_test, CPU)["top1"],
             "epochs": epochs,
             "cpu_s": round(time.process_time() - started, 1),
             **({"set": self.sets.get(data[0], {})} if data != "real" else {}),
@@ -185,7 +188,7 @@ def prepare(args: argparse.Namespace) -> QualityRun:
     out = Path(args.out)
     with locked(out / "locks" / "teacher"):
         digits = prepare_digits(out, args.recipe)
-    teacher_top1 = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")["top1"]
+    teacher_top1 = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, CPU)["top1"]
     recipe_epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
     return QualityRun(args, out, digits, teacher_top1, recipe_epochs, args.ablation_epochs or recipe_epochs // 2)
 

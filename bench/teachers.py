@@ -26,11 +26,14 @@ from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
+from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.teacher import Teacher
 from synth.teacher_sources import load_teacher
+
+CPU = EvaluateConfig(device="cpu")  # evaluation settings of these runs
 
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
@@ -85,7 +88,7 @@ def bench_arch(
     row = {
         "arch": arch,
         "bn_layers": len(teacher.bn_layers),
-        "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, device="cpu")["top1"],
+        "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, CPU)["top1"],
         "teacher_seconds": round(teacher_seconds, 1),
     }
     shards = out / "shards" / (args.tag or "default") / arch
@@ -136,7 +139,7 @@ def student_accuracy(
         ),
         students / (args.tag or "default") / arch,
     )
-    return measure_accuracy(load_student(run["student"]), real_test, device="cpu")["top1"]
+    return measure_accuracy(load_student(run["student"]), real_test, CPU)["top1"]
 
 
 def print_table(recipe: str, overrides: dict[str, Any], rows: list[dict[str, Any]]) -> None:

@@ -18,6 +18,7 @@ from dfkd.cli.shards import export_command as export
 from dfkd.cli.shards import inspect_command
 from dfkd.data.image_folder import LabelledFolder
 from dfkd.evaluate import load_lpips, measure_fidelity, measure_lpips_diversity
+from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.lpips_diversity import ALEXNET_FILE, lpips_features, lpips_from_features, sample_pairs, unrank_pairs
 from synth.shard_writer import write_shard
 from synth.teacher_file import save_teacher_file
@@ -124,7 +125,7 @@ def test_diversity_per_class_and_mean(backbone: Path, tmp_path: Path) -> None:
     assert report["mean"] == pytest.approx((report["per_class"]["0"] + report["per_class"]["1"]) / 2)
     assert report["resolution"] == 64 and report["upsampled"] and report["pairs"] == {"0": 3, "1": 3}
     assert report["skipped_classes"] == [2]
-    sampled = measure_lpips_diversity(shards, backbone, pairs=2, device="cpu")
+    sampled = measure_lpips_diversity(shards, EvaluateConfig(lpips_backbone=str(backbone), pairs=2, device="cpu"))
     assert sampled["pairs"] == {0: 2, 1: 2} and sampled["per_class"][1] > 0
 
 
@@ -217,7 +218,7 @@ def test_fidelity_is_one_on_the_teacher_own_predictions(tmp_path: Path) -> None:
     assert report["fidelity"] == 1.0 and set(report["per_class"].values()) == {1.0}
     wrong = labels.numpy().copy()
     wrong[0] = (wrong[0] + 1) % 4
-    flipped = measure_fidelity(_write(tmp_path / "flipped", images, wrong), teacher, device="cpu")
+    flipped = measure_fidelity(_write(tmp_path / "flipped", images, wrong), teacher, EvaluateConfig(device="cpu"))
     assert flipped["fidelity"] == pytest.approx(11 / 12) and flipped["per_class"][int(wrong[0])] < 1
 
 

@@ -70,15 +70,7 @@ def diversity_command(shards: str, config_path: Optional[str], json_mode: bool, 
     """LPIPS diversity of the images of each class (higher is more diverse)."""
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
-    result = measure_lpips_diversity(
-        shards,
-        cfg.lpips_backbone,
-        None if cfg.pairs == "all" else cfg.pairs,
-        cfg.seed,
-        cfg.device,
-        cfg.batch_size,
-        reporter.progress("lpips"),
-    )
+    result = measure_lpips_diversity(shards, cfg, reporter.progress("lpips"))
     lines = [
         f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)" for c, v in result["per_class"].items()
     ]
@@ -124,7 +116,7 @@ def fidelity_command(
             f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with --teacher FILE"
         )
     teacher = load_teacher(spec, cfg.teacher_weights)
-    result = measure_fidelity(shards, teacher, cfg.device, cfg.batch_size, cfg.workers, reporter.progress("fidelity"))
+    result = measure_fidelity(shards, teacher, cfg, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
 
@@ -158,9 +150,7 @@ def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, *
         models["teacher"] = teacher_classifier(load_teacher(cfg.teacher, cfg.teacher_weights))
     result = {"data": cfg.data}
     for role, classifier in models.items():
-        result[role] = measure_accuracy(
-            classifier, cfg.data, cfg.device, cfg.batch_size, cfg.workers, cfg.crop_pct, reporter.progress(role)
-        )
+        result[role] = measure_accuracy(classifier, cfg.data, cfg, reporter.progress(role))
     reporter.result(
         result,
         [

@@ -7,7 +7,7 @@ verified shards, the distillation checkpoint), so an interrupted demo resumes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -18,12 +18,15 @@ from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import draw_class_grid, load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.accuracy import measure_shard_accuracy
+from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.runtime import Progress, use_threads
 from synth.teacher import Teacher
 from synth.teacher_sources import load_teacher
+
+CPU = EvaluateConfig(device="cpu")  # evaluation settings of these runs
 
 T = TypeVar("T")
 
@@ -147,15 +150,15 @@ def _evaluate(
     """Student and teacher accuracy on the real digits, the student's on its shards, the shards' diversity (LPIPS
     too with a backbone) and the class grid `out/grid.png`."""
     classifier = load_student(distillation["student"])
-    student = measure_accuracy(classifier, digits.real_test, device="cpu")
-    student_synthetic = measure_shard_accuracy(classifier, out / "shards", device="cpu")
-    teacher = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, device="cpu")
+    student = measure_accuracy(classifier, digits.real_test, CPU)
+    student_synthetic = measure_shard_accuracy(classifier, out / "shards", CPU)
+    teacher = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, CPU)
     diversity = measure_embedding_diversity(out / "shards", digits.teacher)
     lpips = None
     if lpips_backbone:
         from dfkd.evaluate import measure_lpips_diversity
 
-        lpips = measure_lpips_diversity(out / "shards", lpips_backbone, device="cpu")["mean"]
+        lpips = measure_lpips_diversity(out / "shards", replace(CPU, lpips_backbone=lpips_backbone))["mean"]
     draw_class_grid(out / "shards", per_class=8).save(out / "grid.png")
     return {
         "student": student,

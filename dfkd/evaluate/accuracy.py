@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 from torchvision import transforms
 
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
+from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError, first_line
 from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
@@ -87,38 +88,35 @@ def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0
 def measure_accuracy(
     classifier: Classifier,
     data: str | Path,
-    device: str = "auto",
-    batch_size: int = 64,
-    workers: int = 0,
-    crop_pct: float = 1.0,
+    settings: Optional[EvaluateConfig] = None,
     progress: Optional[Progress] = None,
 ) -> dict[str, Any]:
-    """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data`."""
-    dataset = image_folder(data, classifier, crop_pct)
-    return {**_topk(classifier, dataset, device, batch_size, workers, progress), "classes": len(dataset.classes)}
+    """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data` (device, batch size,
+    workers and crop from `settings`)."""
+    settings = settings or EvaluateConfig()
+    dataset = image_folder(data, classifier, settings.crop_pct)
+    return {**_topk(classifier, dataset, settings, progress), "classes": len(dataset.classes)}
 
 
 def measure_shard_accuracy(
-    classifier: Classifier, shards: str | Path, device: str = "auto", batch_size: int = 64
+    classifier: Classifier, shards: str | Path, settings: Optional[EvaluateConfig] = None
 ) -> dict[str, Any]:
     """Top-1 / top-5 of `classifier` against the target labels of synthesized shards (how well it fits them)."""
     normalize = transforms.Normalize(classifier.mean, classifier.std)
     resize = transforms.Resize(classifier.input_size, antialias=True)
     dataset = ShardDataset(shards, transform=lambda image: normalize(resize(image).float() / 255))
-    return _topk(classifier, dataset, device, batch_size, 0, None)
+    return _topk(classifier, dataset, replace(settings or EvaluateConfig(), workers=0), None)
 
 
-def _topk(
-    classifier: Classifier, dataset, device: str, batch_size: int, workers: int, progress: Optional[Progress]
-) -> dict[str, Any]:
+def _topk(classifier: Classifier, dataset, settings: EvaluateConfig, progress: Optional[Progress]) -> dict[str, Any]:
     progress = progress or Progress()
-    device = resolve_device(device)
+    device = resolve_device(settings.device)
     model = classifier.model.to(device)
     k = min(5, classifier.num_classes)
     top1 = topk = 0
     progress.start(len(dataset))
     with torch.inference_mode():
-        for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+        for images, labels in DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers):
             ranked = model(images.to(device)).topk(k, dim=1).indices.cpu()
             top1 += (ranked[:, 0] == labels).sum().item()
             topk += (ranked == labels[:, None]).any(1).sum().item()

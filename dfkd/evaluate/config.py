@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from dfkd.evaluate.lpips_diversity import DEFAULT_PAIRS
 from synth.errors import UserError
 from synth.settings import (
     check_choices,
@@ -30,7 +29,7 @@ class EvaluateConfig:
     workers: int = setting(0, help="DataLoader worker processes.", flag=True)
     threads: int = threads_setting()
     seed: int = setting(0, help="Seed of the pair sampling.", flag=True)
-    pairs: Union[int, str] = setting(DEFAULT_PAIRS, help="all, or at most M random pairs per class.", flag=True)
+    pairs: Union[int, str] = setting(1000, help="all, or at most M random pairs per class.", flag=True)
     lpips_backbone: Optional[str] = setting(None, help="torchvision AlexNet state_dict file.", flag=True, path="file")
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError
 from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
@@ -15,12 +16,7 @@ from synth.teacher import Teacher
 
 
 def measure_fidelity(
-    shards: str | Path,
-    teacher: Teacher,
-    device: str = "auto",
-    batch_size: int = 128,
-    workers: int = 0,
-    progress: Optional[Progress] = None,
+    shards: str | Path, teacher: Teacher, settings: Optional[EvaluateConfig] = None, progress: Optional[Progress] = None
 ) -> dict[str, Any]:
     """Re-run `teacher` on the shards' images at their stored resolution; agreement per class and overall."""
     progress = progress or Progress()
@@ -30,13 +26,14 @@ def measure_fidelity(
             f"shards in '{shards}' have class {int(dataset.labels.max())}, "
             f"but teacher {teacher.spec} has {teacher.num_classes} classes"
         )
-    device = resolve_device(device)
+    settings = settings or EvaluateConfig()
+    device = resolve_device(settings.device)
     teacher.to(device)
     hits = torch.zeros(teacher.num_classes, dtype=torch.int64)
     counts = torch.bincount(torch.from_numpy(dataset.labels), minlength=teacher.num_classes)
     progress.start(len(dataset))
     with torch.inference_mode():
-        for images, labels in DataLoader(dataset, batch_size=batch_size, num_workers=workers):
+        for images, labels in DataLoader(dataset, batch_size=settings.batch_size, num_workers=settings.workers):
             predicted = teacher.model(teacher.normalize(images.to(device).float() / 255)).argmax(1).cpu()
             hits += torch.bincount(labels[predicted == labels], minlength=teacher.num_classes)
             progress.advance(len(labels), {})

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dfkd.evaluate.config import EvaluateConfig
 from synth.downloads import hub_cached_download
 from synth.errors import UserError
 from synth.runtime import Progress, resolve_device
@@ -19,7 +20,6 @@ from synth.weights import read_state_dict
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1
 ALEXNET_FILE = ALEXNET_URL.rsplit("/", 1)[1]
 MIN_RESOLUTION = 64
-DEFAULT_PAIRS = 1000
 
 
 def backbone_file(path: Optional[str | Path] = None) -> Path:
@@ -86,30 +86,26 @@ def lpips_from_features(model: torch.nn.Module, a: list[torch.Tensor], b: list[t
 
 
 def measure_lpips_diversity(
-    shards: str | Path,
-    backbone: Optional[str | Path] = None,
-    pairs: Optional[int] = DEFAULT_PAIRS,
-    seed: int = 0,
-    device: str = "auto",
-    batch_size: int = 64,
-    progress: Optional[Progress] = None,
+    shards: str | Path, settings: Optional[EvaluateConfig] = None, progress: Optional[Progress] = None
 ) -> dict[str, Any]:
     """Per-class mean LPIPS over all pairs (or `pairs` seeded random ones), the mean over classes, the size used."""
+    settings = settings or EvaluateConfig()
+    pairs = None if settings.pairs == "all" else settings.pairs
     progress = progress or Progress()
     dataset = ShardDataset(shards)
-    device = resolve_device(device)
-    backbone = backbone_file(backbone)
+    device = resolve_device(settings.device)
+    backbone = backbone_file(settings.lpips_backbone)
     model = load_lpips(backbone, device)
     size = max(dataset.resolution, MIN_RESOLUTION)
-    plans, skipped = _pair_plans(dataset, pairs, seed, device)
+    plans, skipped = _pair_plans(dataset, pairs, settings.seed, device)
     if not plans:
         raise UserError(f"no class in '{shards}' has two images; LPIPS diversity needs pairs")
     per_class, counts = {}, {}
     progress.start(sum(len(p[0]) for p in plans.values()))
     with torch.inference_mode():
         for c, (indices, first, second) in plans.items():
-            features = _class_features(model, dataset, indices, size, batch_size, device, progress)
-            distances = _pair_distances(model, features, first, second, batch_size)
+            features = _class_features(model, dataset, indices, size, settings.batch_size, device, progress)
+            distances = _pair_distances(model, features, first, second, settings.batch_size)
             per_class[c], counts[c] = distances.mean().item(), len(first)
     progress.close()
     dataset.close()
