@@ -90,5 +90,6 @@ def test_the_repository_refers_to_no_file_outside_it():
         if pattern.search(line)
     ]
     assert not offenders
-    assert 'pip install -e ".[dev]" && python -m pytest' in (ROOT / "README.md").read_text()
-    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith('pip install -e ".[dev]" && python -m pytest')
+    command = 'pip install -e ".[dev]" && ruff format --check . && ruff check . && python -m pytest'
+    assert command in (ROOT / "README.md").read_text()
+    assert (ROOT / ".ci" / "run").read_text().rstrip().endswith(command)
