@@ -55,7 +55,7 @@ def synthesize(
     out = Path(out)
     config = replace(config, teacher=absolute_teacher_spec(config.teacher))
     with ranks.together():
-        threads = config.threads or _default_threads(Path(out), ranks)
+        threads = config.threads or _default_threads(out, ranks)
     config = replace(config, threads=min(ranks.all_gather(threads)))  # the ranks agree on one count
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
         run = _prepare_run(config, out, ranks)

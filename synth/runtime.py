@@ -48,8 +48,8 @@ def idle_cores(seconds: float = 0.25) -> int:
 def default_threads(processes: int = 1) -> int:
     """The thread count when none is given: the cores left idle by other processes now, shared among this
     machine's `processes` (torchrun's local world size), at least 1. On a busy machine, more threads than idle
-    cores make every parallel region wait for a descheduled thread (bench/threads.py: 7.6x slower beside one
-    busy core on 2 cores with all cores, 1.1x with this rule)."""
+    cores make every parallel region wait for a descheduled thread (bench/threads.py, beside one busy core on 2
+    cores: 3.1-7.6x slower with all cores, 1.1-1.3x with this rule)."""
     return max(1, min(idle_cores(), available_cores()) // processes)
 
 

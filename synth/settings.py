@@ -45,8 +45,9 @@ def setting(
 
 def identity_fields(config: Any) -> dict[str, Any]:
     """The fields of a config as plain data, without the `added` settings that are at their default."""
+    data = dataclasses.asdict(config)
     return {
-        f.name: dataclasses.asdict(config)[f.name]
+        f.name: data[f.name]
         for f in dataclasses.fields(config)
         if not (f.metadata.get("added") and getattr(config, f.name) == f.default)
     }
