@@ -129,8 +129,3 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
-
-
-def overrides(mapping: dict[str, Any]) -> dict[str, Any]:
-    """Drop options the user did not give (None, empty tuples) so the recipe's values stand."""
-    return {k: v for k, v in mapping.items() if v is not None and v != ()}
