@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any, Optional, Union
 from synth import shards as shard_io
 from synth.errors import UserError
 from synth.losses import BN_NORMS
-from synth.runtime import default_threads
 from synth.settings import (
     check_choices,
     check_device,
@@ -216,13 +215,9 @@ class SynthesisConfig:
         """Images per work unit."""
         return self.classes_per_batch * self.images_per_class
 
-    def resolved_threads(self) -> int:
-        """The CPU thread count: `threads`, or synth.runtime's default when 0 (synthesize() resolves it first)."""
-        return self.threads or default_threads()
-
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
-        """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads, and
-        the competing student's file and sha256 when there is one."""
+        """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
+        synthesize() resolved them), and the competing student's file and sha256 when there is one."""
         extra = {"student": competitor.describe()} if competitor is not None else {}
         extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
         return json.loads(
@@ -237,7 +232,7 @@ class SynthesisConfig:
                     "images_per_class": self.images_per_class,
                     "units_per_shard": self.units_per_shard,
                     "seed": self.seed,
-                    "threads": self.resolved_threads(),
+                    "threads": self.threads,
                     "losses": identity_fields(self.losses),
                     "schedule": identity_fields(self.schedule),
                     "unit_order": UNIT_ORDER,

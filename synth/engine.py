@@ -85,7 +85,6 @@ class _Run:
     config: SynthesisConfig
     out: Path
     device: torch.device
-    threads: int
     teacher: Teacher
     units: UnitPlan
     identity: dict  # the config as the shards record it (SynthesisConfig.identity)
@@ -106,7 +105,7 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
     """Validate the config, set the threads and this rank's device, load the teacher (and a competing student),
     plan the units and compute the identity."""
     config.validate()
-    threads = use_threads(config.threads)  # resolved by synthesize(); on every rank, whatever OMP_NUM_THREADS says
+    use_threads(config.threads)  # resolved by synthesize(); on every rank, whatever OMP_NUM_THREADS says
     device = ranks.local_device(resolve_device(config.device))
     teacher = load_teacher(config.teacher, config.teacher_weights, device)
     classes = parse_classes(config.classes, teacher.num_classes)
@@ -120,7 +119,7 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
         )
     competitor = load_competitor(config.student, device) if config.student else None
     identity = config.identity(teacher, classes, competitor)
-    return _Run(config, out, device, threads, teacher, units, identity, competitor)
+    return _Run(config, out, device, teacher, units, identity, competitor)
 
 
 def _default_threads(out: Path, ranks: Ranks) -> int:
@@ -155,9 +154,9 @@ def _prepare_output_directory(run: _Run, ranks: Ranks, progress: Progress) -> No
         run.out, run.identity, run.teacher, run.num_shards, len(run.units) * run.config.batch_size, progress.message
     )
     cores = available_cores()
-    if ranks.local_world_size * run.threads > cores:
+    if ranks.local_world_size * run.config.threads > cores:
         progress.message(
-            f"note: {ranks.local_world_size} process(es) x {run.threads} threads exceed this "
+            f"note: {ranks.local_world_size} process(es) x {run.config.threads} threads exceed this "
             f"machine's {cores} cores; --threads (part of the config) sets the count"
         )
 

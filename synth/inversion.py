@@ -62,7 +62,7 @@ def invert_batch(
     DeepInversion's competition term on the same jittered view."""
     device = labels.device
     space = _PixelSpace.of(teacher, device)
-    objective = IterationStep(
+    iteration = IterationStep(
         model=teacher.model if model is None else model,  # not `or`: a compiled module has no truth value
         labels=labels,
         bn_loss=BNStatisticsLoss(teacher.bn_layers, weights.bn_first, weights.bn_norm),
@@ -85,12 +85,12 @@ def invert_batch(
                 x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
             x = x.detach().clamp(min=space.low, max=space.high).requires_grad_(True)
             stage = _optimise_stage(
-                x, resolution, iterations, schedule, generator, objective, space, channels_last, stage
+                x, resolution, iterations, schedule, generator, iteration, space, channels_last, stage
             )
             stage_totals.append((stage.first_total, stage.terms["total"].detach().clone()))
     finally:
-        objective.bn_loss.remove()
-        objective.tap.remove()
+        iteration.bn_loss.remove()
+        iteration.tap.remove()
     return _result(teacher, _view(x.detach(), final, schedule.lowres), space, stage.terms, stage_totals)
 
 
@@ -143,7 +143,7 @@ def _optimise_stage(
     iterations: int,
     schedule: Schedule,
     generator: torch.Generator,
-    objective: IterationStep,
+    iteration: IterationStep,
     space: _PixelSpace,
     channels_last: bool,
     stage: _Stage,
@@ -163,7 +163,7 @@ def _optimise_stage(
             augmented = augmented.flip(3)
         if channels_last:
             augmented = augmented.contiguous(memory_format=torch.channels_last)
-        terms = objective(augmented)
+        terms = iteration(augmented)
         terms["total"].backward()
         if it == 0:
             first_total = terms["total"].detach().clone()  # clone: CUDA-graph outputs are reused

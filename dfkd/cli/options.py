@@ -19,11 +19,11 @@ def config_options(
     """A decorator adding one click option per flagged field of `cls` (nested configs included, in field order).
     `only`: the dotted names to offer (a command that uses part of a shared config); `help`: per-command wording
     for some of them (the default shown still comes from the field)."""
-    entries = [(name, f, owner) for name, f, owner in _flagged(cls) if only is None or name in only]
+    entries = [(name, f, kind) for name, f, kind in _flagged(cls) if only is None or name in only]
 
     def decorate(func: Callable) -> Callable:
-        for name, f, owner in reversed(entries):  # click lists options in the order they are applied, last first
-            func = _option(name, f, owner, (help or {}).get(name))(func)
+        for name, f, kind in reversed(entries):  # click lists options in the order they are applied, last first
+            func = _option(name, f, kind, (help or {}).get(name))(func)
         return func
 
     return decorate
@@ -34,7 +34,7 @@ def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
     return {
         key[len(PREFIX) :].replace("__", "."): value
         for key, value in options.items()
-        if key.startswith(PREFIX) and value is not None and value != ()
+        if key.startswith(PREFIX) and value is not None
     }
 
 
@@ -52,17 +52,18 @@ def format_default(value: Any) -> str:
     return str(value)
 
 
-def _flagged(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, type]]:
+def _flagged(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field, Any]]:
+    """(dotted name, field, type without Optional) of every flagged field, nested configs included."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if dataclasses.is_dataclass(hints[f.name]):
             yield from _flagged(hints[f.name], f"{prefix}{f.name}.")
         elif f.metadata.get("flag"):
-            yield f"{prefix}{f.name}", f, cls
+            yield f"{prefix}{f.name}", f, _without_optional(hints[f.name])
 
 
-def _option(name: str, f: dataclasses.Field, owner: type, help_text: Optional[str]) -> Callable[[Callable], Callable]:
-    meta, kind = f.metadata, _kind(owner, f)
+def _option(name: str, f: dataclasses.Field, kind: Any, help_text: Optional[str]) -> Callable[[Callable], Callable]:
+    meta = f.metadata
     flag = meta["flag"] if isinstance(meta["flag"], str) else "--" + f.name.replace("_", "-")
     text = help_text or meta["help"]
     default = meta["default_text"] or (None if f.default in (None, dataclasses.MISSING) else format_default(f.default))
@@ -74,9 +75,8 @@ def _option(name: str, f: dataclasses.Field, owner: type, help_text: Optional[st
     return click.option(flag, param, type=_click_type(kind, meta), default=None, help=text)
 
 
-def _kind(owner: type, f: dataclasses.Field) -> Any:
-    """The field's type without Optional."""
-    kind = typing.get_type_hints(owner)[f.name]
+def _without_optional(kind: Any) -> Any:
+    """A field's type without Optional; str for any other union (the recipe check converts the text)."""
     if typing.get_origin(kind) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(kind) if a is not type(None)]
         return args[0] if len(args) == 1 else str

@@ -22,7 +22,7 @@ from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
-from synth.runtime import Progress, use_threads
+from synth.runtime import Progress
 from synth.teacher import Teacher
 from synth.teacher_sources import load_teacher
 
@@ -86,7 +86,6 @@ def run_demo(
     out = Path(out)
     seconds: dict[str, float] = {}
     common = {"threads": threads} if threads else {}
-    use_threads(threads or 0)
     digits = _timed(seconds, "teacher", lambda: prepare_digits(out, recipe, progress_for("train-teacher"), threads))
     synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, digits, common, progress_for))
     distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, digits, common, progress_for))
