@@ -1,13 +1,15 @@
 """Teacher families with one recipe: does the synthesis loss balance transfer across architectures?
 
     python bench/teachers.py [--out bench-teachers] [--archs dfkd_cnn_digits,resnet18,regnetx_002,mobilenetv3_small_100]
-        [--synth '{"losses.bn_norm": "normalized"}'] [--per-class 80] [--distill-epochs 0] [--threads 1]
+        [--synth '{"losses.bn_norm": "normalized"}'] [--per-class 80] [--distill-epochs 0] [--teacher-epochs 12]
+        [--threads 1]
 
-For each timm architecture: train a digits teacher (`dfkd train-teacher`, reused when present), synthesize
-the `digits` recipe's set from it with the given overrides, and report teacher accuracy on the held-out real
-digits, fidelity, intra-class embedding distance, the last iteration's CE and BN terms, synthesis seconds and
-(with --distill-epochs N) the real-digit accuracy of the recipe's student distilled on the set for N epochs.
-Fixed seeds; finished steps are reused on a rerun.
+For each timm architecture: train a digits teacher (`dfkd train-teacher --epochs N`, reused when present),
+synthesize the `digits` recipe's set from it with the given overrides, and report teacher accuracy on the held-out
+real digits, fidelity, the other teachers' agreement with the labels (each set judged by every other family's
+teacher: do the images carry the digit, or only this teacher's reading of it?), intra-class embedding distance,
+the last iteration's CE and BN terms, synthesis seconds and (with --distill-epochs N) the real-digit accuracy of
+the recipe's student distilled on the set for N epochs. Fixed seeds; finished steps are reused on a rerun.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
+from dfkd.evaluate.fidelity import measure_fidelity
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.teacher import Teacher
@@ -46,6 +49,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser.add_argument("--tag", default="", help="name of this synthesis variant (folder name)")
     parser.add_argument("--per-class", type=int, default=None)
     parser.add_argument("--distill-epochs", type=int, default=0)
+    parser.add_argument("--teacher-epochs", type=int, default=TeacherTrainingConfig.epochs)
     parser.add_argument("--threads", type=int, default=1)
     return parser.parse_args(argv)
 
@@ -61,6 +65,7 @@ def main() -> None:
     for arch in args.archs.split(","):
         rows.append(bench_arch(args, out, arch, real_test, overrides))
         print(json.dumps(rows[-1]), flush=True)
+    add_cross_fidelity(out, args, rows)
     (out / f"results-{args.tag or 'default'}.json").write_text(json.dumps(rows, indent=2))
     print_table(args.recipe, overrides, rows)
 
@@ -78,11 +83,11 @@ def bench_arch(
     args: argparse.Namespace, out: Path, arch: str, real_test: Path, overrides: dict[str, Any]
 ) -> dict[str, Any]:
     """One architecture's row: its teacher, the set synthesized from it and (with --distill-epochs) the student."""
-    teacher_file = out / "teachers" / f"{arch}.pt"
+    teacher_file = teacher_path(out, args, arch)
     started = time.time()
     if not teacher_file.is_file():
         teacher_file.parent.mkdir(parents=True, exist_ok=True)
-        train_teacher(TeacherTrainingConfig(arch=arch, threads=args.threads), teacher_file)
+        train_teacher(TeacherTrainingConfig(arch=arch, epochs=args.teacher_epochs, threads=args.threads), teacher_file)
     teacher_seconds = time.time() - started
     teacher = load_teacher(str(teacher_file))
     row = {
@@ -91,11 +96,32 @@ def bench_arch(
         "teacher_accuracy": measure_accuracy(teacher_classifier(teacher), real_test, CPU)["top1"],
         "teacher_seconds": round(teacher_seconds, 1),
     }
-    shards = out / "shards" / (args.tag or "default") / arch
+    shards = shard_path(out, args, arch)
     row.update(synthesis_stats(args, teacher_file, teacher, shards, overrides))
     if args.distill_epochs:
         row["student_accuracy"] = student_accuracy(args, teacher_file, shards, out / "students", arch, real_test)
     return row
+
+
+def teacher_path(out: Path, args: argparse.Namespace, arch: str) -> Path:
+    """The teacher file of `arch` trained for --teacher-epochs."""
+    return out / "teachers" / f"{arch}-e{args.teacher_epochs}.pt"
+
+
+def shard_path(out: Path, args: argparse.Namespace, arch: str) -> Path:
+    """The shard directory of `arch`'s set in this variant."""
+    return out / "shards" / (args.tag or "default") / arch
+
+
+def add_cross_fidelity(out: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Each row's `cross_fidelity`: the mean agreement of the other rows' teachers with its set's labels."""
+    for row in rows:
+        judges = [r["arch"] for r in rows if r is not row]
+        scores = [
+            measure_fidelity(shard_path(out, args, row["arch"]), load_teacher(str(teacher_path(out, args, j))), CPU)
+            for j in judges
+        ]
+        row["cross_fidelity"] = sum(s["fidelity"] for s in scores) / len(scores) if scores else None
 
 
 def synthesis_stats(
@@ -145,12 +171,16 @@ def student_accuracy(
 def print_table(recipe: str, overrides: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     """The rows as a markdown table."""
     print(f"\n# teacher families, {time.strftime('%Y-%m-%d')}, recipe {recipe}, overrides {overrides}")
-    print("| teacher | BN layers | teacher acc | fidelity | embedding div | final CE | final BN | synth s | student |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| teacher | BN layers | teacher acc | fidelity | other teachers | embedding div | final CE | final BN "
+        "| synth s | student |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         student = f"{r['student_accuracy']:.3f}" if "student_accuracy" in r else ""
         print(
             f"| {r['arch']} | {r['bn_layers']} | {r['teacher_accuracy']:.3f} | {r['fidelity']:.3f} | "
+            f"{'' if r['cross_fidelity'] is None else format(r['cross_fidelity'], '.3f')} | "
             f"{r['embedding_diversity']:.3f} | {r['final_ce']:.3g} | {r['final_bn']:.3g} | {r['synth_seconds']} | "
             f"{student} |"
         )
