@@ -1,7 +1,7 @@
 """Teacher families with one recipe: does the synthesis loss balance transfer across architectures?
 
     python bench/teachers.py [--out bench-teachers] [--archs dfkd_cnn_digits,resnet18,regnetx_002,mobilenetv3_small_100]
-        [--synth '{"losses.bn_norm": "normalized"}'] [--per-class 80] [--distill-epochs 0] [--teacher-epochs 12]
+        [--synth '{"losses.bn_norm": "normalized"}'] [--per-class 80] [--distill-epochs 0] [--teacher-epochs 40]
         [--threads 1]
 
 For each timm architecture: train a digits teacher (`dfkd train-teacher --epochs N`, reused when present),

@@ -54,7 +54,11 @@ class TeacherTrainingConfig:
         help="Real training data (digits: scikit-learn's bundled handwritten digits, 32x32 RGB).",
     )
     arch: str = setting("dfkd_cnn_digits", help="timm architecture with BatchNorm.", flag=True)
-    epochs: int = setting(12, help="Training epochs.", flag=True)
+    epochs: int = setting(
+        40,
+        help="Training epochs (a teacher that has not converged gives images other networks do not read).",
+        flag=True,
+    )
     batch_size: int = setting(64, help="Images per step.")
     lr: float = setting(3e-3, help="Peak learning rate of the one-cycle schedule.")
     seed: int = setting(0, help="Seed of the split and the training.", flag=True)
