@@ -9,7 +9,7 @@ from dfkd.cli.common import Reporter, common_options
 EXAMPLE = """
 \b
 Examples:
-  dfkd demo                      # about 10 minutes on 2 idle CPU cores (student 0.997 on real digits)
+  dfkd demo                      # about 9 minutes on 2 idle CPU cores (student 0.997 on real digits)
   dfkd demo --fast --out /tmp/d  # a minute: the same steps at toy scale
   dfkd demo --json               # one JSON object with teacher_accuracy, student_accuracy, fidelity, ...
 
