@@ -115,13 +115,15 @@ def shard_path(out: Path, args: argparse.Namespace, arch: str) -> Path:
 
 def add_cross_fidelity(out: Path, args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     """Each row's `cross_fidelity`: the mean agreement of the other rows' teachers with its set's labels."""
+    teachers = {r["arch"]: load_teacher(str(teacher_path(out, args, r["arch"]))) for r in rows}  # each loaded once
     for row in rows:
-        judges = [r["arch"] for r in rows if r is not row]
+        shards = shard_path(out, args, row["arch"])
         scores = [
-            measure_fidelity(shard_path(out, args, row["arch"]), load_teacher(str(teacher_path(out, args, j))), CPU)
-            for j in judges
+            measure_fidelity(shards, teacher, CPU)["fidelity"]
+            for arch, teacher in teachers.items()
+            if arch != row["arch"]
         ]
-        row["cross_fidelity"] = sum(s["fidelity"] for s in scores) / len(scores) if scores else None
+        row["cross_fidelity"] = sum(scores) / len(scores) if scores else None
 
 
 def synthesis_stats(
