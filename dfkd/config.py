@@ -17,12 +17,10 @@ SECTIONS = {"synthesize", "distill", "evaluate", "train_teacher"}  # one per com
 
 
 def recipe_names() -> list[str]:
-    """Names of the recipes shipped inside the package (dfkd/recipes/NAME.yaml)."""
+    """Names of the shipped recipes (recipes/NAME.yaml in the repository, installed as the package dfkd.recipes)."""
     from importlib.resources import files
 
-    return sorted(
-        p.name.removesuffix(".yaml") for p in files("dfkd").joinpath("recipes").iterdir() if p.name.endswith(".yaml")
-    )
+    return sorted(p.name.removesuffix(".yaml") for p in files("dfkd.recipes").iterdir() if p.name.endswith(".yaml"))
 
 
 def packaged_recipe(name: str) -> Path:
@@ -30,7 +28,7 @@ def packaged_recipe(name: str) -> Path:
     it works in any install (editable or not, from any working directory)."""
     from importlib.resources import files
 
-    resource = files("dfkd").joinpath("recipes", name if name.endswith(".yaml") else f"{name}.yaml")
+    resource = files("dfkd.recipes").joinpath(name if name.endswith(".yaml") else f"{name}.yaml")
     if not resource.is_file():
         raise UserError(
             f"recipe '{name}' does not exist (a file path, or a shipped recipe: {', '.join(recipe_names())})"

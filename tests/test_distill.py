@@ -475,13 +475,13 @@ def test_cli_errors_exit_2_with_one_line(
 RECIPES = sorted(
     p.name
     for pattern in ("dearkd_*.yaml", "df_dearkd_distill*.yaml")
-    for p in (Path(__file__).parents[1] / "dfkd" / "recipes").glob(pattern)
+    for p in (Path(__file__).parents[1] / "recipes").glob(pattern)
 )
 
 
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipes_are_valid_distill_settings(name):
-    config = build(DistillConfig, load_recipe(str(Path(__file__).parents[1] / "dfkd" / "recipes" / name), "distill"))
+    config = build(DistillConfig, load_recipe(str(Path(__file__).parents[1] / "recipes" / name), "distill"))
     data_free = config.shards is not None  # synthesized data: function matching, no stage 2 (docs/method.md)
     assert (config.epochs, config.stage1) in ({(300, 300), (80, 80)} if data_free else {(300, 250), (1000, 800)})
     assert (config.loss.distillation == "function_matching") == data_free

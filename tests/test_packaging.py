@@ -29,8 +29,8 @@ def test_wheel_ships_the_recipes_and_the_demo_finds_them_outside_the_source_tree
     )
     (wheel,) = (tmp_path / "wheel").glob("dfkd-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {Path(n).name for n in names if n.startswith("dfkd/recipes/")}
-    assert shipped == {p.name for p in (ROOT / "dfkd" / "recipes").glob("*.yaml")} and "digits_fast.yaml" in shipped
+    shipped = {Path(n).name for n in names if n.startswith("dfkd/recipes/") and n.endswith(".yaml")}
+    assert shipped == {p.name for p in (ROOT / "recipes").glob("*.yaml")} and "digits_fast.yaml" in shipped
     subprocess.run(
         [
             sys.executable,
@@ -46,20 +46,38 @@ def test_wheel_ships_the_recipes_and_the_demo_finds_them_outside_the_source_tree
         check=True,
         cwd=tmp_path,
     )
-    # dfkd.config.packaged_recipe's lookup, without importing dfkd (that would import torch: seconds)
+    wheel_recipe = Path(_resolve_recipe("digits", tmp_path, {"PYTHONPATH": str(tmp_path / "site")}, "-S"))
+    assert wheel_recipe.is_relative_to(tmp_path / "site") and wheel_recipe.is_file()
+    # the development install (editable) resolves the same name to the repository's top-level recipes/
+    editable_recipe = Path(_resolve_recipe("digits", tmp_path, {}))
+    assert editable_recipe == ROOT / "recipes" / "digits.yaml"
+    assert wheel_recipe.read_bytes() == editable_recipe.read_bytes()
+
+
+def _resolve_recipe(name: str, cwd: Path, env: dict, *flags: str) -> str:
+    """dfkd.config.packaged_recipe's lookup (importlib.resources on the package dfkd.recipes) in a fresh interpreter,
+    without importing dfkd's modules (that would import torch: seconds)."""
     probe = (
-        "import importlib.util, pathlib; spec = importlib.util.find_spec('dfkd'); "
-        "print(pathlib.Path(spec.submodule_search_locations[0], 'recipes', 'digits_fast.yaml'))"
+        "import importlib.resources, importlib.util, sys; "
+        "sys.modules['dfkd'] = importlib.util.module_from_spec(importlib.util.find_spec('dfkd')); "
+        f"print(importlib.resources.files('dfkd.recipes').joinpath('{name}.yaml'))"
     )
-    out = subprocess.run(
-        [sys.executable, "-S", "-c", probe],
-        check=True,
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={"PYTHONPATH": str(tmp_path / "site")},
-    ).stdout.strip()
-    assert Path(out).is_relative_to(tmp_path / "site") and Path(out).is_file()
+    run = subprocess.run(
+        [sys.executable, *flags, "-c", probe], check=True, capture_output=True, text=True, cwd=cwd, env=env or None
+    )
+    return run.stdout.strip()
+
+
+def test_every_package_folder_is_listed_in_pyproject():
+    """The package-dir mapping of recipes/ needs the packages listed by hand: a new subpackage must be added there."""
+    text = (ROOT / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"((?:dfkd|synth)(?:\.\w+)*)"', text[text.index("packages = [") :]))
+    folders = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for top in ("dfkd", "synth")
+        for p in (ROOT / top).rglob("__init__.py")
+    }
+    assert folders | {"dfkd.recipes"} == listed
 
 
 def test_scikit_learn_is_a_core_dependency_and_kornia_is_gone():
@@ -78,7 +96,7 @@ def test_the_repository_refers_to_no_file_outside_it():
         *ROOT.glob("docs/*.md"),
         *ROOT.glob("bench/*"),
         *ROOT.glob("dfkd/**/*.py"),
-        *ROOT.glob("dfkd/recipes/*.yaml"),
+        *ROOT.glob("recipes/*.yaml"),
         *ROOT.glob("synth/*.py"),
         *ROOT.glob("tests/*.py"),
     ]

@@ -12,7 +12,7 @@ from dfkd.distill.config import DistillConfig
 from dfkd.evaluate.config import EvaluateConfig
 from synth.config import SynthesisConfig
 
-RECIPES = sorted((Path(__file__).parents[1] / "dfkd" / "recipes").glob("*.yaml"))
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 CONFIGS = {
     "synthesize": SynthesisConfig,
     "distill": DistillConfig,

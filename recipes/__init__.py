@@ -1,0 +1,1 @@
+"""dfkd's shipped recipes (plain YAML), installed as the package `dfkd.recipes` so `--config NAME` finds them."""
