@@ -22,7 +22,7 @@ Example:
 
 
 @click.command("train-teacher", epilog=EXAMPLE)
-@config_options(TeacherTrainingConfig, only=("dataset",))
+@config_options(TeacherTrainingConfig, only=("dataset", "data_dir"))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write.")
 @config_options(TeacherTrainingConfig, only=("arch", "epochs", "seed", "threads"))
 @common_options

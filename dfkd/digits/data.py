@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dfkd.data.real import RealSplit
 from synth.errors import UserError
 
 TEST_SIZE = 397
@@ -17,17 +17,7 @@ DIGITS_STD = (0.5, 0.5, 0.5)
 CLASS_NAMES = [str(i) for i in range(10)]
 
 
-@dataclass
-class DigitsSplit:
-    """uint8 images (N, 32, 32, 3) and int64 labels for the train and held-out test parts."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
-
-
-def load_digits_split(size: int = 32, seed: int = 0) -> DigitsSplit:
+def load_digits_split(size: int = 32, seed: int = 0) -> RealSplit:
     """The 1797 digits, upsampled (bilinear) from 8x8 to `size`, stratified split with 397 held out."""
     try:
         from sklearn.datasets import load_digits
@@ -42,7 +32,7 @@ def load_digits_split(size: int = 32, seed: int = 0) -> DigitsSplit:
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=TEST_SIZE, random_state=seed, stratify=labels
     )
-    return DigitsSplit(train_x, train_y, test_x, test_y)
+    return RealSplit(train_x, train_y, test_x, test_y)
 
 
 def write_image_folder(images: np.ndarray, labels: np.ndarray, out: str | Path) -> Path:

@@ -1,4 +1,4 @@
-"""Train a small BatchNorm CNN teacher on real data (the bundled digits) and write a dfkd teacher file."""
+"""Train a small BatchNorm CNN teacher on real data (digits, Fashion-MNIST) and write a dfkd teacher file."""
 
 from __future__ import annotations
 
@@ -12,13 +12,12 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from dfkd.digits.data import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD, load_digits_split
+from dfkd.data.real import DATASET_NAMES, real_dataset
+from dfkd.digits.data import DIGITS_MEAN, DIGITS_STD
 from synth.errors import UserError
 from synth.runtime import use_threads
 from synth.settings import check_choices, setting, threads_setting
 from synth.teacher_file import save_teacher_file
-
-DATASETS = ("digits",)
 
 
 def to_normalized(images: np.ndarray, mean=DIGITS_MEAN, std=DIGITS_STD) -> torch.Tensor:
@@ -27,12 +26,17 @@ def to_normalized(images: np.ndarray, mean=DIGITS_MEAN, std=DIGITS_STD) -> torch
     return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
 
-def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator) -> torch.Tensor:
-    """Translate each image by up to `pixels` in each direction (zero padding of the normalised minimum)."""
+def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:
+    """Translate each image by up to `pixels` in each direction (zero padding of the normalised minimum), and mirror
+    half of them when `flip`."""
     padded = F.pad(x, (pixels,) * 4, value=float(x.min()))
     size = x.shape[-1]
     offsets = torch.randint(0, 2 * pixels + 1, (len(x), 2), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
+    shifted = torch.stack([padded[i, :, dy : dy + size, dx : dx + size] for i, (dy, dx) in enumerate(offsets)])
+    if not flip:
+        return shifted
+    mirror = torch.rand(len(x), generator=generator) < 0.5
+    return torch.where(mirror.view(-1, 1, 1, 1), shifted.flip(-1), shifted)
 
 
 @torch.no_grad()
@@ -50,8 +54,16 @@ class TeacherTrainingConfig:
     dataset: str = setting(
         "digits",
         flag=True,
-        choices=DATASETS,
-        help="Real training data (digits: scikit-learn's bundled handwritten digits, 32x32 RGB).",
+        choices=DATASET_NAMES,
+        help="Real training data: digits (scikit-learn's bundled handwritten digits) or fashion-mnist (the IDX "
+        "files from --data-dir, $DFKD_DATA or Debian's dataset-fashion-mnist); both 32x32.",
+    )
+    data_dir: Optional[str] = setting(
+        None,
+        flag=True,
+        path="dir",
+        default_text="$DFKD_DATA, then /usr/share/datasets/fashion-mnist",
+        help="Folder of the dataset's files (fashion-mnist: the four IDX files, .gz or raw).",
     )
     arch: str = setting("dfkd_cnn_digits", help="timm architecture with BatchNorm.", flag=True)
     epochs: int = setting(
@@ -90,10 +102,11 @@ def train_teacher(
     started = time.time()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    split = load_digits_split(seed=seed)
-    train_x, train_y = to_normalized(split.train_images), torch.from_numpy(split.train_labels)
-    test_x, test_y = to_normalized(split.test_images), torch.from_numpy(split.test_labels)
-    model = timm.create_model(arch, num_classes=len(CLASS_NAMES))
+    data = real_dataset(dataset)
+    split = data.load(seed, config.data_dir)
+    train_x, train_y = to_normalized(split.train_images, data.mean, data.std), torch.from_numpy(split.train_labels)
+    test_x, test_y = to_normalized(split.test_images, data.mean, data.std), torch.from_numpy(split.test_labels)
+    model = timm.create_model(arch, num_classes=len(data.class_names))
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=5e-4)
     steps = epochs * (len(train_x) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps)
@@ -102,9 +115,8 @@ def train_teacher(
         order = torch.randperm(len(train_x), generator=generator)
         for i in range(0, len(order) - batch_size + 1, batch_size):
             index = order[i : i + batch_size]
-            loss = F.cross_entropy(
-                model(random_shift(train_x[index], 2, generator)), train_y[index], label_smoothing=0.05
-            )
+            inputs = random_shift(train_x[index], 2, generator, flip=data.flip)
+            loss = F.cross_entropy(model(inputs), train_y[index], label_smoothing=0.05)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -115,15 +127,15 @@ def train_teacher(
     save_teacher_file(
         out,
         f"timm:{arch}",
-        {"num_classes": len(CLASS_NAMES)},
+        {"num_classes": len(data.class_names)},
         model,
-        DIGITS_MEAN,
-        DIGITS_STD,
+        data.mean,
+        data.std,
         split.train_images.shape[1],
-        CLASS_NAMES,
+        list(data.class_names),
         extra={"dataset": dataset, "test_accuracy": test_accuracy, "seed": seed, "epochs": epochs},
         grayscale=True,
-    )  # the digits are grayscale: synthesis then optimises one channel
+    )  # both datasets are grayscale: synthesis then optimises one channel
     return {
         "out": str(out),
         "dataset": dataset,

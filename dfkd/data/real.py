@@ -1,0 +1,84 @@
+"""The real labelled datasets dfkd trains teachers on and measures students with: one entry per `--dataset` name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from synth.errors import UserError
+
+
+@dataclass
+class RealSplit:
+    """uint8 images (N, 32, 32, 3) and int64 labels for the train and held-out test parts."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class RealDataset:
+    """A dataset's name, class names, normalisation, whether its classes survive a mirror flip, and its loader
+    (seed of the split where the dataset has none, `--data-dir`)."""
+
+    name: str
+    class_names: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    flip: bool
+    load: Callable[[int, Optional[str]], RealSplit]
+    about: str
+
+
+def _digits(seed: int, data_dir: Optional[str]) -> RealSplit:
+    from dfkd.digits.data import load_digits_split
+
+    return load_digits_split(seed=seed)
+
+
+def _fashion(seed: int, data_dir: Optional[str]) -> RealSplit:
+    from dfkd.data.fashion_mnist import load_fashion_mnist
+
+    arrays = load_fashion_mnist(data_dir)
+    return RealSplit(arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
+
+
+def _datasets() -> dict[str, RealDataset]:
+    from dfkd.data import fashion_mnist
+    from dfkd.digits.data import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD
+
+    return {
+        "digits": RealDataset(
+            "digits",
+            tuple(CLASS_NAMES),
+            DIGITS_MEAN,
+            DIGITS_STD,
+            False,
+            _digits,
+            "scikit-learn's bundled 1,797 handwritten digits, 8x8 upsampled to 32x32, 397 held out",
+        ),
+        "fashion-mnist": RealDataset(
+            "fashion-mnist",
+            tuple(fashion_mnist.CLASS_NAMES),
+            fashion_mnist.MEAN,
+            fashion_mnist.STD,
+            True,
+            _fashion,
+            "Fashion-MNIST's 60,000 + 10,000 clothing images, 28x28 padded to 32x32, from IDX files (--data-dir)",
+        ),
+    }
+
+
+DATASET_NAMES = ("digits", "fashion-mnist")
+
+
+def real_dataset(name: str) -> RealDataset:
+    """The dataset called `name`, or one error line naming the accepted ones."""
+    datasets = _datasets()
+    if name not in datasets:
+        raise UserError(f"unknown dataset '{name}'; accepted: {', '.join(DATASET_NAMES)}")
+    return datasets[name]
