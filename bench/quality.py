@@ -37,7 +37,7 @@ import torch
 
 from dfkd.config import load_recipe
 from dfkd.digits.data import write_image_folder
-from dfkd.digits.demo import DigitsSetup, prepare_digits, recipe_config
+from dfkd.digits.demo import RealSetup, prepare_teacher, recipe_config
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
@@ -54,7 +54,7 @@ SETS = {
     "di800": {"losses.ep": 0.0, "losses.triplet": 0.0},
     "df400": {"per_class": 40},
     "df1600": {"per_class": 160},
-    "adi400": {"per_class": 40, "seed": 1, "losses.adi": 1.0},  # + student: the n400 row's
+    "adi400": {"per_class": 40, "seed": 1, "losses.adi": 1.0, "student_row": "n400"},  # ADI against that row's student
 }
 RECIPE_ROWS = ("fm", "fm-seed1", "fm-seed2")
 # rows: name -> (shard sets or "real", distillation overrides, description)
@@ -73,7 +73,7 @@ ROWS = {
     "n400": (["df400"], {}, "400 DF-DearKD images"),
     "n1600": (["df1600"], {}, "1600 DF-DearKD images"),
     "adi": (["df400", "adi400"], {}, "400 + 400 Adaptive DeepInversion images (2 rounds)"),
-    "real": ("real", {}, "800 real training digits (reference)"),
+    "real": ("real:800", {}, "800 real training digits (reference)"),
 }
 
 
@@ -92,22 +92,27 @@ class QualityRun:
 
     args: argparse.Namespace
     out: Path
-    digits: DigitsSetup
+    digits: RealSetup
     teacher_top1: float
     recipe_epochs: int
     ablation_epochs: int
     sets: dict[str, dict] = field(default_factory=dict)
+    set_table: dict[str, dict] = field(default_factory=lambda: SETS)
+    row_table: dict[str, tuple] = field(default_factory=lambda: ROWS)
+    recipe_rows: tuple[str, ...] = RECIPE_ROWS
 
     def shard_set(self, name: str) -> Path:
         """The shard set `name`, synthesized (under a lock) unless there; its fidelity and diversity noted once."""
         path = self.out / "shards" / name
         if name not in self.sets:
-            extra = {"student": str(self.row_student("n400"))} if name == "adi400" else {}
+            overrides = dict(self.set_table[name])
+            if "student_row" in overrides:
+                overrides["student"] = str(self.row_student(overrides.pop("student_row")))
             config = recipe_config(
                 SynthesisConfig,
                 self.args.recipe,
                 "synthesize",
-                {"teacher": str(self.digits.teacher_file), "threads": self.args.threads, **SETS[name], **extra},
+                {"teacher": str(self.digits.teacher_file), "threads": self.args.threads, **overrides},
             )
             with locked(self.out / "locks" / name):
                 started = time.process_time()
@@ -130,10 +135,10 @@ class QualityRun:
         result_file = self.out / "rows" / f"{name}.json"
         if result_file.is_file():
             return json.loads(result_file.read_text())
-        data, overrides, description = ROWS[name]
-        epochs = self.recipe_epochs if name in RECIPE_ROWS else self.ablation_epochs
-        if data == "real":
-            source = {"images": str(real_training_digits(self.out, self.digits.split, 800))}
+        data, overrides, description = self.row_table[name]
+        epochs = self.recipe_epochs if name in self.recipe_rows else self.ablation_epochs
+        if isinstance(data, str):  # "real:N": N seeded real training images
+            source = {"images": str(real_training_digits(self.out, self.digits.split, int(data.split(":")[1])))}
         else:
             source = {"shards": ",".join(str(self.shard_set(s)) for s in data)}
         stage1 = overrides.get("stage1_epochs", 1.0)
@@ -161,7 +166,7 @@ class QualityRun:
             "accuracy": measure_accuracy(load_student(run["student"]), self.digits.real_test, CPU)["top1"],
             "epochs": epochs,
             "cpu_s": round(time.process_time() - started, 1),
-            **({"set": self.sets.get(data[0], {})} if data != "real" else {}),
+            **({"set": self.sets.get(data[0], {})} if not isinstance(data, str) else {}),
         }
         result_file.parent.mkdir(parents=True, exist_ok=True)
         result_file.write_text(json.dumps(row, indent=2))
@@ -183,14 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def prepare(args: argparse.Namespace) -> QualityRun:
-    """The digits teacher (trained once, under a lock) and its held-out accuracy, and the epochs of the rows."""
+def prepare(args: argparse.Namespace, **tables) -> QualityRun:
+    """The recipe's teacher (trained once, under a lock) and its held-out accuracy, and the epochs of the rows;
+    `tables`: QualityRun's set_table, row_table, recipe_rows (default: the digits rows)."""
     out = Path(args.out)
     with locked(out / "locks" / "teacher"):
-        digits = prepare_digits(out, args.recipe)
+        digits = prepare_teacher(out, args.recipe)
     teacher_top1 = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, CPU)["top1"]
     recipe_epochs = args.epochs or int(load_recipe(args.recipe, "distill")["epochs"])
-    return QualityRun(args, out, digits, teacher_top1, recipe_epochs, args.ablation_epochs or recipe_epochs // 2)
+    ablation_epochs = args.ablation_epochs or recipe_epochs // 2
+    return QualityRun(args, out, digits, teacher_top1, recipe_epochs, ablation_epochs, **tables)
 
 
 def main() -> None:
@@ -207,7 +214,7 @@ def main() -> None:
 
 
 def real_training_digits(out: Path, split, count: int) -> Path:
-    """A seeded `count`-image subset of the real training digits as an image folder."""
+    """A seeded `count`-image subset of the real training images as an image folder."""
     folder = out / f"real-train-{count}"
     if not folder.is_dir():
         keep = np.random.default_rng(0).permutation(len(split.train_labels))[:count]
@@ -215,22 +222,27 @@ def real_training_digits(out: Path, split, count: int) -> Path:
     return folder
 
 
-def print_table(out: Path, recipe: str, teacher_top1: float) -> None:
+def print_table(
+    out: Path, recipe: str, teacher_top1: float, row_table=ROWS, recipe_rows=RECIPE_ROWS, title="digits quality"
+) -> None:
     """The markdown table of every finished row, with the mean and spread of the seeded recipe rows."""
     rows = {p.stem: json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))}
-    print(f"\n# digits quality, {time.strftime('%Y-%m-%d')}, recipe {recipe}; teacher {teacher_top1:.4f}")
-    print("| row | what | images | epochs | fidelity | embedding diversity | real held-out top-1 | CPU s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in ROWS:
+    print(f"\n# {title}, {time.strftime('%Y-%m-%d')}, recipe {recipe}; teacher {teacher_top1:.4f}")
+    print(
+        "| row | what | images | epochs | fidelity | embedding diversity | real held-out top-1 | / teacher "
+        "| synthesis CPU s | distillation CPU s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name in row_table:
         if name in rows:
             r, s = rows[name], rows[name].get("set", {})
             fid = f"{s['fidelity']:.3f}" if s.get("fidelity") is not None else ""
             div = f"{s['embedding_diversity']:.3f}" if "embedding_diversity" in s else ""
             print(
                 f"| {name} | {r['description']} | {r['images']} | {r['epochs']} | {fid} | {div} | "
-                f"{r['accuracy']:.4f} | {r['cpu_s']} |"
+                f"{r['accuracy']:.4f} | {r['accuracy'] / teacher_top1:.3f} | {s.get('cpu_s', '')} | {r['cpu_s']} |"
             )
-    seeded = [rows[n]["accuracy"] for n in ("fm", "fm-seed1", "fm-seed2") if n in rows]
+    seeded = [rows[n]["accuracy"] for n in recipe_rows if n in rows]
     if len(seeded) > 1:
         print(
             f"\nrecipe over {len(seeded)} seeds: mean {np.mean(seeded):.4f}, min {min(seeded):.4f}, "

@@ -32,6 +32,7 @@ class RealDataset:
     flip: bool
     load: Callable[[int, Optional[str]], RealSplit]
     about: str
+    check: Callable[[Optional[str]], object] = lambda data_dir: None  # one error line when the files are missing
 
 
 def _digits(seed: int, data_dir: Optional[str]) -> RealSplit:
@@ -69,6 +70,7 @@ def _datasets() -> dict[str, RealDataset]:
             True,
             _fashion,
             "Fashion-MNIST's 60,000 + 10,000 clothing images, 28x28 padded to 32x32, from IDX files (--data-dir)",
+            fashion_mnist.find_files,
         ),
     }
 

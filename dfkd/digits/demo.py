@@ -1,4 +1,5 @@
-"""The whole pipeline on real digits: train a teacher, synthesize shards, distill a DearKD student, evaluate.
+"""The whole pipeline on a real dataset (digits, Fashion-MNIST): train a teacher, synthesize shards, distill a DearKD
+student, evaluate on the held-out real images.
 
 Each step writes into its own folder of `out`, and a rerun reuses what is finished (the teacher file,
 verified shards, the distillation checkpoint), so an interrupted demo resumes.
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
 from dfkd.config import apply_overrides, build, load_recipe, packaged_recipe
-from dfkd.digits.data import DigitsSplit, load_digits_split, write_image_folder
+from dfkd.data.real import RealSplit, real_dataset
+from dfkd.digits.data import write_image_folder
 from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
@@ -31,27 +33,34 @@ CPU = EvaluateConfig(device="cpu")  # evaluation settings of these runs
 T = TypeVar("T")
 
 
-def default_recipe(fast: bool) -> Path:
-    """The shipped recipe `digits` (or `digits_fast`), found with importlib.resources in any install."""
-    return packaged_recipe("digits_fast" if fast else "digits")
+DEMO_RECIPES = {"digits": "digits", "fashion-mnist": "fashion"}  # each dataset's shipped recipe (`NAME_fast`: --fast)
+
+
+def default_recipe(fast: bool, dataset: str = "digits") -> Path:
+    """The dataset's shipped demo recipe (`digits`, `fashion`, or their `_fast` variants), found with
+    importlib.resources in any install."""
+    real_dataset(dataset)  # one error line for an unknown name
+    return packaged_recipe(DEMO_RECIPES[dataset] + ("_fast" if fast else ""))
 
 
 @dataclass
-class DigitsSetup:
-    """A trained digits teacher (its file and the loaded model), its data split and the held-out image folder."""
+class RealSetup:
+    """A trained teacher (its file and the loaded model), its data split and the held-out real image folder."""
 
     teacher_file: Path
     teacher: Teacher
-    split: DigitsSplit
+    split: RealSplit
     real_test: Path
+    dataset: str
 
 
-def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None, threads: int = 0) -> DigitsSetup:
-    """Train the recipe's teacher (unless `out/teacher.pt` exists; `progress` counts its epochs) and write the
-    held-out real digits folder."""
-    config = build(
-        TeacherTrainingConfig, apply_overrides(load_recipe(recipe, "train_teacher"), {"threads": threads or None})
-    )
+def prepare_teacher(
+    out: Path, recipe: str, progress: Optional[Progress] = None, threads: int = 0, data_dir: Optional[str] = None
+) -> RealSetup:
+    """Train the recipe's teacher on its dataset (unless `out/teacher.pt` exists; `progress` counts its epochs) and
+    write the held-out real images as a class folder."""
+    overrides = {"threads": threads or None, "data_dir": data_dir}
+    config = build(TeacherTrainingConfig, apply_overrides(load_recipe(recipe, "train_teacher"), overrides))
     out.mkdir(parents=True, exist_ok=True)
     teacher_file = out / "teacher.pt"
     if not teacher_file.is_file():
@@ -61,11 +70,11 @@ def prepare_digits(out: Path, recipe: str, progress: Optional[Progress] = None, 
             train_teacher(config, teacher_file, on_epoch=lambda epoch, loss: progress.advance(1, {"loss": loss}))
         finally:
             progress.close()
-    split = load_digits_split(seed=config.seed)
+    split = real_dataset(config.dataset).load(config.seed, config.data_dir)
     real_test = out / "real-test"
     if not real_test.is_dir():
         write_image_folder(split.test_images, split.test_labels, real_test)
-    return DigitsSetup(teacher_file, load_teacher(str(teacher_file)), split, real_test)
+    return RealSetup(teacher_file, load_teacher(str(teacher_file)), split, real_test, config.dataset)
 
 
 def recipe_config(kind: type[T], recipe: str, section: str, settings: dict[str, Any]) -> T:
@@ -80,17 +89,23 @@ def run_demo(
     threads: int = 0,
     lpips_backbone: Optional[str] = None,
     progress_for: Callable[[str], Progress] = lambda step: Progress(),
+    dataset: str = "digits",
+    data_dir: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Run every step (reusing finished ones) and return the results table as a dict."""
-    recipe = str(recipe or default_recipe(fast))
+    """Run every step (reusing finished ones) and return the results table as a dict. `dataset` picks the default
+    recipe; a given `recipe` names its own dataset."""
+    recipe = str(recipe or default_recipe(fast, dataset))
     out = Path(out)
     seconds: dict[str, float] = {}
     common = {"threads": threads} if threads else {}
-    digits = _timed(seconds, "teacher", lambda: prepare_digits(out, recipe, progress_for("train-teacher"), threads))
-    synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, digits, common, progress_for))
-    distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, digits, common, progress_for))
-    evaluation = _timed(seconds, "evaluate", lambda: _evaluate(out, digits, distillation, lpips_backbone))
+    setup = _timed(
+        seconds, "teacher", lambda: prepare_teacher(out, recipe, progress_for("train-teacher"), threads, data_dir)
+    )
+    synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, setup, common, progress_for))
+    distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, setup, common, progress_for))
+    evaluation = _timed(seconds, "evaluate", lambda: _evaluate(out, setup, distillation, lpips_backbone))
     return {
+        "dataset": setup.dataset,
         "teacher_accuracy": evaluation["teacher"]["top1"],
         "student_accuracy": evaluation["student"]["top1"],
         "student_synthetic_accuracy": evaluation["student_synthetic"]["top1"],
@@ -117,25 +132,25 @@ def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:
 
 
 def _synthesize(
-    out: Path, recipe: str, digits: DigitsSetup, common: dict[str, Any], progress_for: Callable[[str], Progress]
+    out: Path, recipe: str, setup: RealSetup, common: dict[str, Any], progress_for: Callable[[str], Progress]
 ) -> dict[str, Any]:
-    """Synthesize the recipe's shards from the digits teacher into `out/shards`."""
-    config = recipe_config(SynthesisConfig, recipe, "synthesize", {"teacher": str(digits.teacher_file), **common})
+    """Synthesize the recipe's shards from the teacher into `out/shards`."""
+    config = recipe_config(SynthesisConfig, recipe, "synthesize", {"teacher": str(setup.teacher_file), **common})
     return synthesize(config, out / "shards", progress_for("synthesize"))
 
 
 def _distill(
-    out: Path, recipe: str, digits: DigitsSetup, common: dict[str, Any], progress_for: Callable[[str], Progress]
+    out: Path, recipe: str, setup: RealSetup, common: dict[str, Any], progress_for: Callable[[str], Progress]
 ) -> dict[str, Any]:
-    """Distill the recipe's student on the shards into `out/student` (resuming), validated on the real digits."""
+    """Distill the recipe's student on the shards into `out/student` (resuming), validated on the held-out real images."""
     config = recipe_config(
         DistillConfig,
         recipe,
         "distill",
         {
             "shards": str(out / "shards"),
-            "teacher": str(digits.teacher_file),
-            "val_data": str(digits.real_test),
+            "teacher": str(setup.teacher_file),
+            "val_data": str(setup.real_test),
             "resume": True,
             **common,
         },
@@ -144,15 +159,15 @@ def _distill(
 
 
 def _evaluate(
-    out: Path, digits: DigitsSetup, distillation: dict[str, Any], lpips_backbone: Optional[str]
+    out: Path, setup: RealSetup, distillation: dict[str, Any], lpips_backbone: Optional[str]
 ) -> dict[str, Any]:
-    """Student and teacher accuracy on the real digits, the student's on its shards, the shards' diversity (LPIPS
+    """Student and teacher accuracy on the held-out real images, the student's on its shards, the shards' diversity (LPIPS
     too with a backbone) and the class grid `out/grid.png`."""
     classifier = load_student(distillation["student"])
-    student = measure_accuracy(classifier, digits.real_test, CPU)
+    student = measure_accuracy(classifier, setup.real_test, CPU)
     student_synthetic = measure_shard_accuracy(classifier, out / "shards", CPU)
-    teacher = measure_accuracy(teacher_classifier(digits.teacher), digits.real_test, CPU)
-    diversity = measure_embedding_diversity(out / "shards", digits.teacher)
+    teacher = measure_accuracy(teacher_classifier(setup.teacher), setup.real_test, CPU)
+    diversity = measure_embedding_diversity(out / "shards", setup.teacher)
     lpips = None
     if lpips_backbone:
         from dfkd.evaluate import measure_lpips_diversity
@@ -172,7 +187,11 @@ def results_table(result: dict[str, Any]) -> list[str]:
     """The demo's results as markdown table lines."""
     lpips = result["lpips_diversity"]
     rows = [
-        ("teacher accuracy (held-out real digits)", f"{result['teacher_accuracy']:.4f}", result["seconds"]["teacher"]),
+        (
+            f"teacher accuracy (held-out real {result['dataset']}, {result['test_images']} images)",
+            f"{result['teacher_accuracy']:.4f}",
+            result["seconds"]["teacher"],
+        ),
         ("teacher fidelity on synthesized images", f"{result['fidelity']:.4f}", result["seconds"]["synthesize"]),
         ("intra-class distance, teacher embedding", f"{result['embedding_diversity']:.3f}", ""),
         ("LPIPS diversity", f"{lpips:.3f}" if lpips is not None else "n/a (no --lpips-backbone)", ""),

@@ -77,8 +77,10 @@ class TeacherTrainingConfig:
     threads: int = threads_setting()
 
     def validate(self) -> None:
-        """Refuse an unknown dataset or architecture, or a non-positive epoch count."""
+        """Refuse an unknown dataset or architecture, a dataset whose files are missing, or a non-positive epoch
+        count."""
         check_choices(self)
+        real_dataset(self.dataset).check(self.data_dir)
         if not timm.is_model(self.arch):
             raise UserError(f"unknown timm architecture '{self.arch}'")
         if self.epochs < 1:
