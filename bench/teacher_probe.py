@@ -1,6 +1,9 @@
-"""What a digits teacher's synthesis priors say about real digits: does the data itself satisfy them?
+"""What a teacher's synthesis priors say about its real data: does the data itself satisfy them?
 
-    python bench/teacher_probe.py TEACHER.pt [TEACHER.pt ...] [--threads 1]
+    python bench/teacher_probe.py TEACHER.pt [TEACHER.pt ...] [--threads 1] [--dataset digits|fashion-mnist]
+        [--limit 5000]
+
+(`--limit`: a seeded subset of the training images, for large datasets.)
 
 For each teacher file (from `dfkd train-teacher`), on the real training digits, no optimisation:
 - the normalized BN term on 40 digits, on all of them, and on 40 digits with the BN layers normalising with the
@@ -22,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dfkd.digits.data import load_digits_split
+from dfkd.data.real import DATASET_NAMES, real_dataset
 from synth.losses import BNStatisticsLoss, intra_divergence, triplet
 from synth.teacher import EmbeddingTap, Teacher
 from synth.teacher_sources import load_teacher
@@ -90,15 +93,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("teachers", nargs="+", type=Path)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dataset", choices=DATASET_NAMES, default="digits")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--limit", type=int, default=5000)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    split = load_digits_split()
-    print("| teacher | BN, 40 digits | BN, all | BN, 40, batch statistics | nearest same class | L_ep | L_triplet |")
+    split = real_dataset(args.dataset).load(0, args.data_dir)
+    keep = np.arange(len(split.train_labels))
+    if len(keep) > args.limit:  # the digits (1,400) are used whole, in order, as before
+        keep = np.random.default_rng(0).permutation(len(keep))[: args.limit]
+    train_images, train_labels = split.train_images[keep], split.train_labels[keep]
+    print("| teacher | BN, 40 images | BN, all | BN, 40, batch statistics | nearest same class | L_ep | L_triplet |")
     print("|---|---|---|---|---|---|---|")
     for path in args.teachers:
         teacher = load_teacher(str(path))
-        images = teacher.normalize(torch.from_numpy(split.train_images).permute(0, 3, 1, 2).float() / 255)
-        row = {**bn_terms(teacher, images), **embedding_terms(teacher, images, split.train_labels)}
+        images = teacher.normalize(torch.from_numpy(train_images).permute(0, 3, 1, 2).float() / 255)
+        row = {**bn_terms(teacher, images), **embedding_terms(teacher, images, train_labels)}
         print(f"| {path.stem} | " + " | ".join(f"{value:.3f}" for value in row.values()) + " |", flush=True)
 
 
