@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-import torchvision
 from click.testing import CliRunner
 from PIL import Image
 
@@ -73,15 +72,6 @@ def _run(command, args: list[str]):
     result = CliRunner().invoke(command, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result
-
-
-@pytest.fixture(scope="module")
-def backbone(tmp_path_factory) -> Path:
-    """A torchvision AlexNet state_dict file with random weights (what torchvision caches, minus the training)."""
-    torch.manual_seed(1234)  # not lpips' own random AlexNet (seed 0 in every test)
-    path = tmp_path_factory.mktemp("lpips") / ALEXNET_FILE
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
-    return path
 
 
 def test_lpips_is_zero_for_identical_images_and_uses_the_backbone_file(backbone: Path, tmp_path: Path) -> None:
