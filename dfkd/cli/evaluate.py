@@ -128,9 +128,9 @@ DATA is a torchvision ImageFolder tree: DATA/<class>/<image>. Class ids: with --
 file's (JSON {folder: id}, 'folder id' lines, or one folder per line: line k is class k, as timm's
 class_map.txt and dfkd export's); else integer folder names are the ids (0, 7, 0042), and ImageNet
 WNIDs (n01443537) map through the standard ImageNet-1k class index (timm's: n01443537 is 1). Any
-other tree is refused: it is never numbered by position. Images: shorter side resized to input_size / crop_pct,
-centre-cropped to the model's input size, scaled to [0, 1], normalised with the model's mean/std
-(the student's from student.json next to the checkpoint).
+other tree is refused: folders are never numbered by position. Images: shorter side resized to
+input_size / crop_pct, centre-cropped to the model's input size, scaled to [0, 1], normalised with
+the model's mean/std (the student's from student.json next to the checkpoint).
 """
 )
 @config_options(
