@@ -125,19 +125,15 @@ def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
     model = build_torchvision(name)
     require_bn_layers(model, spec)
     classifier_name = find_classifier_name(model)
-    class_names = None
+    enum = _torchvision_default_weights(name)
     if weights:
         state_dict = read_state_dict(weights)
         source = weights
+    elif enum is None:
+        raise UserError(f"torchvision model '{name}' has no pretrained weights; pass --teacher-weights FILE")
     else:
-        try:
-            enum = torchvision.models.get_model_weights(name).DEFAULT
-        except (ValueError, KeyError):
-            raise UserError(
-                f"torchvision model '{name}' has no pretrained weights; pass --teacher-weights FILE"
-            ) from None
         state_dict = read_state_dict(hub_cached_download(enum.url))
-        source, class_names = enum.url, enum.meta.get("categories")
+        source = enum.url
     if name in _TORCHVISION_KWARGS:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_TORCHVISION_AUX_PREFIXES)}
     num_classes = num_classes_in(state_dict, classifier_name, source)
@@ -150,6 +146,17 @@ def _load_torchvision(spec: str, weights: Optional[str]) -> Teacher:
         IMAGENET_STD,
         _torchvision_input_size(name),
         classifier_name,
-        class_names,
+        enum.meta.get("categories") if enum is not None else None,  # dropped unless one per class
         torchvision_head_name(model, classifier_name),
     )
+
+
+def _torchvision_default_weights(name: str):
+    """The default weights enum of a torchvision model (its URL, and its class names in `meta["categories"]`),
+    or None when it has none."""
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return None

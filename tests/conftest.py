@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import timm
 import torch
+import torchvision
 
 import synth  # noqa: F401
 from synth.teacher_file import save_teacher_file
@@ -43,3 +46,15 @@ def random_teacher(tmp_path_factory) -> str:
         ["zero", "one", "two", "three"],
     )
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def backbone(tmp_path_factory) -> Path:
+    """A torchvision AlexNet state_dict file with random weights (what torchvision caches, minus the training), for
+    LPIPS diversity."""
+    from dfkd.evaluate.lpips_diversity import ALEXNET_FILE
+
+    torch.manual_seed(1234)  # not lpips' own random AlexNet (seed 0 in every test)
+    path = tmp_path_factory.mktemp("lpips") / ALEXNET_FILE
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path

@@ -124,16 +124,18 @@ def fidelity_command(
 @evaluate_group.command(
     epilog="""
 \b
-DATA is a torchvision ImageFolder tree: DATA/<class>/<image>. Class ids: when every folder name is
-an integer (e.g. 0, 7, 0042) the id is that integer, else the position in sorted folder-name order;
-the ids must be the model's class ids. Images: shorter side resized to input_size / crop_pct,
-centre-cropped to the model's input size, scaled to [0, 1], normalised with the model's mean/std
-(the student's from student.json next to the checkpoint).
+DATA is a torchvision ImageFolder tree: DATA/<class>/<image>. Class ids: with --class-map FILE the
+file's (JSON {folder: id}, 'folder id' lines, or one folder per line: line k is class k, as timm's
+class_map.txt and dfkd export's); else integer folder names are the ids (0, 7, 0042), and ImageNet
+WNIDs (n01443537) map through the standard ImageNet-1k class index (timm's: n01443537 is 1). Any
+other tree is refused: folders are never numbered by position. Images: shorter side resized to
+input_size / crop_pct, centre-cropped to the model's input size, scaled to [0, 1], normalised with
+the model's mean/std (the student's from student.json next to the checkpoint).
 """
 )
 @config_options(
     EvaluateConfig,
-    only=("student", "teacher", "teacher_weights", "data", "crop_pct", *run_options),
+    only=("student", "teacher", "teacher_weights", "data", "class_map", "crop_pct", *run_options),
     help={"teacher": "Also score this teacher (reference line)."},
 )
 @common_options

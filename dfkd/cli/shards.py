@@ -89,13 +89,15 @@ export leaves no OUT). The set's dataset card (README.md) is copied into OUT.
 
 \b
 imagefolder: OUT/<class id>/<sample id>.png (class ids zero-padded to the width of the largest id,
-  sample ids to 8 digits); lossless, readable by torchvision/timm ImageFolder readers.
+  sample ids to 8 digits); lossless. ImageFolder readers number folders 0..K-1, so the true ids are
+  in OUT/class_map.txt (line k: the folder of class k; timm's class_map=, dfkd's --class-map) and
+  OUT/classes.json (class_to_idx, class_names); docs/exports.md shows how to read them back.
 webdataset: OUT/train-NNNNNN.tar with at most --maxcount samples and about
   --shard-size bytes each; per sample <id>.png|jpg, <id>.cls, <id>.logits.npy (float16), <id>.json
   (sample_id, label, resolution); OUT/_info.json describes split "train" for timm
   (create_dataset("wds/NAME", root=OUT, split="train")); readers need pip install "dfkd[wds]".
-hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with the class names,
-  sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
+hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: the class id, a ClassLabel with the
+  class names; a name several classes share gets its id, "crane (134)"), sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
   datasets.load_from_disk(OUT)) or as OUT/data/train-00000-of-00001.parquet (--hf-format parquet:
   datasets.load_dataset("parquet", data_files=...) or load_dataset(OUT)).
 """,

@@ -57,7 +57,7 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
     progress = progress or Progress()
     stored = config.loss.distillation == "stored"
     teacher: Optional[Teacher] = None if stored else load_teacher(config.teacher, config.teacher_weights, device)
-    dataset, num_classes, resolution = open_data(config, teacher)
+    dataset, num_classes, resolution = open_data(config, teacher, progress)
     student = build_student(config, num_classes).to(device)
     size = student.patch_embed.img_size[0]
     mean, std = tuple(student.pretrained_cfg["mean"]), tuple(student.pretrained_cfg["std"])
@@ -110,7 +110,9 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
     )
 
 
-def open_data(config: DistillConfig, teacher: Optional[Teacher]) -> tuple[Dataset, int, Optional[int]]:
+def open_data(
+    config: DistillConfig, teacher: Optional[Teacher], progress: Optional[Progress] = None
+) -> tuple[Dataset, int, Optional[int]]:
     """The training images (shards or an image folder, subset as configured), their class count and the shards'
     resolution (None for an image folder)."""
     if config.shards is not None:
@@ -121,10 +123,27 @@ def open_data(config: DistillConfig, teacher: Optional[Teacher]) -> tuple[Datase
                 f"teacher {config.teacher} has {teacher.num_classes} classes but the shards in "
                 f"'{config.shards}' were made for {num_classes}; use the teacher they were made with"
             )
+        if teacher is not None:
+            check_shards_teacher(config, dataset.teacher, teacher, progress or Progress())
     else:
-        dataset = open_image_folder(config.images, teacher.num_classes)
+        dataset = open_image_folder(config.images, teacher.num_classes, class_map=config.class_map)
         num_classes, resolution = teacher.num_classes, None
     return subset(dataset, config.subset, config.subset_seed), num_classes, resolution
+
+
+def check_shards_teacher(config: DistillConfig, made_by: dict, teacher: Teacher, progress: Progress) -> None:
+    """Refuse a teacher whose weights (sha256) differ from those the shards were made with, unless
+    --allow-other-teacher says so on purpose (then one line notes it)."""
+    recorded = made_by.get("weights_sha256")
+    if recorded is None or recorded == teacher.weights_sha256:
+        return
+    difference = (
+        f"the shards in '{config.shards}' were made by {made_by.get('spec')} (weights sha256 {recorded[:12]}), "
+        f"not by {config.teacher} ({teacher.weights_sha256[:12]})"
+    )
+    if not config.allow_other_teacher:
+        raise UserError(f"{difference}; use the teacher they were made with, or pass --allow-other-teacher")
+    progress.message(f"note: {difference}; distilling with the other teacher as --allow-other-teacher asks")
 
 
 def build_student(config: DistillConfig, num_classes: int) -> nn.Module:

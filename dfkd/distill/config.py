@@ -98,14 +98,26 @@ class DistillConfig:
         None,
         flag=True,
         path="dir",
-        help="Real image folder (<dir>/<class>/<image>; integer folder names are class ids) instead of shards.",
+        help="Real image folder (<dir>/<class>/<image>; folders named by class id or ImageNet WNID) instead of shards.",
     )
     subset: float = setting(1.0, help="Seeded class-stratified fraction of the training images.", flag=True)
     subset_seed: int = setting(0, help="Seed of the subset.", flag=True)
     val_data: Optional[str] = setting(None, help="Real image folder for top-1 validation.", flag=True, path="dir")
     val_every: int = setting(1, help="Validate every N epochs (and after the last).", flag=True)
+    class_map: Optional[str] = setting(
+        None,
+        flag=True,
+        path="file",
+        help="Class id of each folder of --images / --val-data: JSON {folder: id}, 'folder id' lines, or one "
+        "folder per line (line k is class k).",
+    )
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()
+    allow_other_teacher: bool = setting(
+        False,
+        flag=True,
+        help="Distill shards with another teacher than the one that made them (sha256 of the weights differ).",
+    )
     student: str = setting(
         "dearkd_tiny_patch16_224",
         flag=True,

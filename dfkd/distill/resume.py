@@ -19,7 +19,7 @@ from synth.distributed import Ranks
 from synth.errors import UserError
 
 # settings a run may be resumed with changed: they do not change what is trained (threads: up to float rounding)
-RESUME_FREE = ("resume", "workers", "threads", "device", "val_data", "val_every")
+RESUME_FREE = ("resume", "workers", "threads", "device", "val_data", "val_every", "allow_other_teacher")
 
 
 def check_resume(saved: dict, config: DistillConfig) -> None:

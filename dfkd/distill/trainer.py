@@ -118,7 +118,7 @@ def _val_loader(config: DistillConfig, run: Run, ranks: Ranks) -> Optional[DataL
     if not config.val_data:
         return None
     cfg = run.student.pretrained_cfg
-    val_set = open_image_folder(config.val_data, run.num_classes)
+    val_set = open_image_folder(config.val_data, run.num_classes, class_map=config.class_map)
     set_transform(val_set, eval_transform(run.size, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
     return make_loader(
         val_set,

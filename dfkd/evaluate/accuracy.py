@@ -72,8 +72,11 @@ def teacher_classifier(teacher: Teacher) -> Classifier:
     return Classifier(teacher.model, teacher.num_classes, teacher.input_size, teacher.mean, teacher.std)
 
 
-def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0) -> LabelledFolder:
-    """The labelled folder: shorter side resized to input_size / crop_pct, centre crop, [0, 1], normalised."""
+def image_folder(
+    data: str | Path, classifier: Classifier, crop_pct: float = 1.0, class_map: Optional[str] = None
+) -> LabelledFolder:
+    """The labelled folder (class ids as `dfkd.data.image_folder` maps them): shorter side resized to
+    input_size / crop_pct, centre crop, [0, 1], normalised."""
     transform = transforms.Compose(
         [
             transforms.Resize(int(round(classifier.input_size / crop_pct))),
@@ -82,7 +85,7 @@ def image_folder(data: str | Path, classifier: Classifier, crop_pct: float = 1.0
             transforms.Normalize(classifier.mean, classifier.std),
         ]
     )
-    return open_image_folder(data, classifier.num_classes, transform)
+    return open_image_folder(data, classifier.num_classes, transform, class_map)
 
 
 def measure_accuracy(
@@ -94,7 +97,7 @@ def measure_accuracy(
     """Top-1 and top-5 (top-k, k = min(5, classes)) of `classifier` on the image folder `data` (device, batch size,
     workers and crop from `settings`)."""
     settings = settings or EvaluateConfig()
-    dataset = image_folder(data, classifier, settings.crop_pct)
+    dataset = image_folder(data, classifier, settings.crop_pct, settings.class_map)
     return {**_topk(classifier, dataset, settings, progress), "classes": len(dataset.classes)}
 
 

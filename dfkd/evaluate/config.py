@@ -36,7 +36,18 @@ class EvaluateConfig:
     student: Optional[str] = setting(
         None, help="Student state_dict (student.pth + student.json).", flag=True, path="file"
     )
-    data: Optional[str] = setting(None, help="Labelled image folder (ImageFolder layout).", flag=True, path="dir")
+    data: Optional[str] = setting(
+        None,
+        help="Labelled image folder DATA/<class>/<image>; folders named by class id (0, 0042) or ImageNet WNID.",
+        flag=True,
+        path="dir",
+    )
+    class_map: Optional[str] = setting(
+        None,
+        help="Class id of each folder of --data: JSON {folder: id}, 'folder id' lines, or one folder per line.",
+        flag=True,
+        path="file",
+    )
     crop_pct: float = setting(1.0, help="Centre-crop fraction (0.875: the ImageNet protocol).", flag=True)
     per_class_grid: int = setting(8, help="Images per class in the grid.", flag=True)
 

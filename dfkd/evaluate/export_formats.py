@@ -7,6 +7,7 @@ import io
 import json
 import shutil
 import tarfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -37,15 +38,36 @@ def encode_image(array: np.ndarray, image_format: str, quality: int) -> bytes:
     return buffer.getvalue()
 
 
+CLASS_MAP = "class_map.txt"
+CLASSES = "classes.json"
+
+
 def _imagefolder(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
-    """Every image as lossless PNG in <class id, zero-padded>/<sample id, 8 digits>.png."""
+    """Every image as lossless PNG in <class id, zero-padded>/<sample id, 8 digits>.png, and the class mapping
+    beside the folders (`write_class_mapping`)."""
     for c in np.unique(dataset.labels).tolist():
         (tmp / class_folder(c, dataset.num_classes)).mkdir()
     for sample in iter_samples(dataset, with_logits=False):
         path = tmp / class_folder(sample.label, dataset.num_classes) / f"{sample.sample_id:08d}.png"
         path.write_bytes(encode_image(sample.image, "png", config.quality))
         progress.advance(1, {})
-    return {}
+    write_class_mapping(dataset, tmp)
+    return {"class_map": CLASS_MAP}
+
+
+def write_class_mapping(dataset: ShardDataset, tmp: Path) -> None:
+    """What a folder reader needs for the true class ids (torchvision's ImageFolder numbers the folders 0..K-1):
+    `class_map.txt`, line k the folder of class k for every class of the teacher (timm's `class_map` format,
+    also read by `dfkd ... --class-map`), and `classes.json` (folder -> class id for the folders written, and
+    the class names)."""
+    folders = [class_folder(c, dataset.num_classes) for c in range(dataset.num_classes)]
+    (tmp / CLASS_MAP).write_text("".join(f"{name}\n" for name in folders))
+    classes = {
+        "num_classes": dataset.num_classes,
+        "class_to_idx": {folders[c]: c for c in np.unique(dataset.labels).tolist()},
+        "class_names": dataset.class_names,
+    }
+    (tmp / CLASSES).write_text(json.dumps(classes, indent=1) + "\n")
 
 
 # WebDataset --------------------------------------------------------------------------------------------------------
@@ -200,11 +222,18 @@ def _hf_generator(paths: list[str], with_logits: bool):
         dataset.close()
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Class names as a `ClassLabel` takes them (each once): a name that several classes share gets its class id,
+    "crane (134)" and "crane (517)" (ImageNet's bird and machine); the others are unchanged."""
+    counts = Counter(names)
+    return [f"{name} ({c})" if counts[name] > 1 else name for c, name in enumerate(names)]
+
+
 def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
     """A `datasets.Dataset` built from a generator (Arrow files on disk, constant memory), saved with
     `save_to_disk` (arrow) or as `data/train-00000-of-00001.parquet` (parquet)."""
     datasets = _require("datasets", "hf")
-    names = dataset.class_names or [str(c) for c in range(dataset.num_classes)]
+    names = unique_names(dataset.class_names or [str(c) for c in range(dataset.num_classes)])
     with_logits = has_logits(dataset)
     columns = {
         "image": datasets.Image(),
