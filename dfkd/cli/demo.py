@@ -23,7 +23,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
     default="dfkd-demo",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for the teacher, shards, student, grid.",
+    help="Folder for the teacher, shards, student, grid and the results page results.md.",
 )
 @click.option("--fast", is_flag=True, help="Toy scale (the shipped recipe digits_fast), for tests and a first look.")
 @click.option("--threads", type=int, default=0, help="CPU threads. [default: the idle cores]")
@@ -50,7 +50,9 @@ def demo_command(
         lpips_backbone,
         lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img", postfix=_postfix),
     )
-    reporter.result(result, results_table(result) + [f"image grid: {result['grid']}"])
+    reporter.result(
+        result, results_table(result) + [f"image grid: {result['grid']}", f"results page: {result['results_page']}"]
+    )
 
 
 def _postfix(info: dict) -> dict:

@@ -20,6 +20,7 @@ from dfkd.evaluate import draw_class_grid, load_student, measure_accuracy, teach
 from dfkd.evaluate.accuracy import measure_shard_accuracy
 from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
+from dfkd.evaluate.results_page import write_results_page
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.runtime import Progress
@@ -81,7 +82,7 @@ def run_demo(
     lpips_backbone: Optional[str] = None,
     progress_for: Callable[[str], Progress] = lambda step: Progress(),
 ) -> dict[str, Any]:
-    """Run every step (reusing finished ones) and return the results table as a dict."""
+    """Run every step (reusing finished ones), write the results page results.md and return the results as a dict."""
     recipe = str(recipe or default_recipe(fast))
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -90,7 +91,7 @@ def run_demo(
     synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, digits, common, progress_for))
     distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, digits, common, progress_for))
     evaluation = _timed(seconds, "evaluate", lambda: _evaluate(out, digits, distillation, lpips_backbone))
-    return {
+    result = {
         "teacher_accuracy": evaluation["teacher"]["top1"],
         "student_accuracy": evaluation["student"]["top1"],
         "student_synthetic_accuracy": evaluation["student_synthetic"]["top1"],
@@ -106,6 +107,10 @@ def run_demo(
         "out": str(out),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+    page = write_results_page(
+        result, results_table(result), out, out / "shards", digits.real_test, distillation["curves"]
+    )
+    return {**result, "results_page": str(page)}
 
 
 def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:
