@@ -1,7 +1,8 @@
 """The dataset card (README.md) of a synthesized directory, in the Hugging Face dataset-card layout.
 
 Written next to manifest.json at the end of every synthesis run; its content depends only on the set (manifest
-without timestamps, shard labels and logits), so a finished rerun leaves the file untouched. Exports copy it.
+without timestamps, shard labels and logits), so a finished rerun leaves the file untouched. It shows the set's
+preview.png (synth.pictures, written beside it) by a relative link. Exports copy both.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from synth import shards as shard_io
 from synth.manifest import read_manifest
+from synth.pictures import PREVIEW, PREVIEW_CLASSES, PREVIEW_PER_CLASS
 
 CARD = "README.md"
 MARKER = "<!-- dataset card written by dfkd from manifest.json and the shards; it is rewritten when they change -->"
@@ -79,6 +81,7 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     name = root.resolve().name
     lines = (
         _header(name, spec, stats)
+        + _preview()
         + _teacher_and_config(spec, teacher, config, stats)
         + _counts(root, manifest, stats)
         + _fidelity_and_diversity(manifest, stats)
@@ -122,6 +125,21 @@ def _header(name: str, spec: str, stats: dict[str, Any]) -> list[str]:
         "students from the teacher (data-free knowledge distillation).",
         "",
     ]
+
+
+def _preview() -> list[str]:
+    """The preview grid, by a relative link (Hugging Face and Markdown viewers show it)."""
+    return [
+        "## Preview",
+        "",
+        f"![{PREVIEW_PER_CLASS} images of each of up to {PREVIEW_CLASSES} classes, one row per class]({PREVIEW})",
+        "",
+    ]
+
+
+def without_preview(text: str) -> str:
+    """A card's text without its preview section (for a copy that does not carry preview.png)."""
+    return text.replace("\n".join(_preview()) + "\n", "")
 
 
 def _teacher_and_config(spec: str, teacher: dict, config: dict, stats: dict[str, Any]) -> list[str]:

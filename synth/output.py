@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from synth import card
+from synth import card, pictures
 from synth import shards as shard_io
 from synth.errors import UserError
 from synth.manifest import read_manifest, write_manifest
@@ -58,10 +58,13 @@ def prepare_output(
 
 
 def index_shards(out: Path, shards: list[dict], num_shards: int, message: Callable[[str], None] = print) -> None:
-    """List every finished shard in the manifest (rank 0, at the end of a run) and write the dataset card."""
+    """List every finished shard in the manifest (rank 0, at the end of a run) and write the dataset card with its
+    preview.png, and synthesis.png from the unit log (each only when its content changes)."""
     manifest = read_manifest(out) or {}
     updated = dict(manifest, shards=shards, images=sum(s["count"] for s in shards), complete=len(shards) == num_shards)
     _write_manifest_if_changed(out, manifest, updated)
+    pictures.write_preview(out, message)
+    pictures.write_synthesis_plot(out, message)
     card.write_card(out, updated, message)
 
 
@@ -160,10 +163,17 @@ def _write_manifest_if_changed(out: Path, old: dict, new: dict) -> None:
 
 
 def _only_dfkd_files(out: Path) -> bool:
-    """True when a directory holds nothing but what dfkd synthesize writes (logs, its temporary files)."""
+    """True when a directory holds nothing but what dfkd synthesize writes (logs, its temporary files, its
+    dataset card and pictures)."""
     for entry in out.iterdir():
         if entry.name == "logs" and entry.is_dir():
             if not all(LOG_PATTERN.fullmatch(log.name) for log in entry.iterdir()):
+                return False
+        elif entry.name == card.CARD and entry.is_file():
+            if card.MARKER not in entry.read_text(errors="replace"):
+                return False
+        elif entry.name in pictures.PICTURES and entry.is_file():
+            if not pictures.is_dfkd_png(entry):
                 return False
         elif not shard_io.TMP_PATTERN.match(entry.name):
             return False

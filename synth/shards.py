@@ -24,7 +24,8 @@ FORMAT = "dfkd-shard"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.h5$")
-TMP_PATTERN = re.compile(r"^(shard-\d{6}\.h5|manifest\.json)\.tmp$")  # the only temporary files dfkd deletes
+# the only temporary files dfkd deletes
+TMP_PATTERN = re.compile(r"^(shard-\d{6}\.h5|manifest\.json|preview\.png|synthesis\.png)\.tmp$")
 COMPRESSIONS = ("none", "lzf", "gzip")
 MAX_SHARDS = 1_000_000  # shard names have six digits
 

@@ -1,9 +1,11 @@
 """`dfkd train-teacher` and `dfkd demo --fast`: the whole pipeline on real digits."""
 
 import json
+import re
 
 import torch
 from click.testing import CliRunner
+from PIL import Image
 
 from dfkd.cli import main
 from dfkd.digits.data import load_digits_split
@@ -62,5 +64,13 @@ def test_fast_demo_end_to_end(tmp_path):
     assert summary["student_synthetic_accuracy"] > 0.5, summary
     assert 0.0 <= summary["student_accuracy"] <= 1.0 and summary["test_images"] == 397
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "student" / "student.pth").is_file()
-    again = CliRunner().invoke(main, ["demo", "--fast", "--out", str(tmp_path), "--threads", "1", "--json"])
-    assert again.exit_code == 0 and json.loads(again.stdout)["student_accuracy"] == summary["student_accuracy"]
+    page = tmp_path / "results.md"
+    assert summary["results_page"] == str(page) and f"{summary['student_accuracy']:.4f}" in page.read_text()
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", page.read_text())
+    assert {"accuracy.png", "grid.png", "real-grid.png", "student/curves.png"} <= set(links)
+    for link in links:  # every picture the page shows is there
+        with Image.open(tmp_path / link) as image:
+            image.verify()
+    again = CliRunner().invoke(main, ["demo", "--fast", "--out", str(tmp_path), "--threads", "1"])
+    assert again.exit_code == 0 and f"{summary['student_accuracy']:.4f}" in again.stdout
+    assert again.stdout.strip().splitlines()[-1] == f"results page: {page}"

@@ -39,7 +39,7 @@ CLI_ARGS = [
     "--warmup-epochs",
     "0.5",
 ]
-RANK0_FILES = {"checkpoint.pt", "metrics.jsonl", "student.pth", "student.json"}
+RANK0_FILES = {"checkpoint.pt", "metrics.jsonl", "curves.png", "student.pth", "student.json"}
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo; tested on Linux")
 

@@ -16,7 +16,7 @@ from dfkd.cli.shards import export_command as export
 from dfkd.cli.shards import inspect_command
 from dfkd.distill.data import open_shards
 from dfkd.evaluate.export import export_shards
-from synth.card import CARD, MARKER, render, write_card
+from synth.card import CARD, MARKER, render, without_preview, write_card
 from synth.errors import UserError
 from synth.shard_writer import write_shard
 from synth.shards import ShardDataset
@@ -155,7 +155,7 @@ def test_imagefolder_is_read_by_timm(source, tmp_path: Path) -> None:
     )
     batches = list(loader)
     assert sum(len(x) for x, _ in batches) == 9 and batches[0][0].shape[1:] == (3, 8, 8)
-    assert (out / CARD).read_text() == render(shards)
+    assert (out / CARD).read_text() == without_preview(render(shards)) and not (out / "preview.png").exists()
 
 
 def test_webdataset_round_trip_and_timm(source, tmp_path: Path) -> None:

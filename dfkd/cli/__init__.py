@@ -50,10 +50,10 @@ def main() -> None:
     dfkd synthesize   teacher -> labelled synthetic images in HDF5 shards
     dfkd distill      shards (or real images) -> DearKD student
     dfkd evaluate     accuracy, teacher fidelity, LPIPS diversity
-    dfkd inspect      counts per class, teacher, config, format, verify; --grid PNG
+    dfkd inspect      shards: counts per class, teacher, config, verify; --grid PNG. A run: curves.png
     dfkd export       shards -> PNG class folders (ImageFolder layout)
     dfkd train-teacher  a small BN CNN teacher on real digits
-    dfkd demo         all of it end to end on real digits, with a results table
+    dfkd demo         all of it end to end on real digits, with a results page (results.md)
     """
     install_warning_filters()
 

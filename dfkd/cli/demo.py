@@ -27,7 +27,7 @@ A rerun reuses the finished steps (teacher file, verified shards, distillation c
     default="dfkd-demo",
     show_default=True,
     type=click.Path(file_okay=False),
-    help="Folder for the teacher, shards, student, grid.",
+    help="Folder for the teacher, shards, student, grid and the results page results.md.",
 )
 @click.option(
     "--dataset",
@@ -83,7 +83,9 @@ def demo_command(
         dataset,
         data_dir,
     )
-    reporter.result(result, results_table(result) + [f"image grid: {result['grid']}"])
+    reporter.result(
+        result, results_table(result) + [f"image grid: {result['grid']}", f"results page: {result['results_page']}"]
+    )
 
 
 def _postfix(info: dict) -> dict:

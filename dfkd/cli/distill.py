@@ -29,7 +29,8 @@ Function matching (--distillation function_matching; the data-free recipes' defa
 Mixup/CutMix-ed and both heads learn tau^2 * KL(teacher || student) on exactly that mixed view, so the
 teacher labels every image the student sees and the labels of the shards are not needed; it pays off
 over long schedules (the digits recipe: 80 epochs, no stage 2). Rerun with --resume to continue an
-interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
+interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl and
+curves.png (loss terms, lr, --val-data top-1 per epoch; `dfkd inspect out/` redraws it).
 
 \b
 Scale out with torchrun (DistributedDataParallel; --batch-size is per process, lr scales with the
@@ -78,6 +79,7 @@ def _lines(summary: dict) -> list[str]:
         f"trained {summary['model']} for {summary['epochs']} epochs ({summary['stage1_epochs']} with "
         f"{summary['distillation']} KD, {kd}) on {summary['images']} images in {summary['seconds']} s",
         f"student: {summary['student']} (+ {summary['student_json']})",
+        f"curves: {summary['curves']}",
     ]
     if summary["world_size"] > 1:
         lines.append(

@@ -15,6 +15,8 @@ from dfkd.config import build
 from dfkd.evaluate import export_shards, inspect_shards
 from dfkd.evaluate.config import EvaluateConfig, ExportConfig
 from dfkd.evaluate.export_formats import FORMATS
+from dfkd.evaluate.inspect import inspect_run, is_run_dir
+from synth.errors import UserError
 
 
 @click.command(
@@ -24,6 +26,7 @@ from dfkd.evaluate.export_formats import FORMATS
 Examples:
   dfkd inspect shards/
   dfkd inspect shards/ --grid grid.png --per-class-grid 4 --grid-classes 0-9
+  dfkd inspect runs/nano/        # a distillation run: its epochs, results, curves.png redrawn
 
 The grid has one row per class (its first k images; black cells when it has fewer), the class
 name or id in a 128-px label column: (128 + k*(R+2) + 2) x (classes*(R+2) + 2) px for R-px images.
@@ -43,8 +46,11 @@ def inspect_command(
     grid_classes: Optional[str],
     **options,
 ) -> None:
-    """Describe a shard directory: counts per class, resolution, teacher, config, format, verify result."""
+    """Describe a shard directory (counts per class, resolution, teacher, config, format, verify result) or a
+    distillation run folder (redraws its curves.png from metrics.jsonl)."""
     reporter = Reporter(json_mode, quiet)
+    if is_run_dir(shards):
+        return _inspect_run(reporter, shards, grid)
     cfg = settings(config_path, options)
     result = inspect_shards(shards, grid, cfg.per_class_grid, grid_classes)
     counts = list(result["per_class"].values())
@@ -72,6 +78,21 @@ def inspect_command(
     reporter.result(result, lines)
     if not check["ok"]:  # the report is printed; the exit status says it failed
         sys.exit(2)
+
+
+def _inspect_run(reporter: Reporter, run_dir: str, grid: Optional[str]) -> None:
+    """Report a distillation run folder and redraw its curves."""
+    if grid:
+        raise UserError(f"'{run_dir}' is a distillation run (metrics.jsonl, no shards); --grid draws shard sets")
+    result = inspect_run(run_dir, reporter.message)
+    stage2 = f", stage 2 from epoch {result['stage2_from']}" if result["stage2_from"] else ""
+    lines = [f"{result['path']}: distillation run, {result['epochs']} epochs{stage2}"]
+    if result["final_loss"] is not None:
+        lines.append(f"final training loss: {result['final_loss']:.4f}")
+    if result["val_top1"] is not None:
+        lines.append(f"validation top-1: {result['val_top1']:.4f}")
+    lines += [f"student: {result['student'] or 'not yet written'}", f"curves: {result['curves']}"]
+    reporter.result(result, lines)
 
 
 @click.command(

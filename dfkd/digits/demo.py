@@ -22,6 +22,7 @@ from dfkd.evaluate import draw_class_grid, load_student, measure_accuracy, teach
 from dfkd.evaluate.accuracy import measure_shard_accuracy
 from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
+from dfkd.evaluate.results_page import write_results_page
 from synth.config import SynthesisConfig
 from synth.engine import synthesize
 from synth.runtime import Progress
@@ -92,8 +93,8 @@ def run_demo(
     dataset: str = "digits",
     data_dir: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Run every step (reusing finished ones) and return the results table as a dict. `dataset` picks the default
-    recipe; a given `recipe` names its own dataset."""
+    """Run every step (reusing finished ones), write the results page results.md and return the results as a dict.
+    `dataset` picks the default recipe; a given `recipe` names its own dataset."""
     recipe = str(recipe or default_recipe(fast, dataset))
     out = Path(out)
     seconds: dict[str, float] = {}
@@ -104,7 +105,7 @@ def run_demo(
     synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, setup, common, progress_for))
     distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, setup, common, progress_for))
     evaluation = _timed(seconds, "evaluate", lambda: _evaluate(out, setup, distillation, lpips_backbone))
-    return {
+    result = {
         "dataset": setup.dataset,
         "teacher_accuracy": evaluation["teacher"]["top1"],
         "student_accuracy": evaluation["student"]["top1"],
@@ -121,6 +122,10 @@ def run_demo(
         "out": str(out),
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
+    page = write_results_page(
+        result, results_table(result), out, out / "shards", setup.real_test, distillation["curves"]
+    )
+    return {**result, "results_page": str(page)}
 
 
 def _timed(seconds: dict[str, float], step: str, run: Callable[[], T]) -> T:

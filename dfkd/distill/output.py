@@ -1,15 +1,16 @@
-"""The files of a distillation run: checkpoint.pt, metrics.jsonl, student.pth and student.json."""
+"""The files of a distillation run: checkpoint.pt, metrics.jsonl, curves.png, student.pth and student.json."""
 
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
+from dfkd.evaluate.plots import CURVES, CurvesDuringRun
 from synth.errors import UserError
 
 CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
@@ -19,12 +20,14 @@ CHECKPOINT_VERSION = 1
 class Output:
     """Every file a run writes; only the main process (rank 0 under DDP) writes."""
 
-    def __init__(self, root: str | Path, main: bool = True):
+    def __init__(self, root: str | Path, main: bool = True, message: Optional[Callable[[str], None]] = None):
         self.root, self.main = Path(root), main
+        self._curves = CurvesDuringRun(self.root, message)
         self.checkpoint = self.root / "checkpoint.pt"
         self.metrics = self.root / "metrics.jsonl"
         self.student = self.root / "student.pth"
         self.student_json = self.root / "student.json"
+        self.curves_png = self.root / CURVES
 
     def prepare(self, resume: bool) -> Optional[dict]:
         """The checkpoint to resume from (None: a fresh run); refuses to start over an existing one."""
@@ -76,6 +79,11 @@ class Output:
         if self.main:
             with open(self.metrics, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def draw_curves(self, final: bool = False) -> None:
+        """Redraw curves.png from metrics.jsonl (during the run only when the last draw is not too recent)."""
+        if self.main:
+            self._curves.draw(final)
 
     def export_student(self, student: nn.Module, info: dict) -> None:
         """student.pth (a plain state_dict, loadable with timm.create_model(checkpoint_path=...)) and student.json."""

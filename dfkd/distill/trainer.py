@@ -66,6 +66,8 @@ def train_student(
                 val_top1 = record["val_top1"] = measure_top1(run.student, val_loader, run.prep, ranks)
             output.save_checkpoint(checkpoint(config, run, epoch + 1, stage, updates, record, ranks))
             output.log(record)
+            if (epoch + 1) % config.val_every == 0 and epoch + 1 < config.epochs:
+                output.draw_curves()
             if on_epoch is not None:
                 on_epoch(record)
     finally:
@@ -73,6 +75,7 @@ def train_student(
     model = None
     hashes = _same_weights(run.student, ranks)
     output.export_student(run.student, _student_info(config, run))
+    output.draw_curves(final=True)
     return _summary(config, out, output, run, record, val_top1, hashes, ranks.world_size, started)
 
 
@@ -83,7 +86,7 @@ def _open(
     config.validate()
     threads = use_threads(config.threads, ranks.local_world_size)
     device = ranks.local_device(resolve_device(config.device))
-    output = Output(out, main=ranks.rank == 0)
+    output = Output(out, main=ranks.rank == 0, message=progress.message)
     saved = output.prepare(config.resume)
     if saved is not None:
         check_resume(saved["config"], config)
@@ -202,6 +205,7 @@ def _summary(
         "student_json": str(output.student_json),
         "checkpoint": str(output.checkpoint),
         "metrics": str(output.metrics),
+        "curves": str(output.curves_png),
         "model": config.student,
         "num_classes": run.num_classes,
         "images": len(run.dataset),

@@ -4,7 +4,8 @@ or a Hugging Face `datasets` dataset.
 Every export streams the shards block by block (constant memory), writes into a private temporary folder next to
 OUT (`.OUT.partial-XXXX`, created here, so nothing else is ever deleted) and renames it to OUT when complete: a
 failed or interrupted export leaves no OUT. The source is verified against its digests first. The dataset card
-(README.md) of the source is copied into the export (rendered from the shards when the source has none).
+(README.md) of the source and its preview.png are copied into the export (drawn from the shards when the source has
+none); an image folder gets the card without the preview, which ImageFolder readers would count as an image.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 from dfkd.evaluate.config import ExportConfig
 from dfkd.evaluate.export_formats import CHECKS, FORMATS, WRITERS
 from dfkd.evaluate.export_source import verified_source
-from synth import card
+from synth import card, pictures
 from synth.errors import UserError
 from synth.runtime import Progress
 
@@ -52,13 +53,20 @@ def atomic_output(out: str | Path) -> Iterator[Path]:
         raise
 
 
-def copy_card(shards: str | Path, tmp: Path) -> None:
-    """The source's dataset card into the export (rendered from the shards when the source has none)."""
+def copy_card(shards: str | Path, tmp: Path, with_preview: bool = True) -> None:
+    """The source's dataset card and its preview.png into the export (each drawn from the shards when the source
+    has none). Without the preview (an image folder, where ImageFolder readers would take it for an image of the
+    set) the card's preview section is left out."""
     source = Path(shards) / card.CARD
-    if source.is_file():
-        shutil.copyfile(source, tmp / card.CARD)
+    text = source.read_text() if source.is_file() else card.render(shards)
+    (tmp / card.CARD).write_text(text if with_preview else card.without_preview(text))
+    if not with_preview:
+        return
+    preview = Path(shards) / pictures.PREVIEW
+    if preview.is_file():
+        shutil.copyfile(preview, tmp / pictures.PREVIEW)
     else:
-        (tmp / card.CARD).write_text(card.render(shards))
+        (tmp / pictures.PREVIEW).write_bytes(pictures.png_bytes(pictures.draw_preview(shards)))
 
 
 def export_shards(
@@ -87,7 +95,7 @@ def export_shards(
                 result = writer(dataset, tmp, progress, config)
             finally:
                 progress.close()
-            copy_card(shards, tmp)
+            copy_card(shards, tmp, with_preview=fmt != "imagefolder")
     finally:
         dataset.close()
     classes = np.unique(dataset.labels).tolist()

@@ -1,4 +1,5 @@
-"""Image grids of synthesized shards: one row per class, its first k images, the class name or id as a label."""
+"""Image grids, one row per class with its class name or id as a label: of synthesized shards (drawn by
+synth.pictures, which the dataset card's preview uses too) and of real labelled image folders."""
 
 from __future__ import annotations
 
@@ -6,39 +7,34 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-import torch
-from PIL import Image, ImageDraw, ImageFont
-from torchvision.utils import make_grid
+from PIL import Image
 
-from synth.shards import ShardDataset
+from dfkd.data.image_folder import open_image_folder
+from synth.pictures import class_label, draw_class_grid, grid_image
 
-PADDING = 2
-LABEL_WIDTH = 128
+__all__ = ["draw_class_grid", "draw_folder_grid"]
 
 
-def draw_class_grid(
-    shards: str | Path | Sequence[str | Path], per_class: int = 8, classes: Optional[Sequence[int]] = None
+def draw_folder_grid(
+    folder: str | Path,
+    classes: Sequence[int],
+    per_class: int,
+    size: int,
+    num_classes: int,
+    names: Optional[Sequence[str]] = None,
 ) -> Image.Image:
-    """Grid of the first k images per class: (128 + k*(R+2) + 2) x (rows*(R+2) + 2) px for R-px images."""
-    dataset = ShardDataset(shards)
-    classes = np.unique(dataset.labels).tolist() if classes is None else list(classes)
-    size = dataset.resolution
-    cells = []
+    """The first k images of each class of a real image folder (`<root>/<class id>/<image>`), drawn at size x size
+    px in the layout of `draw_class_grid`, so the two grids compare row by row."""
+    dataset = open_image_folder(folder, num_classes)
+    targets = np.asarray(dataset.targets)
+    rows = []
     for c in classes:
-        members = np.flatnonzero(dataset.labels == c)[:per_class]
-        cells += [dataset[int(i)][0] for i in members]
-        cells += [torch.zeros(3, size, size, dtype=torch.uint8)] * (per_class - len(members))
-    dataset.close()
-    grid = make_grid(torch.stack(cells), nrow=per_class, padding=PADDING)
-    canvas = Image.new("RGB", (LABEL_WIDTH + grid.shape[2], grid.shape[1]))
-    canvas.paste(Image.fromarray(grid.permute(1, 2, 0).numpy()), (LABEL_WIDTH, 0))
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for row, c in enumerate(classes):
-        name = dataset.class_names[c] if dataset.class_names else None
-        text = f"{c} {name}" if name and name != str(c) else str(c)
-        while len(text) > 1 and draw.textlength(text, font=font) > LABEL_WIDTH - 2 * PADDING:
-            text = text[:-1]
-        top = PADDING + row * (size + PADDING)
-        height = draw.textbbox((0, 0), text, font=font)[3]
-        draw.text((PADDING, top + max(0, (size - height) // 2)), text, fill="white", font=font)
-    return canvas
+        paths = [dataset.samples[int(i)][0] for i in np.flatnonzero(targets == c)[:per_class]]
+        rows.append((class_label(c, names), [_rgb(path) for path in paths]))
+    return grid_image(rows, per_class, size)
+
+
+def _rgb(path: str) -> np.ndarray:
+    """An image file as HWC uint8 RGB."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))

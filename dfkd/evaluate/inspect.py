@@ -1,13 +1,15 @@
-"""Inspect a shard directory: counts per class, resolution, teacher, config, format version, verify result."""
+"""Inspect a shard directory (counts per class, resolution, teacher, config, format version, verify result) or a
+distillation run folder (its epochs and results; curves.png redrawn from metrics.jsonl)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
 from dfkd.evaluate.grid import draw_class_grid
+from dfkd.evaluate.plots import METRICS, read_metrics, write_curves
 from synth.card import CARD
 from synth.errors import UserError
 from synth.manifest import read_manifest
@@ -57,3 +59,25 @@ def inspect_shards(
         image.save(grid)
         result["grid"] = {"path": str(grid), "width": image.width, "height": image.height}
     return result
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True for a distillation run folder: metrics.jsonl and no shards."""
+    return (Path(path) / METRICS).is_file() and not list_shards(path)
+
+
+def inspect_run(run_dir: str | Path, message: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
+    """Describe a distillation run from its metrics.jsonl and redraw its curves.png."""
+    records = read_metrics(run_dir)
+    if not records:
+        raise UserError(f"'{Path(run_dir) / METRICS}' records no epoch yet")
+    validated = [r for r in records if r.get("val_top1") is not None]
+    return {
+        "path": str(run_dir),
+        "epochs": records[-1]["epoch"],
+        "stage2_from": next((r["epoch"] for r in records if r.get("stage") == 2), None),
+        "final_loss": records[-1].get("loss"),
+        "val_top1": validated[-1]["val_top1"] if validated else None,
+        "student": str(Path(run_dir) / "student.pth") if (Path(run_dir) / "student.pth").is_file() else None,
+        "curves": str(write_curves(run_dir, message)),
+    }
