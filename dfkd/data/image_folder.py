@@ -21,12 +21,15 @@ class LabelledFolder(ImageFolder):
         return classes, mapping
 
 
-def open_image_folder(root: Union[str, Path], num_classes: int, transform: Optional[Callable] = None) -> LabelledFolder:
-    """A real image folder whose class ids must lie below `num_classes` (the model's class count)."""
+def open_image_folder(
+    root: Union[str, Path], num_classes: int, transform: Optional[Callable] = None, loader: Optional[Callable] = None
+) -> LabelledFolder:
+    """A real image folder whose class ids must lie below `num_classes` (the model's class count); `loader` reads
+    one image file (default: torchvision's, a PIL image)."""
     if not Path(root).is_dir():
         raise UserError(f"image folder '{root}' does not exist")
     try:
-        dataset = LabelledFolder(str(root), transform=transform)
+        dataset = LabelledFolder(str(root), transform=transform, **({"loader": loader} if loader else {}))
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"image folder '{root}': {first_line(exc)} (expected <root>/<class>/<image>)") from None
     top = max(dataset.class_to_idx.values())
