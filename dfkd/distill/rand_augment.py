@@ -80,7 +80,7 @@ def _truncate(x: torch.Tensor) -> torch.Tensor:
 def _lookup(x: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """Per-sample (and per-channel) lookup tables, as PIL's Image.point: `table` (k, 1 or 3, 256) of 0-255 values."""
     k, c = x.shape[:2]
-    table = _truncate(table.float()).expand(k, c, 256).reshape(k * c, 256)
+    table = _truncate(table if table.is_floating_point() else table.float()).expand(k, c, 256).reshape(k * c, 256)
     return table.gather(1, x.reshape(k * c, -1).long()).view_as(x)
 
 
@@ -123,11 +123,13 @@ def _sharpness(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
 
 
 def _autocontrast(x: torch.Tensor) -> torch.Tensor:
-    """PIL's autocontrast: each channel stretched from its min-max to 0-255 (a flat channel stays)."""
-    low, high = x.amin(dim=(2, 3)).float().unsqueeze(-1), x.amax(dim=(2, 3)).float().unsqueeze(-1)
+    """PIL's autocontrast: each channel stretched from its min-max to 0-255 (a flat channel stays); the table
+    computed as PIL does, int(level * scale + offset) in double precision."""
+    low, high = x.amin(dim=(2, 3)).double().unsqueeze(-1), x.amax(dim=(2, 3)).double().unsqueeze(-1)
     flat = high <= low
-    scale = torch.where(flat, 1.0, 255 / (high - low).clamp(min=1))
-    return _lookup(x, (_levels(x) - torch.where(flat, 0.0, low)) * scale)
+    scale = torch.where(flat, 1.0, torch.full_like(low, 255.0).div((high - low).clamp(min=1)))  # not 255 * 1/x
+    offset = torch.where(flat, 0.0, -low * scale)
+    return _lookup(x, _levels(x).double() * scale + offset)
 
 
 def _equalize(x: torch.Tensor) -> torch.Tensor:
