@@ -13,7 +13,7 @@ from kornia.augmentation.random_generator import ResizedCropGenerator
 from kornia.color import rgb_to_grayscale
 
 from dfkd.distill.config import AugmentConfig
-from dfkd.distill.rand_augment import BatchRandAugment
+from dfkd.distill.rand_augment import BatchRandAugment, put, take
 
 RATIO = (3 / 4, 4 / 3)  # the crop's width/height range (timm's and torchvision's default)
 
@@ -49,14 +49,14 @@ class BatchAugment:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """The augmented batch (uint8, a new tensor)."""
         x = self.resized_crop(images)
-        flip = torch.nonzero(torch.rand(len(x)) < self.hflip).squeeze(1).to(x.device)
-        x.index_copy_(0, flip, x.index_select(0, flip).flip(-1))
+        flip = torch.nonzero(torch.rand(len(x)) < self.hflip).squeeze(1).tolist()
+        put(x, flip, take(x, flip).flip(-1))
         if self.rand_augment is not None:
             x = self.rand_augment(x)
         if self.jitter is not None:
             x = to_uint8(self.jitter(x.float() / 255) * 255)
-        gray = torch.nonzero(torch.rand(len(x)) < self.grayscale).squeeze(1).to(x.device)
-        x.index_copy_(0, gray, to_uint8(rgb_to_grayscale(x.index_select(0, gray).float())).expand(-1, 3, -1, -1))
+        gray = torch.nonzero(torch.rand(len(x)) < self.grayscale).squeeze(1).tolist()
+        put(x, gray, to_uint8(rgb_to_grayscale(take(x, gray).float())).expand(-1, 3, -1, -1))
         return x
 
     def resized_crop(self, images: torch.Tensor) -> torch.Tensor:
