@@ -142,16 +142,16 @@ def test_level_args_are_timms(name):
         ("Contrast", 0.4, 0),
         ("Color", 1.7, 1),
         ("Sharpness", 1.8, 1),
-        ("Rotate", 20.0, 6),
-        ("ShearX", 0.25, 6),
-        ("ShearY", -0.25, 6),
+        ("Rotate", 20.0, 1.5),
+        ("ShearX", 0.25, 1.5),
+        ("ShearY", -0.25, 1.5),
         ("TranslateXRel", 0.25, 0),
         ("TranslateYRel", -0.25, 0),
     ],
 )
 def test_ops_match_pils(name, arg, tolerance):
-    """Point ops exactly, blends within 1, bilinear warps within a few levels on average (PIL's bicubic vs
-    bilinear, and PIL's fixed-point sampling)."""
+    """Point ops exactly, blends within 1, warps within 1.5 levels on average of PIL's bilinear ones (the border
+    pixels differ most)."""
     images = _images(2)
     augment = BatchRandAugment("rand-m9-inc1", MEAN)
     ours = augment.apply(name, images.clone(), torch.tensor([float(arg)] * 2), 32, 32)
