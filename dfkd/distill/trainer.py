@@ -3,7 +3,7 @@ without), resumable after any epoch (dfkd.distill.resume).
 
 Under torchrun (`ranks` from synth.distributed.init) every rank checks the settings, reads the checkpoint and builds
 the run; each trains on its DistributedSampler share inside one DDP wrapper (dfkd.distill.distiller) with its own
-RNG stream (augmentations, Mixup, drop path). Rank 0 alone writes files.
+RNG streams (augmentations and Mixup seeded per batch with the rank; drop path). Rank 0 alone writes files.
 """
 
 from __future__ import annotations
