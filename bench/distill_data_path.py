@@ -1,14 +1,17 @@
-"""Distillation throughput: shards through a DataLoader versus the same images held in memory (CPU).
+"""Distillation data path: DeiT's augmentation per image with PIL (timm's transforms, the path before kornia)
+versus batched on uint8 tensors (dfkd.distill.augment, the training path), CPU.
 
-Every row runs the same stage-1 training step (teacher forward, student forward/backward with hidden KD,
-AdamW) on the same images; only where the uint8 batches come from differs:
-  memory        a uint8 tensor already in RAM, sliced by a random permutation (no per-image work)
-  shards        ShardDataset -> PIL -> resize -> uint8 tensor -> DataLoader (no per-image augmentation)
-  shards + aug  the same with DeiT's per-image augmentation (random resized crop, flip, RandAugment)
-Batch-level augmentation (random erasing, Mixup/CutMix) runs on every row. Rows are interleaved and
-repeated; the median img/s is reported with its ratio to the in-memory row. Worker start-up is excluded.
+Both paths read the same shards through the same DataLoader (0 workers, so that the process's CPU time is all of
+it) and end in the same normalised, randomly erased, Mixup/CutMix-ed batch; DeiT's settings
+(rand-m9-mstd0.5-inc1, random resized crop 0.08-1, flip 0.5, erasing 0.25, Mixup 0.8 / CutMix 1.0):
+  pil      ShardDataset -> PIL -> timm's per-image transforms -> uint8 tensor; normalise, timm's random erasing
+           and Mixup on the batch (the code before kornia, kept here for the comparison)
+  batched  ShardDataset -> uint8 tensor -> per-sample crop, flip, RandAugment, erasing, Mixup on the batch
+Per row: images/s, and CPU milliseconds per image (time.process_time) in all and spent on data and augmentation,
+at 32 px and 224 px; and at 32 px the nano student's stage-1 training step (teacher + hidden KD) on each path. Rows are
+interleaved and repeated; medians are reported.
 
-    python bench/distill_data_path.py [--student dearkd_nano_patch4_32] [--batch-size 64] [--steps 20]
+    python bench/distill_data_path.py [--images 256] [--batch-size 64] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -16,142 +19,167 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import timm
 import torch
+from PIL import Image
+from timm.data import auto_augment, create_transform
+from timm.data.mixup import mixup_target
+from timm.data.random_erasing import RandomErasing
 
 from dfkd.distill import AugmentConfig, DistillConfig
+from dfkd.distill.batch import Batch, BatchMix, BatchPrep
 from dfkd.distill.build import setup
-from dfkd.distill.data import make_loader, set_transform
+from dfkd.distill.data import make_loader, open_shards
 from dfkd.distill.engine import train_step
-from dfkd.distill.transforms import train_transform
 from synth.shard_writer import write_shard
 from synth.teacher_file import save_teacher_file
 
-NO_PER_IMAGE_AUG = dict(rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0)
+MEAN, STD = (0.5,) * 3, (0.5,) * 3
 
 
-def make_inputs(root: Path, images: int, size: int) -> tuple[str, str]:
-    """Random 32-px shards (4 files) and a random-init digits teacher file."""
+def write_shards(root: Path, images: int, size: int) -> str:
+    """Random `size`-px shards (2 files) of 10 classes."""
     rng = np.random.default_rng(0)
-    shards = root / "shards"
-    shards.mkdir()
-    per = images // 4
-    for k in range(4):
+    root.mkdir()
+    per = images // 2
+    for k in range(2):
         write_shard(
-            shards / f"shard-{k:06d}.h5",
+            root / f"shard-{k:06d}.h5",
             rng.integers(0, 256, (per, size, size, 3), dtype=np.uint8),
             np.arange(per) % 10,
             np.arange(k * per, (k + 1) * per),
             rng.normal(size=(per, 10)),
             num_classes=10,
-            mean=(0.5,) * 3,
-            std=(0.5,) * 3,
+            mean=MEAN,
+            std=STD,
             teacher={},
             config={},
         )
-    teacher = root / "teacher.pt"
-    save_teacher_file(
-        teacher,
-        "timm:dfkd_cnn_digits",
-        {"num_classes": 10},
-        timm.create_model("dfkd_cnn_digits", num_classes=10),
-        (0.5,) * 3,
-        (0.5,) * 3,
+    return str(root)
+
+
+def pil_transform(size: int, augment: AugmentConfig):
+    """The former per-image transform: timm's create_transform on PIL images (uint8 tensor out), with posterize to
+    0 bits giving a black image (Pillow 13 refuses 0 bits)."""
+    for name in ("Posterize", "PosterizeIncreasing"):
+        auto_augment.NAME_TO_OP[name] = lambda img, bits, **_: (
+            Image.new(img.mode, img.size) if bits < 1 else auto_augment.posterize(img, bits)
+        )
+    return create_transform(
         size,
+        is_training=True,
+        scale=tuple(augment.scale),
+        hflip=augment.hflip,
+        auto_augment=augment.rand_augment,
+        interpolation=augment.interpolation,
+        mean=MEAN,
+        normalize=False,
     )
-    return str(shards), str(teacher)
 
 
-def throughput(run, batches, steps: int, warmup: int) -> float:
-    """img/s of `steps` training steps on the batches an iterator yields, after `warmup` untimed steps."""
+class PilPrep:
+    """The former batch step: normalise, timm's random erasing (per image, on the batch), Mixup/CutMix."""
 
-    def step() -> int:
-        images, labels, *_ = next(batches)
-        train_step(run.model, run.optimizer, run.prep(images, labels), 1)
-        return len(images)
+    def __init__(self, augment: AugmentConfig):
+        self.mean, self.std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+        self.erasing = RandomErasing(augment.reprob, mode="pixel", max_count=1, device="cpu")
+        self.mix = BatchMix(augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob)
 
-    for _ in range(warmup):
-        step()
-    start = time.perf_counter()
-    count = sum(step() for _ in range(steps))
-    return count / (time.perf_counter() - start)
-
-
-def memory_batches(images: torch.Tensor, labels: torch.Tensor, batch_size: int):
-    """Endless random batches sliced from tensors in RAM."""
-    while True:
-        order = torch.randperm(len(images))
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[i : i + batch_size]
-            yield images[index], labels[index]
+    def __call__(self, images: torch.Tensor, labels: torch.Tensor) -> Batch:
+        x = self.erasing((images.float() / 255 - self.mean) / self.std)
+        lam = self.mix(x)
+        return Batch(x, mixup_target(labels, 10, lam, 0.1))
 
 
-def loader_batches(run, config: DistillConfig, augment: AugmentConfig):
-    """Endless batches from the shard DataLoader with the given per-image transform."""
-    set_transform(run.dataset, train_transform(run.size, augment, run.mean))
+def batches(shards: str, size: int, batch_size: int, backend: str) -> Iterator[Batch]:
+    """Endless prepared batches of one path."""
+    augment, dataset = AugmentConfig(), open_shards(shards)
+    if backend == "pil":
+        dataset.as_pil, dataset.transform, prep = True, pil_transform(size, augment), PilPrep(augment)
+    else:
+        batched = BatchPrep(MEAN, STD, 10, augment, torch.device("cpu"), size)
+        step = iter(range(1 << 30))
+        prep = lambda images, labels: batched(images, labels, key=(next(step),))  # noqa: E731
     epoch = 0
     while True:
-        yield from make_loader(run.dataset, config.batch_size, config.workers, train=True, epoch=epoch)
+        for images, labels in make_loader(dataset, batch_size, 0, train=True, epoch=epoch):
+            yield prep(images, labels)
         epoch += 1
+
+
+def measure(source: Iterator[Batch], images: int, train: Callable[[Batch], None] | None) -> tuple[float, ...]:
+    """(images/s, CPU ms per image in all, CPU ms per image producing batches) over about `images` images, after
+    one untimed batch. CPU time (time.process_time) is robust to other jobs on a shared machine; images/s is not."""
+    train = train or (lambda batch: None)
+    train(next(source))
+    done, data_cpu, started, cpu = 0, 0.0, time.perf_counter(), time.process_time()
+    while done < images:
+        before = time.process_time()
+        batch = next(source)
+        data_cpu += time.process_time() - before
+        train(batch)
+        done += len(batch.inputs)
+    return done / (time.perf_counter() - started), 1000 * (time.process_time() - cpu) / done, 1000 * data_cpu / done
+
+
+def nano_trainer(root: Path, shards: str, batch_size: int) -> Callable[[Batch], None]:
+    """One stage-1 training step of the nano student (digits-style teacher, hidden KD) per batch."""
+    teacher = root / "teacher.pt"
+    model = timm.create_model("dfkd_cnn_digits", num_classes=10)
+    save_teacher_file(teacher, "timm:dfkd_cnn_digits", {"num_classes": 10}, model, MEAN, STD, 32)
+    config = DistillConfig(
+        shards=shards,
+        teacher=str(teacher),
+        student="dearkd_nano_patch4_32",
+        batch_size=batch_size,
+        epochs=1,
+        stage1_epochs=1,
+        device="cpu",
+        threads=1,
+        drop_path=0.0,
+    )
+    run = setup(config, torch.device("cpu"))
+    return lambda batch: train_step(run.model, run.optimizer, batch, 1)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--student", default="dearkd_nano_patch4_32")
-    parser.add_argument("--images", type=int, default=1024)
+    parser.add_argument("--images", type=int, default=256, help="images per row and repeat")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workers", default="0,1", help="DataLoader workers to try, comma-separated")
-    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(1)
     torch.manual_seed(0)
+    rows: dict[str, Callable[[], tuple[float, ...]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        shards, teacher = make_inputs(Path(tmp), args.images, 32)
-        config = DistillConfig(
-            shards=shards,
-            teacher=teacher,
-            student=args.student,
-            batch_size=args.batch_size,
-            epochs=1,
-            stage1_epochs=1,
-            device="cpu",
-            threads=args.threads,
-            drop_path=0.0,
-        )
-        run = setup(config, torch.device("cpu"))
-        raw = run.dataset
-        raw.as_pil, raw.transform = False, None
-        images = torch.stack([raw[i][0] for i in range(len(raw))])
-        labels = torch.from_numpy(raw.labels)
-        raw.as_pil = True
-        plain = replace(config.augment, **NO_PER_IMAGE_AUG)
-        rows = {"memory": lambda: memory_batches(images, labels, args.batch_size)}
-        for workers in (int(w) for w in args.workers.split(",")):
-            cfg = replace(config, workers=workers)
-            rows[f"shards, {workers} workers"] = lambda cfg=cfg: loader_batches(run, cfg, plain)
-            rows[f"shards + aug, {workers} workers"] = lambda cfg=cfg: loader_batches(run, cfg, config.augment)
-        results: dict[str, list[float]] = {name: [] for name in rows}
+        shards = {size: write_shards(Path(tmp) / f"s{size}", 2 * args.images, size) for size in (32, 224)}
+        trainer = nano_trainer(Path(tmp), shards[32], args.batch_size)
+        for size, backend in [(s, b) for s in (32, 224) for b in ("pil", "batched")]:
+            source = batches(shards[size], size, args.batch_size, backend)
+            rows[f"{size} px, data + augmentation, {backend}"] = lambda s=source: measure(s, args.images, None)
+        for backend in ("pil", "batched"):
+            source = batches(shards[32], 32, args.batch_size, backend)
+            rows[f"32 px, nano training step, {backend}"] = lambda s=source: measure(s, args.images, trainer)
+        results: dict[str, list[tuple[float, ...]]] = {name: [] for name in rows}
         for _ in range(args.repeats):
-            for name, batches in rows.items():
-                results[name].append(throughput(run, batches(), args.steps, args.warmup))
-    base = statistics.median(results["memory"])
+            for name, row in rows.items():
+                results[name].append(row())
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(
-        f"{args.student}, batch {args.batch_size}, 32 px, stage 1 (teacher + hidden KD), {args.threads} torch "
-        f"thread(s), {platform.processor() or platform.machine()}, median of {args.repeats} x {args.steps} steps\n"
+        f"batch {args.batch_size}, 1 torch thread, 0 loader workers, {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}, commit {commit}; median of {args.repeats} x {args.images} images per row\n"
     )
-    print("| data path | img/s | ratio to memory |\n|---|---|---|")
+    print("| row | img/s (wall) | CPU ms/img, all | CPU ms/img, data + augmentation |\n|---|---|---|---|")
     for name, values in results.items():
-        median = statistics.median(values)
-        print(f"| {name} | {median:.0f} | {median / base:.2f} |")
+        speed, cpu, data = (statistics.median(v[i] for v in values) for i in range(3))
+        print(f"| {name} | {speed:.0f} | {cpu:.2f} | {data:.2f} |")
 
 
 if __name__ == "__main__":

@@ -163,14 +163,14 @@ def test_validation_split_across_ranks_counts_every_image_once(runs):
     from dfkd.distill.batch import BatchPrep
     from dfkd.distill.data import make_loader, set_transform
     from dfkd.distill.engine import measure_top1
-    from dfkd.distill.transforms import eval_transform
+    from dfkd.distill.transforms import decode, folder_transform
 
     summary = _json_line(runs["script"])
     student = timm.create_model(STUDENT, num_classes=4, checkpoint_path=str(runs["root"] / "straight" / "student.pth"))
     cfg = student.pretrained_cfg
-    val_set = open_image_folder(str(runs["val"]), 4)
-    set_transform(val_set, eval_transform(32, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
-    prep = BatchPrep(cfg["mean"], cfg["std"], 4, AugmentConfig(), torch.device("cpu"))
+    val_set = open_image_folder(str(runs["val"]), 4, loader=decode)
+    set_transform(val_set, folder_transform(32, cfg.get("interpolation", "bicubic"), cfg.get("crop_pct", 1.0)))
+    prep = BatchPrep(cfg["mean"], cfg["std"], 4, AugmentConfig(), torch.device("cpu"), 32)
     expected = measure_top1(student, make_loader(val_set, BATCH, 0, train=False), prep)  # one process, all 13 images
     assert summary["val_top1"] == expected  # 7 + 6 images on the two ranks, hits summed, no padding
 

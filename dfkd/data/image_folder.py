@@ -80,10 +80,14 @@ class LabelledFolder(ImageFolder):
     their sorted positions."""
 
     def __init__(
-        self, root: Union[str, Path], transform: Optional[Callable] = None, class_map: Optional[str] = None
+        self,
+        root: Union[str, Path],
+        transform: Optional[Callable] = None,
+        class_map: Optional[str] = None,
+        loader: Optional[Callable] = None,
     ) -> None:
         self.class_map = class_map
-        super().__init__(str(root), transform=transform)
+        super().__init__(str(root), transform=transform, **({"loader": loader} if loader else {}))
 
     def find_classes(self, directory: Union[str, Path]) -> tuple[list[str], dict[str, int]]:
         """Class folder names (sorted) and their class ids."""
@@ -92,13 +96,18 @@ class LabelledFolder(ImageFolder):
 
 
 def open_image_folder(
-    root: Union[str, Path], num_classes: int, transform: Optional[Callable] = None, class_map: Optional[str] = None
+    root: Union[str, Path],
+    num_classes: int,
+    transform: Optional[Callable] = None,
+    class_map: Optional[str] = None,
+    loader: Optional[Callable] = None,
 ) -> LabelledFolder:
-    """A real image folder whose class ids must lie below `num_classes` (the model's class count)."""
+    """A real image folder whose class ids must lie below `num_classes` (the model's class count); `class_map` maps
+    folder names to ids (`read_class_map`); `loader` reads one image file (default: torchvision's, a PIL image)."""
     if not Path(root).is_dir():
         raise UserError(f"image folder '{root}' does not exist")
     try:
-        dataset = LabelledFolder(str(root), transform=transform, class_map=class_map)
+        dataset = LabelledFolder(str(root), transform=transform, class_map=class_map, loader=loader)
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"image folder '{root}': {first_line(exc)} (expected <root>/<class>/<image>)") from None
     top = max(dataset.class_to_idx.values())

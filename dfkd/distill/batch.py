@@ -1,4 +1,5 @@
-"""The training batch step on the device: normalise, random erasing, Mixup/CutMix, soft targets."""
+"""The training batch step on the device: per-sample augmentation of the uint8 batch (dfkd.distill.augment),
+normalise, random erasing, Mixup/CutMix, soft targets; every draw from the batch's own seeded stream."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from kornia.augmentation import RandomErasing
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
-from timm.data.random_erasing import RandomErasing
 
+from dfkd.distill.augment import BatchAugment
 from dfkd.distill.config import AugmentConfig
+from dfkd.distill.rng import batch_rng, batch_seed
 
 
 @dataclass
@@ -52,17 +55,20 @@ class BatchMix:
             return 1.0
         if use_cutmix:
             (yl, yh, xl, xh), lam = cutmix_bbox_and_lam(x.shape, lam, correct_lam=True)
-            x[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]
+            x[:, :, yl:yh, xl:xh] = x[:, :, yl:yh, xl:xh].flip(0)
         else:
-            flipped = x.flip(0).mul_(1.0 - lam)
+            flipped = x.index_select(0, torch.arange(len(x) - 1, -1, -1, device=x.device)).mul_(1.0 - lam)
             x.mul_(lam).add_(flipped)
         return lam
 
 
 class BatchPrep:
-    """uint8 images -> normalised (student statistics), randomly erased, Mixup/CutMix-ed batch with soft targets.
+    """uint8 images -> augmented at the student's `size`, normalised (student statistics), randomly erased,
+    Mixup/CutMix-ed batch with soft targets, on the device.
 
-    Stored teacher logits, when present, become probabilities at `tau`, mixed with the same lambda and pairing.
+    Each batch draws from its own stream, seeded by (seed, *key) (train_one_epoch: epoch, step, rank), so a rerun
+    and a resumed run see the same augmentations. Stored teacher logits, when present, become probabilities at
+    `tau`, mixed with the same lambda and pairing.
     """
 
     def __init__(
@@ -72,13 +78,22 @@ class BatchPrep:
         num_classes: int,
         augment: AugmentConfig,
         device: torch.device,
+        size: int,
         tau: float = 1.0,
+        seed: int = 0,
     ):
-        self.mean = torch.tensor(mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.num_classes, self.smoothing, self.device, self.tau = num_classes, augment.smoothing, device, tau
+        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
+        self.scale, self.shift = 1 / (255 * std_t), -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+        self.num_classes, self.smoothing, self.device, self.tau, self.seed = (
+            num_classes,
+            augment.smoothing,
+            device,
+            tau,
+            seed,
+        )
+        self.augment = BatchAugment(size, augment, mean)
         self.erasing = (
-            RandomErasing(augment.reprob, mode="pixel", max_count=1, device=device) if augment.reprob > 0 else None
+            RandomErasing(scale=(0.02, 1 / 3), ratio=(0.3, 1 / 0.3), p=augment.reprob) if augment.reprob > 0 else None
         )
         self.mix = (
             BatchMix(augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob) if augment.mixing else None
@@ -86,20 +101,35 @@ class BatchPrep:
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 (B, 3, H, W) -> float, normalised with the student's mean and std, on the device."""
-        return (images.to(self.device, non_blocking=True).float() / 255 - self.mean) / self.std
+        return images.to(self.device, non_blocking=True).float().mul_(self.scale).add_(self.shift)
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, stored_logits: Optional[torch.Tensor] = None
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        stored_logits: Optional[torch.Tensor] = None,
+        key: Sequence[int] = (0,),
     ) -> Batch:
-        """One training batch, augmented on the device."""
-        x = self.normalize(images)
+        """One training batch, augmented on the device with the draws of batch `key`."""
+        seed = batch_seed(self.seed, *key)
+        with batch_rng(seed):
+            x = self.normalize(self.augment(images.to(self.device, non_blocking=True)))
+            if self.erasing is not None:
+                self.erase(x, torch.Generator(self.device).manual_seed(seed))
+            lam = self.mix(x) if self.mix is not None else 1.0  # mixes x in place
         labels = labels.to(self.device, non_blocking=True)
-        if self.erasing is not None:
-            x = self.erasing(x)
-        lam = self.mix(x) if self.mix is not None else 1.0  # mixes x in place
         target = mixup_target(labels, self.num_classes, lam, self.smoothing)
         stored = None
         if stored_logits is not None:
             probs = torch.softmax(stored_logits.to(self.device).float() / self.tau, dim=1)
             stored = lam * probs + (1 - lam) * probs.flip(0)
         return Batch(x, target, stored)
+
+    def erase(self, x: torch.Tensor, noise: torch.Generator) -> None:
+        """Random erasing in place: kornia draws each image's box (with probability reprob), filled with normal
+        noise in normalised units (timm's 'pixel' mode, as DeiT)."""
+        params = self.erasing.forward_parameters(x.shape)
+        boxes = torch.stack([params[k] for k in ("xs", "ys", "widths", "heights")], 1).long()
+        for i in torch.nonzero(params["batch_prob"]).squeeze(1).tolist():
+            x0, y0, w, h = boxes[i].tolist()
+            x[i, :, y0 : y0 + h, x0 : x0 + w] = torch.randn((x.shape[1], h, w), generator=noise, device=x.device)

@@ -21,7 +21,7 @@ from dfkd.distill.data import open_shards, set_transform, subset
 from dfkd.distill.distiller import Distiller
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
-from dfkd.distill.transforms import train_transform
+from dfkd.distill.transforms import decode, folder_transform
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
 from synth.errors import UserError
 from synth.runtime import Progress
@@ -68,7 +68,7 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
             "stored distillation: the shards' teacher logits are the targets; no teacher runs, "
             "so hidden-feature KD is off"
         )
-    set_transform(dataset, train_transform(size, config.augment, mean))
+    set_transform(dataset, folder_transform(size, config.augment.interpolation) if config.images else None)
     effective_batch = config.batch_size * world_size
     steps = len(dataset) // world_size // config.batch_size  # each rank's DistributedSampler share drops the tail
     if steps == 0:
@@ -101,7 +101,7 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
         pairs,
         block_taps,
         criterion,
-        BatchPrep(mean, std, num_classes, config.augment, device, tau=config.loss.tau),
+        BatchPrep(mean, std, num_classes, config.augment, device, size, tau=config.loss.tau, seed=config.seed),
         optimizer,
         scheduler,
         steps,
@@ -126,7 +126,7 @@ def open_data(
         if teacher is not None:
             check_shards_teacher(config, dataset.teacher, teacher, progress or Progress())
     else:
-        dataset = open_image_folder(config.images, teacher.num_classes, class_map=config.class_map)
+        dataset = open_image_folder(config.images, teacher.num_classes, class_map=config.class_map, loader=decode)
         num_classes, resolution = teacher.num_classes, None
     return subset(dataset, config.subset, config.subset_seed), num_classes, resolution
 

@@ -19,6 +19,8 @@ from synth.settings import (
     threads_setting,
 )
 
+INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+
 
 @dataclass
 class LossConfig:
@@ -59,14 +61,17 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
-    """DeiT's augmentations (timm.data); small-image recipes turn them down."""
+    """DeiT's augmentations, batched on the training device (dfkd.distill.augment); small-image recipes turn them
+    down."""
 
     rand_augment: Optional[str] = setting("rand-m9-mstd0.5-inc1", help="timm RandAugment string, or none.", flag=True)
     color_jitter: float = setting(0.3, help="Colour jitter strength (timm applies it only without RandAugment).")
     scale: tuple[float, float] = setting((0.08, 1.0), help="RandomResizedCrop area range.")
     hflip: float = setting(0.5, help="Horizontal flip probability.", flag=True)
     grayscale: float = setting(0.0, help="Probability of a grayscale copy (teachers of grayscale data).", flag=True)
-    interpolation: str = setting("bicubic", help="Resize interpolation.")
+    interpolation: str = setting(
+        "bicubic", choices=INTERPOLATIONS, help="Interpolation of the crop's resize and RandAugment's warps."
+    )
     mixup: float = setting(0.8, help="Mixup alpha (0: off).", flag=True)
     cutmix: float = setting(1.0, help="CutMix alpha (0: off).", flag=True)
     mix_prob: float = setting(1.0, help="Probability that a batch is mixed.", flag=True)
@@ -154,6 +159,11 @@ class DistillConfig:
         if (self.shards is None) == (self.images is None):
             raise UserError("give exactly one training source: --shards DIR (synthesized) or --images DIR (real)")
         check_choices(self.loss, "loss")
+        check_choices(self.augment, "augment")
+        if self.augment.rand_augment:
+            from dfkd.distill.rand_augment import parse  # imports kornia: only when checking
+
+            parse(self.augment.rand_augment)
         if self.loss.distillation == "stored" and self.shards is None:
             raise UserError("stored distillation reads teacher logits from shards; it needs --shards, not --images")
         if self.loss.distillation != "stored" and not self.teacher:

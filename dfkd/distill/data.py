@@ -1,5 +1,5 @@
-"""Training and validation data: shards or image folders, seeded subsets, per-image transforms set on them, and
-the loaders that batch them (per-epoch seeded order; DistributedSampler shares under DDP)."""
+"""Training and validation data: shards or image folders as uint8 tensors, seeded subsets, and the loaders that
+batch them (per-epoch seeded order; DistributedSampler shares under DDP)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def shard_roots(root: str | Sequence[str]) -> list[str]:
 
 def open_shards(root: str | Sequence[str], stored_logits: bool = False) -> ShardDataset:
     """A shard directory, or several separated by commas (one combined set: same teacher, classes and
-    resolution), as a dataset (with the stored teacher logits on request); square images only."""
+    resolution), as a dataset of uint8 (3, H, W) images (with the stored teacher logits on request); square only."""
     roots = shard_roots(root)
     if not roots:
         raise UserError(f"--shards '{root}' names no shard directory")
@@ -34,7 +34,6 @@ def open_shards(root: str | Sequence[str], stored_logits: bool = False) -> Shard
     height, width = dataset[0][0].shape[-2:]
     if height != width:
         raise UserError(f"shards in '{root}' hold {height}x{width} images; distillation needs square images")
-    dataset.as_pil = True
     return dataset
 
 
@@ -64,8 +63,8 @@ def set_transform(dataset: Dataset, transform) -> None:
 
 
 def epoch_generator(seed: int, epoch: int, rank: Optional[int] = None) -> torch.Generator:
-    """A generator seeded from (seed, epoch), and the rank under DDP: the epoch's order and worker seeds do not
-    depend on earlier epochs, and each process's workers draw their own augmentations."""
+    """A generator seeded from (seed, epoch), and the rank under DDP: the epoch's order (and worker seeds) do not
+    depend on earlier epochs."""
     entropy = [seed, epoch] if rank is None else [seed, epoch, rank]
     state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))

@@ -48,7 +48,7 @@ def train_one_epoch(
     sums = torch.zeros(4, device=run.prep.device)
     started, shown = time.time(), 0
     for step, (inputs, labels, *logits) in enumerate(loader, 1):
-        batch = run.prep(inputs, labels, logits[0] if logits else None)
+        batch = run.prep(inputs, labels, logits[0] if logits else None, key=(epoch, step, ranks.rank))
         loss, parts = train_step(model, run.optimizer, batch, stage)
         updates += 1
         run.scheduler.step_update(updates)

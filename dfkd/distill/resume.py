@@ -2,8 +2,9 @@
 
 The checkpoint (written at the end of every epoch) holds the student, the aligners, the optimiser, the scheduler,
 the epoch and stage, and the RNG states (each rank's under DDP); each epoch's shuffle order comes from a generator
-seeded by (seed, epoch). A resumed run therefore repeats the uninterrupted one exactly (on CPU at the same thread
-count, with the same number of processes).
+seeded by (seed, epoch), each batch's augmentations from one seeded by (seed, epoch, step, rank). A resumed run
+therefore repeats the uninterrupted one exactly (on CPU at the same thread count, with the same number of
+processes).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ without), resumable after any epoch (dfkd.distill.resume).
 
 Under torchrun (`ranks` from synth.distributed.init) every rank checks the settings, reads the checkpoint and builds
 the run; each trains on its DistributedSampler share inside one DDP wrapper (dfkd.distill.distiller) with its own
-RNG stream (augmentations, Mixup, drop path). Rank 0 alone writes files.
+RNG streams (augmentations and Mixup seeded per batch with the rank; drop path). Rank 0 alone writes files.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from dfkd.distill.engine import measure_top1, train_one_epoch
 from dfkd.distill.output import Output
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
-from dfkd.distill.transforms import eval_transform
+from dfkd.distill.transforms import decode, folder_transform
 from synth.distributed import Ranks
 from synth.errors import UserError
 from synth.runtime import Progress, available_cores, resolve_device, use_threads
@@ -121,8 +121,8 @@ def _val_loader(config: DistillConfig, run: Run, ranks: Ranks) -> Optional[DataL
     if not config.val_data:
         return None
     cfg = run.student.pretrained_cfg
-    val_set = open_image_folder(config.val_data, run.num_classes, class_map=config.class_map)
-    set_transform(val_set, eval_transform(run.size, cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bicubic")))
+    val_set = open_image_folder(config.val_data, run.num_classes, class_map=config.class_map, loader=decode)
+    set_transform(val_set, folder_transform(run.size, cfg.get("interpolation", "bicubic"), cfg.get("crop_pct", 1.0)))
     return make_loader(
         val_set,
         config.batch_size,

@@ -1,64 +1,23 @@
-"""Per-image transforms: PIL image -> uint8 CHW tensor, with DeiT's augmentations (timm) for training."""
+"""Real image folders as uint8 tensors: decode, resize the shorter side and centre-crop to a square, per image in
+the loader; the batched path (dfkd.distill.augment) then treats them like shard images."""
 
 from __future__ import annotations
 
-import random
-from typing import Sequence
-
-from PIL import Image
-from timm.data import auto_augment, create_transform
-
-from dfkd.distill.config import AugmentConfig
+import torch
+from torchvision.io import ImageReadMode, decode_image
+from torchvision.transforms.v2 import CenterCrop, Compose, InterpolationMode, Resize
 
 
-def train_transform(size: int, augment: AugmentConfig, mean: Sequence[float]):
-    """PIL image -> augmented uint8 CHW tensor at `size` (random resized crop, flip, RandAugment / colour jitter)."""
-    transform = create_transform(
-        size,
-        is_training=True,
-        scale=tuple(augment.scale),
-        hflip=augment.hflip,
-        color_jitter=augment.color_jitter or None,
-        auto_augment=augment.rand_augment or None,
-        interpolation=augment.interpolation,
-        mean=tuple(mean),
-        normalize=False,
-        grayscale_prob=augment.grayscale,
+def decode(path: str) -> torch.Tensor:
+    """An image file -> uint8 (3, H, W) RGB tensor."""
+    return decode_image(path, mode=ImageReadMode.RGB)
+
+
+def folder_transform(size: int, interpolation: str, crop_pct: float = 1.0) -> Compose:
+    """uint8 (3, H, W) -> uint8 (3, size, size): shorter side resized to size / crop_pct (antialiased), centre crop."""
+    return Compose(
+        [
+            Resize(int(round(size / crop_pct)), interpolation=InterpolationMode(interpolation), antialias=True),
+            CenterCrop(size),
+        ]
     )
-    for t in transform.transforms:
-        if hasattr(t, "ops"):  # RandAugment, AugMix
-            t.ops = [Posterize(op) if op.name.startswith("Posterize") else op for op in t.ops]
-    return transform
-
-
-def eval_transform(size: int, crop_pct: float, interpolation: str):
-    """PIL image -> uint8 CHW tensor at `size` (resize, centre crop)."""
-    return create_transform(size, is_training=False, crop_pct=crop_pct, interpolation=interpolation, normalize=False)
-
-
-class Posterize:
-    """A posterize op of RandAugment that keeps the 0-bit level: a black image, as Pillow < 13 gave; Pillow 13
-    refuses 0 bits, which inc1 keeps at magnitude 10 (m9-mstd0.5 reaches it). It replaces timm's AugmentOp of the
-    same name and draws exactly as that does (the same python `random` calls), so the augmentations stay the same.
-    """
-
-    def __init__(self, op: auto_augment.AugmentOp):
-        self.name, self.prob, self.magnitude, self.hparams = op.name, op.prob, op.magnitude, op.hparams
-        self.magnitude_std = op.hparams.get("magnitude_std", 0)
-        self.magnitude_max = op.hparams.get("magnitude_max", None)
-
-    def __call__(self, img: Image.Image) -> Image.Image:
-        """Posterize `img` with probability `prob`, at a magnitude drawn around `magnitude`."""
-        if self.prob < 1.0 and random.random() > self.prob:
-            return img
-        magnitude = self.magnitude
-        if self.magnitude_std == float("inf"):
-            magnitude = random.uniform(0, magnitude)
-        elif self.magnitude_std > 0:
-            magnitude = random.gauss(magnitude, self.magnitude_std)
-        magnitude = max(0.0, min(magnitude, self.magnitude_max or 10.0))  # timm's magnitude scale ends at 10
-        (bits,) = auto_augment.LEVEL_TO_ARG[self.name](magnitude, self.hparams)
-        return Image.new(img.mode, img.size) if bits < 1 else auto_augment.posterize(img, bits)
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name}, p={self.prob}, m={self.magnitude}, mstd={self.magnitude_std})"
