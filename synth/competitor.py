@@ -6,7 +6,7 @@ term = 1 - clamp(JS(p_T, p_S), 0, 1), p = softmax(logits / 3) on the same jitter
 JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2, averaged over the batch.
 
 The student file is `student.pth` with `student.json` beside it (as `dfkd distill` writes them); its architecture
-must be registered with timm (`import dfkd` registers the DearKD students). Only the image receives gradients: the
+must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image receives gradients: the
 student is in eval mode and none of its parameters requires a gradient.
 """
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synth import small_cnn  # noqa: F401  (registers the small BN CNN students with timm)
 from synth.errors import UserError
 
 TEMPERATURE = 3.0  # the reference code's temperature for the competition term

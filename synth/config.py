@@ -7,9 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from synth import shards as shard_io
 from synth.errors import UserError
-from synth.losses import BN_NORMS
 from synth.settings import (
     check_choices,
     check_device,
@@ -25,6 +23,8 @@ if TYPE_CHECKING:
     from synth.competitor import Competitor
     from synth.teacher import Teacher
 
+BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.losses.BNStatisticsLoss)
+COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shard_writer)
 MAX_SHARD_IMAGES = 100_000  # a shard is assembled in memory before it is written
 UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
 
@@ -150,7 +150,7 @@ class SynthesisConfig:
     seed: int = setting(0, help="Global seed.", flag=True)
     threads: int = threads_setting("CPU threads (part of the config).")
     device: str = device_setting()
-    compression: str = setting("none", help="HDF5 compression of the images.", flag=True, choices=shard_io.COMPRESSIONS)
+    compression: str = setting("none", help="HDF5 compression of the images.", flag=True, choices=COMPRESSIONS)
     store_logits: bool = setting(True, help="Store teacher logits.", flag="--logits/--no-logits")
     compile: bool = setting(False, help="torch.compile the teacher.", flag="--compile/--no-compile")
 

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from synth.config import COMPRESSIONS  # noqa: F401  (a format constant, declared with the setting)
 from synth.errors import UserError
 
 FORMAT = "dfkd-shard"
@@ -25,7 +26,6 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.h5$")
 TMP_PATTERN = re.compile(r"^(shard-\d{6}\.h5|manifest\.json)\.tmp$")  # the only temporary files dfkd deletes
-COMPRESSIONS = ("none", "lzf", "gzip")
 MAX_SHARDS = 1_000_000  # shard names have six digits
 
 

@@ -6,7 +6,7 @@ import pytest
 import timm
 import torch
 
-import synth  # noqa: F401
+import synth.small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
 from synth.teacher_file import save_teacher_file
 
 torch.set_num_threads(1)

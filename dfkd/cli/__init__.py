@@ -51,7 +51,8 @@ def main() -> None:
     dfkd distill      shards (or real images) -> DearKD student
     dfkd evaluate     accuracy, teacher fidelity, LPIPS diversity
     dfkd inspect      counts per class, teacher, config, format, verify; --grid PNG
-    dfkd export       shards -> PNG class folders (ImageFolder layout)
+    dfkd export       shards -> image folders, WebDataset tars or a Hugging Face dataset
+                      (--to imagefolder | webdataset | hf)
     dfkd train-teacher  a small BN CNN teacher on real digits
     dfkd demo         all of it end to end on real digits, with a results table
     """

@@ -8,12 +8,14 @@ import os
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import click
 
 from synth.errors import UserError
-from synth.runtime import Progress
+
+if TYPE_CHECKING:
+    from synth.runtime import Progress
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -54,7 +56,8 @@ def common_options(func: Optional[Callable] = None, *, config: bool = True) -> C
             "config_path",
             type=click.Path(dir_okay=False),
             default=None,
-            help="YAML recipe; command-line options override it.",
+            metavar="RECIPE",
+            help="A recipe: the name of a shipped one (e.g. digits, df_dearkd_imagenet; listed in the README) or a YAML file; command-line options override it.",
         )(wrapper)
     return wrapper
 
@@ -101,6 +104,8 @@ class Reporter:
 
     def progress(self, desc: str, unit: str = "img", postfix: Callable[[dict], dict] = lambda info: {}) -> Progress:
         """A synth Progress driving this reporter's bar; `postfix` picks what each update shows beside it."""
+        from synth.runtime import Progress
+
         return Progress(
             start=lambda total: self.bar(total, unit, desc),
             advance=lambda n, info: self.update(n, **postfix(info)),

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.distill import DistillConfig, train_student
-from dfkd.distill.data import shard_roots
-from synth import distributed
-from synth.runtime import Progress
-from synth.shard_verify import check_integrity
+from dfkd.distill.config import DistillConfig
+
+if TYPE_CHECKING:
+    from synth import distributed
+    from synth.runtime import Progress
 
 EXAMPLE = """
 \b
@@ -51,6 +53,11 @@ effective batch = batch size x processes):
 @common_options
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
+    from dfkd.distill.data import shard_roots
+    from dfkd.distill.trainer import train_student
+    from synth import distributed
+    from synth.shard_verify import check_integrity
+
     reporter = Reporter(json_mode, quiet)
     config = build(DistillConfig, apply_overrides(load_recipe(config_path, "distill"), config_overrides(options)))
     for root in shard_roots(config.shards) if config.shards is not None else ():
@@ -64,6 +71,8 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     """Rank 0 shows the progress bar (images of all ranks) and the notes; other ranks print only their errors."""
+    from synth.runtime import Progress
+
     if ranks.rank != 0:
         return Progress(message=lambda text: None)
     desc = "distill" if not ranks.distributed else f"distill ({ranks.world_size} processes)"

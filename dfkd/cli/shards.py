@@ -12,9 +12,7 @@ from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.evaluate import settings, shards_argument
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import build
-from dfkd.evaluate import export_shards, inspect_shards
-from dfkd.evaluate.config import EvaluateConfig, ExportConfig
-from dfkd.evaluate.export_formats import FORMATS
+from dfkd.evaluate.config import FORMATS, EvaluateConfig, ExportConfig
 
 
 @click.command(
@@ -44,6 +42,8 @@ def inspect_command(
     **options,
 ) -> None:
     """Describe a shard directory: counts per class, resolution, teacher, config, format, verify result."""
+    from dfkd.evaluate.inspect import inspect_shards
+
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
     result = inspect_shards(shards, grid, cfg.per_class_grid, grid_classes)
@@ -107,6 +107,8 @@ hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: ClassLabel with t
 @common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
 def export_command(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool, **options) -> None:
     """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
+    from dfkd.evaluate.export import export_shards
+
     reporter = Reporter(json_mode, quiet)
     config = build(ExportConfig, config_overrides(options))
     result = export_shards(shards, out, fmt, reporter.progress("export"), config)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from synth import distributed
 from synth.config import SynthesisConfig
-from synth.engine import synthesize
-from synth.runtime import Progress
+
+if TYPE_CHECKING:
+    from synth import distributed
+    from synth.runtime import Progress
 
 EXAMPLE = """
 \b
@@ -20,8 +23,9 @@ Examples:
       --classes-per-batch 2 --images-per-class 2 --resolutions 32,64 --iterations 20,20 --device cpu
   dfkd synthesize --teacher digits-teacher.pt --config digits --out shards/
 
+\b
 Adaptive DeepInversion rounds (synthesize, distill, synthesize more against the student, continue on all):
-  dfkd synthesize --config digits --teacher t.pt --out round2/ --seed 1 \
+  dfkd synthesize --config digits --teacher t.pt --out round2/ --seed 1 \\
       --student runs/round1/student.pth --a-adi 1
   dfkd distill --config digits --teacher t.pt --shards round1/,round2/ --out runs/round2
 
@@ -39,6 +43,10 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @common_options
 def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
+    import dfkd.models  # noqa: F401  (registers the DearKD students with timm: a --student competitor)
+    from synth import distributed
+    from synth.engine import synthesize
+
     reporter = Reporter(json_mode, quiet)
     config = build(SynthesisConfig, apply_overrides(load_recipe(config_path, "synthesize"), config_overrides(options)))
     ranks = distributed.init(config.device)
@@ -50,6 +58,8 @@ def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool,
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     """Rank 0 shows the progress bar (of its own share); other ranks only print notes, tagged with their rank."""
+    from synth.runtime import Progress
+
     if ranks.rank != 0:
         return Progress(message=lambda text: reporter.message(f"[rank {ranks.rank}] {text}"))
     desc = "synthesize" if not ranks.distributed else f"synthesize (rank 0 of {ranks.world_size})"

@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from dfkd.distill.losses import KINDS
 from synth.errors import UserError
 from synth.settings import (
     check_choices,
@@ -18,6 +17,8 @@ from synth.settings import (
     teacher_weights_setting,
     threads_setting,
 )
+
+KINDS = ("function_matching", "hard", "soft", "stored")  # distillation types (dfkd.distill.losses)
 
 
 @dataclass
