@@ -38,6 +38,7 @@ class Competitor:
     std: tuple[float, ...]
     path: str
     sha256: str
+    num_classes: int
 
     def input_affine(self, teacher_mean, teacher_std, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), (1, 3, 1, 1) each: a teacher-normalised image * scale + shift is student-normalised."""
@@ -86,7 +87,12 @@ def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Com
             checkpoint_path=str(file),
             **meta.get("model_kwargs", {}),
         )
-        size, mean, std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
+        size, mean, std, num_classes = (
+            int(meta["input_size"]),
+            tuple(meta["mean"]),
+            tuple(meta["std"]),
+            int(meta["num_classes"]),
+        )
     except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched student is a user problem
         raise UserError(
             f"cannot load student '{path}' for the competition term: "
@@ -94,4 +100,4 @@ def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Com
         ) from None
     model.eval().requires_grad_(False).to(device)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    return Competitor(model, size, mean, std, str(file.resolve()), digest)
+    return Competitor(model, size, mean, std, str(file.resolve()), digest, num_classes)

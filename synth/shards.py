@@ -99,7 +99,8 @@ def check_combinable(first_shards: Sequence[str | Path]) -> None:
                 raise UserError(
                     f"cannot combine '{Path(first_shards[0]).parent}' and '{Path(path).parent}': "
                     f"different {key} ({ours} vs {theirs}); "
-                    "only sets from the same teacher with the same classes and resolution combine"
+                    "sets combine only when they come from the same teacher weights (same class count and names) "
+                    "at the same resolution; they may hold different classes of that teacher"
                 )
 
 

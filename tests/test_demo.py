@@ -62,5 +62,6 @@ def test_fast_demo_end_to_end(tmp_path):
     assert summary["student_synthetic_accuracy"] > 0.5, summary
     assert 0.0 <= summary["student_accuracy"] <= 1.0 and summary["test_images"] == 397
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "student" / "student.pth").is_file()
+    assert "plumbing check" in result.stderr  # a chance-level student is expected, and said so
     again = CliRunner().invoke(main, ["demo", "--fast", "--out", str(tmp_path), "--threads", "1", "--json"])
     assert again.exit_code == 0 and json.loads(again.stdout)["student_accuracy"] == summary["student_accuracy"]

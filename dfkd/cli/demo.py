@@ -41,7 +41,7 @@ FAST_NOTE = (
     type=click.Path(dir_okay=False),
     help="AlexNet weights file for the LPIPS diversity figure (skipped without it).",
 )
-@common_options
+@common_options(resume=())
 def demo_command(
     out: str, fast: bool, threads: int, lpips_backbone: str, config_path: str, json_mode: bool, quiet: bool
 ) -> None:

@@ -9,7 +9,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.distill.config import DistillConfig
+from dfkd.distill.config import DistillConfig, rescale_epochs
 
 if TYPE_CHECKING:
     from synth import distributed
@@ -50,7 +50,7 @@ effective batch = batch size x processes):
     default=True,
     help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]",
 )
-@common_options
+@common_options(resume=("--resume",))
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
     from dfkd.distill.data import shard_roots
@@ -59,7 +59,11 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
     from synth.shard_verify import check_integrity
 
     reporter = Reporter(json_mode, quiet)
-    config = build(DistillConfig, apply_overrides(load_recipe(config_path, "distill"), config_overrides(options)))
+    recipe, overrides = load_recipe(config_path, "distill"), config_overrides(options)
+    scaled, note = rescale_epochs(recipe, overrides)
+    config = build(DistillConfig, apply_overrides(recipe, {**overrides, **scaled}))
+    if note:
+        reporter.message(note)
     for root in shard_roots(config.shards) if config.shards is not None else ():
         check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)

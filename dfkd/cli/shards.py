@@ -55,7 +55,7 @@ def inspect_command(
         f"({min(counts)}-{max(counts)} images per class), complete: {result['complete']}",
         f"teacher: {result['teacher'].get('spec')}  weights sha256 {str(result['teacher'].get('weights_sha256'))[:12]}",
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
-        "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
+        _verify_line(check),
         f"dataset card: {result['card']}"
         if result["card"]
         else "dataset card: none (dfkd synthesize writes README.md)",
@@ -72,6 +72,15 @@ def inspect_command(
     reporter.result(result, lines)
     if not check["ok"]:  # the report is printed; the exit status says it failed
         sys.exit(2)
+
+
+def _verify_line(check: dict) -> str:
+    """The verify result in words: ok, or each damaged shard with its problem and each missing shard."""
+    if check["ok"]:
+        return "verify: ok"
+    damaged = [f"{name} is damaged ({problem})" for name, problem in check["problems"].items()]
+    missing = [f"{name} is missing" for name in check["missing"]]
+    return f"verify: FAILED: {'; '.join(damaged + missing)}"
 
 
 @click.command(

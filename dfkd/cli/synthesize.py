@@ -40,7 +40,7 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @click.command("synthesize", epilog=EXAMPLE)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output shard directory.")
 @config_options(SynthesisConfig)
-@common_options
+@common_options(resume=())
 def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
     import dfkd.models  # noqa: F401  (registers the DearKD students with timm: a --student competitor)
@@ -53,7 +53,7 @@ def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool,
     summary = synthesize(config, out, _progress(reporter, ranks), ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
     if ranks.rank == 0:
-        reporter.result(summary, _lines(summary))
+        reporter.result(summary, _lines(summary, warned=not quiet and summary["shards_written"] > 0))
 
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
@@ -68,7 +68,8 @@ def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     )
 
 
-def _lines(summary: dict) -> list[str]:
+def _lines(summary: dict, warned: bool) -> list[str]:
+    """The human-readable result; `warned`: this run printed the low-fidelity warning with its likely cause."""
     if summary["nothing_to_do"] and not summary["shards_regenerated"]:
         head = f"nothing to do: all {summary['shards']} shards in {summary['out']} are finished and verified"
     else:
@@ -88,8 +89,13 @@ def _lines(summary: dict) -> list[str]:
     if fidelity is not None:
         lines.append(f"teacher fidelity (agreement with target labels): {fidelity:.3f}")
         if summary.get("low_fidelity"):
+            cause = (
+                "see the warning above"
+                if warned
+                else "the usual cause is a BN-statistics term that swamps the class term: try a smaller --a-bn"
+            )
             lines.append(
-                "LOW FIDELITY: the teacher does not see the target classes in these images; "
-                "see the warning above before training on them"
+                f"LOW FIDELITY: the teacher does not see the target classes in these images; {cause} before "
+                "training on them"
             )
     return lines
