@@ -217,9 +217,11 @@ class SynthesisConfig:
 
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
-        synthesize() resolved them), and the competing student's file and sha256 when there is one."""
+        synthesize() resolved them), the competing student's file and sha256 when there is one, and the teacher's
+        smallest input when a stage is below it (synth.teacher.fit_resolutions)."""
         extra = {"student": competitor.describe()} if competitor is not None else {}
         extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
+        extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})
         return json.loads(
             json.dumps(
                 {
