@@ -6,8 +6,8 @@ term = 1 - clamp(JS(p_T, p_S), 0, 1), p = softmax(logits / 3) on the same jitter
 JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2, averaged over the batch.
 
 The student file is `student.pth` with `student.json` beside it (as `dfkd distill` writes them); its architecture
-must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image receives gradients: the
-student is in eval mode and none of its parameters requires a gradient.
+must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image receives
+gradients: the student is in eval mode and none of its parameters requires a gradient.
 """
 
 from __future__ import annotations

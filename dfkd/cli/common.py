@@ -67,7 +67,8 @@ def common_options(
             type=click.Path(dir_okay=False),
             default=None,
             metavar="RECIPE",
-            help="A recipe: the name of a shipped one (e.g. digits, df_dearkd_imagenet; listed in the README) or a YAML file; command-line options override it.",
+            help="A recipe: the name of a shipped one (e.g. digits, df_dearkd_imagenet; listed in the README) "
+            "or a YAML file; command-line options override it.",
         )(wrapper)
     return wrapper
 

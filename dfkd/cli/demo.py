@@ -33,7 +33,8 @@ FAST_NOTE = (
 @click.option(
     "--fast",
     is_flag=True,
-    help="A plumbing check at toy scale (the shipped recipe digits_fast): every step runs in about a minute, and the student stays near chance level (0.1) on real digits.",
+    help="A plumbing check at toy scale (the shipped recipe digits_fast): every step runs in about a minute, "
+    "and the student stays near chance level (0.1) on real digits.",
 )
 @click.option("--threads", type=int, default=0, help="CPU threads. [default: the idle cores]")
 @click.option(
