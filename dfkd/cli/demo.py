@@ -10,7 +10,7 @@ EXAMPLE = """
 \b
 Examples:
   dfkd demo                      # about 9 minutes on 2 idle CPU cores (student 0.997 on real digits)
-  dfkd demo --fast --out /tmp/d  # a minute: the same steps at toy scale
+  dfkd demo --fast --out /tmp/d  # a minute: a plumbing check of the same steps at toy scale
   dfkd demo --json               # one JSON object with teacher_accuracy, student_accuracy, fidelity, ...
 
 A rerun reuses the finished steps (teacher file, verified shards, distillation checkpoint).

@@ -32,6 +32,7 @@ Mixup/CutMix-ed and both heads learn tau^2 * KL(teacher || student) on exactly t
 teacher labels every image the student sees and the labels of the shards are not needed; it pays off
 over long schedules (the digits recipe: 80 epochs, no stage 2). Rerun with --resume to continue an
 interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl.
+With a recipe, --epochs N keeps the recipe's share of stage-1 and warm-up epochs (unless given too).
 
 \b
 Scale out with torchrun (DistributedDataParallel; --batch-size is per process, lr scales with the
