@@ -27,7 +27,7 @@ from synth.runtime import default_threads
 WORKLOAD = r"""
 import os, sys, time, json
 import torch, timm
-import synth
+import synth.small_cnn
 from synth.config import LossWeights, Schedule
 from synth.inversion import invert_batch
 from synth.teacher import find_classifier_name, teacher_from_model

@@ -1,6 +1,7 @@
-"""synth: DeepInversion synthesis from a BatchNorm CNN teacher into versioned HDF5 shards."""
+"""synth: DeepInversion synthesis from a BatchNorm CNN teacher into versioned HDF5 shards.
 
-from synth import small_cnn  # noqa: F401  (registers the small BN CNN teachers with timm)
+`import synth.small_cnn` registers the small BN CNN teachers with timm (the teacher loaders do it themselves)."""
+
 from synth.errors import UserError
 
 __all__ = ["UserError"]

@@ -6,8 +6,8 @@ term = 1 - clamp(JS(p_T, p_S), 0, 1), p = softmax(logits / 3) on the same jitter
 JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2, averaged over the batch.
 
 The student file is `student.pth` with `student.json` beside it (as `dfkd distill` writes them); its architecture
-must be registered with timm (`import dfkd` registers the DearKD students). Only the image receives gradients: the
-student is in eval mode and none of its parameters requires a gradient.
+must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image receives
+gradients: the student is in eval mode and none of its parameters requires a gradient.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synth import small_cnn  # noqa: F401  (registers the small BN CNN students with timm)
 from synth.errors import UserError
 
 TEMPERATURE = 3.0  # the reference code's temperature for the competition term
@@ -37,6 +38,7 @@ class Competitor:
     std: tuple[float, ...]
     path: str
     sha256: str
+    num_classes: int
 
     def input_affine(self, teacher_mean, teacher_std, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), (1, 3, 1, 1) each: a teacher-normalised image * scale + shift is student-normalised."""
@@ -85,7 +87,12 @@ def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Com
             checkpoint_path=str(file),
             **meta.get("model_kwargs", {}),
         )
-        size, mean, std = int(meta["input_size"]), tuple(meta["mean"]), tuple(meta["std"])
+        size, mean, std, num_classes = (
+            int(meta["input_size"]),
+            tuple(meta["mean"]),
+            tuple(meta["std"]),
+            int(meta["num_classes"]),
+        )
     except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched student is a user problem
         raise UserError(
             f"cannot load student '{path}' for the competition term: "
@@ -93,4 +100,4 @@ def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Com
         ) from None
     model.eval().requires_grad_(False).to(device)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    return Competitor(model, size, mean, std, str(file.resolve()), digest)
+    return Competitor(model, size, mean, std, str(file.resolve()), digest, num_classes)

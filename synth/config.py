@@ -7,9 +7,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from synth import shards as shard_io
 from synth.errors import UserError
-from synth.losses import BN_NORMS
 from synth.settings import (
     check_choices,
     check_device,
@@ -25,6 +23,8 @@ if TYPE_CHECKING:
     from synth.competitor import Competitor
     from synth.teacher import Teacher
 
+BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.losses.BNStatisticsLoss)
+COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shard_writer)
 MAX_SHARD_IMAGES = 100_000  # a shard is assembled in memory before it is written
 UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
 
@@ -150,7 +150,7 @@ class SynthesisConfig:
     seed: int = setting(0, help="Global seed.", flag=True)
     threads: int = threads_setting("CPU threads (part of the config).")
     device: str = device_setting()
-    compression: str = setting("none", help="HDF5 compression of the images.", flag=True, choices=shard_io.COMPRESSIONS)
+    compression: str = setting("none", help="HDF5 compression of the images.", flag=True, choices=COMPRESSIONS)
     store_logits: bool = setting(True, help="Store teacher logits.", flag="--logits/--no-logits")
     compile: bool = setting(False, help="torch.compile the teacher.", flag="--compile/--no-compile")
 
@@ -217,9 +217,11 @@ class SynthesisConfig:
 
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
-        synthesize() resolved them), and the competing student's file and sha256 when there is one."""
+        synthesize() resolved them), the competing student's file and sha256 when there is one, and the teacher's
+        smallest input when a stage is below it (synth.teacher.fit_resolutions)."""
         extra = {"student": competitor.describe()} if competitor is not None else {}
         extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
+        extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})
         return json.loads(
             json.dumps(
                 {

@@ -36,7 +36,7 @@ from synth.runtime import Progress, available_cores, default_threads, resolve_de
 from synth.shard_verify import load_verified
 from synth.shard_writer import write_shard
 from synth.summary import RankResult, all_shards, low_fidelity_warning, summarize
-from synth.teacher import Teacher
+from synth.teacher import Teacher, fit_resolutions
 from synth.teacher_sources import load_teacher
 from synth.units import Unit, UnitPlan, parse_classes, plan_units, unit_generator
 
@@ -59,6 +59,13 @@ def synthesize(
     config = replace(config, threads=min(ranks.all_gather(threads)))  # the ranks agree on one count
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
         run = _prepare_run(config, out, ranks)
+    if run.teacher.min_input and ranks.rank == 0:
+        below = [r for r in config.schedule.resolutions if r < run.teacher.min_input]
+        progress.message(
+            f"note: the teacher takes inputs of at least {run.teacher.min_input} px; the stage(s) at "
+            f"{', '.join(map(str, below))} px show it their view upsampled (bilinear) to {run.teacher.min_input} px "
+            "(recorded as teacher_min_input)"
+        )
     if ranks.distributed:  # e.g. another node's teacher file, or --threads 0 on machines with other core counts
         identities = ranks.all_gather(run.identity)
         with ranks.together():
@@ -108,6 +115,7 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
     use_threads(config.threads)  # resolved by synthesize(); on every rank, whatever OMP_NUM_THREADS says
     device = ranks.local_device(resolve_device(config.device))
     teacher = load_teacher(config.teacher, config.teacher_weights, device)
+    fit_resolutions(teacher, config.schedule.resolutions, config.teacher)
     classes = parse_classes(config.classes, teacher.num_classes)
     units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
     if -(-len(units) // config.units_per_shard) > shard_io.MAX_SHARDS:
@@ -118,6 +126,12 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
             "or raise units_per_shard"
         )
     competitor = load_competitor(config.student, device) if config.student else None
+    if competitor is not None and competitor.num_classes != teacher.num_classes:
+        raise UserError(
+            f"the student '{config.student}' has {competitor.num_classes} classes and the teacher "
+            f"'{config.teacher}' has {teacher.num_classes}; the competition term compares their predictions class "
+            f"by class, so --student must be a student of this teacher ({teacher.num_classes} classes)"
+        )
     identity = config.identity(teacher, classes, competitor)
     return _Run(config, out, device, teacher, units, identity, competitor)
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from synth.config import BN_NORMS
+
 
 def channel_stats(x: torch.Tensor) -> torch.Tensor:
     """Per-channel mean and biased variance of `x` (N, C, ...) over all dims but 1, stacked (2, C), in fp32.
@@ -76,7 +78,6 @@ def bn_stat_distance(x: torch.Tensor, running_mean: torch.Tensor, running_var: t
     return torch.linalg.vector_norm(channel_stats(x) - running, dim=1).sum()
 
 
-BN_NORMS = ("normalized", "paper")
 VARIANCE_FLOOR = 1e-2  # normalized form: a channel's running variance counts as at least 1% of its layer's mean
 
 

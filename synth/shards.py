@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from synth.config import COMPRESSIONS  # noqa: F401  (a format constant, declared with the setting)
 from synth.errors import UserError
 
 FORMAT = "dfkd-shard"
@@ -26,7 +27,6 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = re.compile(r"^shard-(\d{6})\.h5$")
 # the only temporary files dfkd deletes
 TMP_PATTERN = re.compile(r"^(shard-\d{6}\.h5|manifest\.json|preview\.png|synthesis\.png)\.tmp$")
-COMPRESSIONS = ("none", "lzf", "gzip")
 MAX_SHARDS = 1_000_000  # shard names have six digits
 
 
@@ -100,7 +100,8 @@ def check_combinable(first_shards: Sequence[str | Path]) -> None:
                 raise UserError(
                     f"cannot combine '{Path(first_shards[0]).parent}' and '{Path(path).parent}': "
                     f"different {key} ({ours} vs {theirs}); "
-                    "only sets from the same teacher with the same classes and resolution combine"
+                    "sets combine only when they come from the same teacher weights (same class count and names) "
+                    "at the same resolution; they may hold different classes of that teacher"
                 )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
+import torch.nn.functional as F
 
 from synth.config import LossWeights
 from synth.losses import BNStatisticsLoss
@@ -29,6 +30,7 @@ class IterationStep:
     step: Optional[Callable]
     compile: bool | str
     student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+    min_input: int = 0  # the teacher's smallest input: a smaller view is shown to it upsampled (bilinear)
 
     def __call__(self, augmented: torch.Tensor) -> dict[str, torch.Tensor]:
         arguments = (
@@ -40,6 +42,7 @@ class IterationStep:
             self.weights,
             self.autocast_dtype,
             self.student,
+            self.min_input,
         )
         if self.step is not None:
             try:
@@ -63,12 +66,17 @@ def inversion_step(
     weights: LossWeights,
     autocast_dtype: Optional[torch.dtype],
     student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    min_input: int = 0,
 ) -> dict[str, torch.Tensor]:
     """One iteration's loss terms on an augmented view (eager): one teacher forward (BN hooks and embedding tap
     fire), the frozen student's forward when competing, and the objective; "total" is the weighted sum, to
-    backpropagate. This is the step `compile` compiles (see `compiled_inversion_step`); the GPU benchmark times it."""
+    backpropagate. This is the step `compile` compiles (see `compiled_inversion_step`); the GPU benchmark times it.
+    A view smaller than `min_input` is shown to the teacher upsampled to it (the priors see the view itself)."""
+    shown = augmented
+    if augmented.shape[-1] < min_input:
+        shown = F.interpolate(augmented, size=(min_input, min_input), mode="bilinear", align_corners=False)
     with _autocast(augmented.device, autocast_dtype):
-        logits = model(augmented)
+        logits = model(shown)
         student_logits = student(augmented) if student is not None else None
     return objective(
         IterationView(logits.float(), tap.value.float(), augmented, labels, bn_loss, weights, student_logits)

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
+from synth import small_cnn  # noqa: F401  (registers the small BN CNN teachers with timm)
 from synth.errors import UserError, first_line
 from synth.teacher import Teacher, find_classifier_name, require_bn_layers, teacher_from_model
 from synth.weights import load_weights_strict, read_state_dict

@@ -9,6 +9,7 @@ group[p // images_per_class]; its sample id is u * batch + p. Shard k holds unit
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -66,7 +67,13 @@ def parse_classes(spec: Union[str, list[int]], num_classes: int) -> list[int]:
         raise UserError(f"class id {bad[0]} is outside the teacher's range 0-{num_classes - 1}")
     if not ids:
         raise UserError(f"classes '{spec}' selects no class")
-    return sorted(set(ids))
+    repeated = sorted(c for c, n in Counter(ids).items() if n > 1)
+    if repeated:
+        raise UserError(
+            f"classes '{spec}' names class {repeated[0]} more than once; give each class once: "
+            "'all', a range like 0-99, or a list like 1,5,7-9"
+        )
+    return sorted(ids)
 
 
 class UnitPlan(Sequence):
@@ -96,6 +103,11 @@ class UnitPlan(Sequence):
 
 def plan_units(classes: list[int], per_class: int, classes_per_batch: int, images_per_class: int) -> UnitPlan:
     """All work units in order (see the module docstring)."""
+    if len(classes) < 2:
+        raise UserError(
+            f"synthesis needs at least 2 classes (the intra-divergence and triplet losses compare the classes of a "
+            f"batch); the selection holds only class {classes[0]}"
+        )
     if len(classes) % classes_per_batch:
         divisors = [d for d in range(2, min(len(classes), 10_000) + 1) if len(classes) % d == 0]
         raise UserError(

@@ -9,7 +9,7 @@ import timm
 import torch
 import torchvision
 
-import synth  # noqa: F401
+import synth.small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
 from synth.teacher_file import save_teacher_file
 
 torch.set_num_threads(1)

@@ -85,6 +85,27 @@ def test_student_and_its_sha256_join_the_shard_config(random_teacher, student_fi
         SynthesisConfig(teacher=random_teacher, losses=LossWeights(adi=1.0)).validate()
 
 
+def test_student_with_another_class_count_is_refused_before_anything_is_written(random_teacher, tmp_path):
+    """A 10-class student against the 4-class teacher: one line naming both counts, exit 2, no manifest."""
+    from click.testing import CliRunner
+
+    from dfkd.cli import main
+
+    root = tmp_path / "student"
+    root.mkdir()
+    torch.save(timm.create_model("dearkd_pico_patch4_32", num_classes=10).state_dict(), root / "student.pth")
+    meta = {"model": "dearkd_pico_patch4_32", "num_classes": 10, "input_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3}
+    (root / "student.json").write_text(json.dumps(meta))
+    args = ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path / "s"), "--classes", "0-1"]
+    args += ["--per-class", "2", "--classes-per-batch", "2", "--images-per-class", "2", "--resolutions", "16"]
+    args += ["--iterations", "1", "--threads", "1", "--device", "cpu", "--a-adi", "1"]
+    result = CliRunner().invoke(main, [*args, "--student", str(root / "student.pth")])
+    assert result.exit_code == 2, result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "has 10 classes" in result.stderr and "has 4" in result.stderr
+    assert not (tmp_path / "s").exists() or not any((tmp_path / "s").iterdir())
+
+
 def test_two_round_adaptive_workflow_through_the_cli(digits_teacher, tmp_path):
     """synthesize -> distill -> synthesize more against that student -> distill on both sets."""
     from click.testing import CliRunner

@@ -64,6 +64,7 @@ def test_fast_demo_end_to_end(tmp_path):
     assert summary["student_synthetic_accuracy"] > 0.5, summary
     assert 0.0 <= summary["student_accuracy"] <= 1.0 and summary["test_images"] == 397
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "student" / "student.pth").is_file()
+    assert "plumbing check" in result.stderr  # a chance-level student is expected, and said so
     page = tmp_path / "results.md"
     assert summary["results_page"] == str(page) and f"{summary['student_accuracy']:.4f}" in page.read_text()
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", page.read_text())

@@ -1,6 +1,7 @@
 """Every shipped recipe: each of its sections builds the config of the command that reads it (unknown keys,
 wrong types and unknown sections are refused by dfkd.config)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -35,3 +36,32 @@ def test_every_section_of_every_recipe_builds_its_config(recipe):
 
 def test_the_command_table_covers_every_section():
     assert set(CONFIGS) == SECTIONS
+
+
+def test_shipped_recipes_leave_optional_paths_unset():
+    for recipe in RECIPES:
+        for section in SECTIONS:
+            settings = load_recipe(str(recipe), section)
+            for name in ("val_data", "teacher_weights", "lpips_backbone", "data"):
+                assert settings.get(name) is None, (recipe.stem, section, name)
+
+
+def test_a_recipe_shrinks_with_epochs_alone(random_teacher, tmp_path):
+    """`--epochs 1` on the 300-epoch recipe: stage 1 and warm-up keep their share (a note says so)."""
+    from click.testing import CliRunner
+
+    from dfkd.cli import main
+
+    shards = tmp_path / "shards"
+    small = ["--classes", "0-1", "--per-class", "2", "--classes-per-batch", "2", "--images-per-class", "2"]
+    small += ["--resolutions", "8", "--iterations", "1", "--threads", "1", "--device", "cpu"]
+    made = CliRunner().invoke(main, ["synthesize", "--teacher", random_teacher, *small, "--out", str(shards)])
+    assert made.exit_code == 0, made.output
+    args = ["distill", "--config", "df_dearkd_distill", "--epochs", "1", "--shards", str(shards), "--teacher"]
+    args += [random_teacher, "--student", "dearkd_pico_patch4_32", "--batch-size", "4", "--workers", "0"]
+    args += ["--threads", "1", "--device", "cpu", "--out", str(tmp_path / "run"), "--json"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["epochs"] == 1 and summary["stage1_epochs"] == 1 and summary["val_top1"] is None
+    assert "stage1_epochs 300 -> 1" in result.stderr and "warmup_epochs 5 -> 0.0167" in result.stderr

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from dfkd.cli.common import EXIT_RUNTIME, EXIT_USAGE, install_warning_filters
+from dfkd.cli.common import EXIT_RUNTIME, EXIT_USAGE, install_warning_filters, quit_on_closed_pipe
 from dfkd.cli.demo import demo_command
 from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
@@ -19,6 +19,7 @@ class OneLineErrors(click.Group):
     """Click's usage errors as one `error:` line (exit 2) instead of a usage block; --help is unchanged."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        self.argv = list(args) if args is not None else sys.argv[1:]  # the resume hint after Ctrl-C repeats them
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, **extra)
         try:
@@ -38,6 +39,8 @@ class OneLineErrors(click.Group):
             sys.exit(EXIT_RUNTIME)
         except click.exceptions.Exit as exc:
             sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            quit_on_closed_pipe()
         sys.exit(code if isinstance(code, int) else 0)  # without standalone mode click returns ctx.exit()'s code
 
 
@@ -50,8 +53,9 @@ def main() -> None:
     dfkd synthesize   teacher -> labelled synthetic images in HDF5 shards
     dfkd distill      shards (or real images) -> DearKD student
     dfkd evaluate     accuracy, teacher fidelity, LPIPS diversity
-    dfkd inspect      shards: counts per class, teacher, config, verify; --grid PNG. A run: curves.png
-    dfkd export       shards -> PNG class folders (ImageFolder layout)
+    dfkd inspect      shards: counts per class, teacher, config, format, verify; --grid PNG. A run: curves.png
+    dfkd export       shards -> image folders, WebDataset tars or a Hugging Face dataset
+                      (--to imagefolder | webdataset | hf)
     dfkd train-teacher  a small BN CNN teacher on real digits
     dfkd demo         all of it end to end on real digits, with a results page (results.md)
     """

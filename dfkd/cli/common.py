@@ -4,32 +4,42 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
+import shlex
+import signal
 import sys
 import traceback
 import warnings
-from typing import Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import click
 
 from synth.errors import UserError
-from synth.runtime import Progress
+
+if TYPE_CHECKING:
+    from synth.runtime import Progress
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
 
 
 def install_warning_filters() -> None:
-    """Library warnings are noise on a command line: hide them (set DFKD_DEBUG=1 to see them)."""
+    """Library warnings are noise on a command line, whether raised as warnings or logged (timm's scheduler logs
+    one for a one-step schedule): hide them (set DFKD_DEBUG=1 to see them)."""
     if not os.environ.get("DFKD_DEBUG"):
         warnings.filterwarnings("ignore")
+        logging.getLogger().setLevel(logging.ERROR)
 
 
-def common_options(func: Optional[Callable] = None, *, config: bool = True) -> Callable:
+def common_options(
+    func: Optional[Callable] = None, *, config: bool = True, resume: Optional[tuple[str, ...]] = None
+) -> Callable:
     """Add --config (unless `config=False`: a command with no recipe settings), --json and --quiet, and turn
-    errors into one line plus an exit code. Use as `@common_options` or `@common_options(config=False)`."""
+    errors into one line plus an exit code. `resume`: the flags that make a rerun resume (() for "the same
+    command"; None: the command does not resume). Use as `@common_options` or `@common_options(config=False)`."""
     if func is None:
-        return functools.partial(common_options, config=config)
+        return functools.partial(common_options, config=config, resume=resume)
 
     @click.option("--json", "json_mode", is_flag=True, help="Print exactly one JSON object on stdout.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages on stderr.")
@@ -40,7 +50,9 @@ def common_options(func: Optional[Callable] = None, *, config: bool = True) -> C
         except UserError as exc:
             fail(str(exc), EXIT_USAGE)
         except KeyboardInterrupt:
-            fail("interrupted; rerun the same command to resume", EXIT_RUNTIME)
+            fail(interrupted_message(resume), EXIT_RUNTIME)
+        except BrokenPipeError:
+            quit_on_closed_pipe()
         except (click.exceptions.Exit, click.ClickException, SystemExit):
             raise
         except Exception as exc:  # noqa: BLE001 - a runtime failure: one line, traceback only when debugging
@@ -54,9 +66,31 @@ def common_options(func: Optional[Callable] = None, *, config: bool = True) -> C
             "config_path",
             type=click.Path(dir_okay=False),
             default=None,
-            help="YAML recipe; command-line options override it.",
+            metavar="RECIPE",
+            help="A recipe: the name of a shipped one (e.g. digits, df_dearkd_imagenet; listed in the README) "
+            "or a YAML file; command-line options override it.",
         )(wrapper)
     return wrapper
+
+
+def interrupted_message(resume: Optional[tuple[str, ...]]) -> str:
+    """What to say after Ctrl-C: the command line that resumes (this one, with the `resume` flags it lacks)."""
+    if resume is None:
+        return "interrupted"
+    ctx = click.get_current_context(silent=True)
+    root = ctx.find_root() if ctx is not None else None
+    argv = list(getattr(root.command, "argv", None) or sys.argv[1:])
+    prog = root.info_name if root is not None and root.info_name else "dfkd"
+    command = shlex.join([*prog.split(), *argv, *(flag for flag in resume if flag not in argv)])
+    return f"interrupted; to resume, run: {command}"
+
+
+def quit_on_closed_pipe() -> None:
+    """The reader of stdout went away (`dfkd inspect s | head`): stop quietly, with the status a shell gives a
+    command killed by SIGPIPE (141), as other command-line tools do."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail again
+    sys.exit(128 + signal.SIGPIPE)
 
 
 def fail(message: str, code: int) -> None:
@@ -101,6 +135,8 @@ class Reporter:
 
     def progress(self, desc: str, unit: str = "img", postfix: Callable[[dict], dict] = lambda info: {}) -> Progress:
         """A synth Progress driving this reporter's bar; `postfix` picks what each update shows beside it."""
+        from synth.runtime import Progress
+
         return Progress(
             start=lambda total: self.bar(total, unit, desc),
             advance=lambda n, info: self.update(n, **postfix(info)),

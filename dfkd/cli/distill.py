@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.distill import DistillConfig, train_student
-from dfkd.distill.data import shard_roots
-from synth import distributed
-from synth.runtime import Progress
-from synth.shard_verify import check_integrity
+from dfkd.distill.config import DistillConfig, rescale_epochs
+
+if TYPE_CHECKING:
+    from synth import distributed
+    from synth.runtime import Progress
 
 EXAMPLE = """
 \b
@@ -31,6 +33,7 @@ teacher labels every image the student sees and the labels of the shards are not
 over long schedules (the digits recipe: 80 epochs, no stage 2). Rerun with --resume to continue an
 interrupted run from out/checkpoint.pt. Writes out/student.pth, student.json, metrics.jsonl and
 curves.png (loss terms, lr, --val-data top-1 per epoch; `dfkd inspect out/` redraws it).
+With a recipe, --epochs N keeps the recipe's share of stage-1 and warm-up epochs (unless given too).
 
 \b
 Scale out with torchrun (DistributedDataParallel; --batch-size is per process, lr scales with the
@@ -49,11 +52,20 @@ effective batch = batch size x processes):
     default=True,
     help="Refuse damaged, missing or unfinished shards (reads each shard once). [default: verify]",
 )
-@common_options
+@common_options(resume=("--resume",))
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
+    from dfkd.distill.data import shard_roots
+    from dfkd.distill.trainer import train_student
+    from synth import distributed
+    from synth.shard_verify import check_integrity
+
     reporter = Reporter(json_mode, quiet)
-    config = build(DistillConfig, apply_overrides(load_recipe(config_path, "distill"), config_overrides(options)))
+    recipe, overrides = load_recipe(config_path, "distill"), config_overrides(options)
+    scaled, note = rescale_epochs(recipe, overrides)
+    config = build(DistillConfig, apply_overrides(recipe, {**overrides, **scaled}))
+    if note:
+        reporter.message(note)
     for root in shard_roots(config.shards) if config.shards is not None else ():
         check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)
@@ -65,6 +77,8 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     """Rank 0 shows the progress bar (images of all ranks) and the notes; other ranks print only their errors."""
+    from synth.runtime import Progress
+
     if ranks.rank != 0:
         return Progress(message=lambda text: None)
     desc = "distill" if not ranks.distributed else f"distill ({ranks.world_size} processes)"

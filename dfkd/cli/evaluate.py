@@ -10,13 +10,8 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.evaluate import load_student, measure_accuracy, measure_fidelity, measure_lpips_diversity, teacher_classifier
 from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError
-from synth.runtime import use_threads
-from synth.shard_verify import check_integrity
-from synth.shards import ShardDataset
-from synth.teacher_sources import load_teacher
 
 EVALUATE_EXAMPLES = """
 \b
@@ -29,6 +24,8 @@ Examples:
 
 def settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
     """The recipe's `evaluate` section with the options given, validated; applies its thread count."""
+    from synth.runtime import use_threads
+
     cfg = build(EvaluateConfig, apply_overrides(load_recipe(config_path, "evaluate"), config_overrides(options)))
     use_threads(cfg.threads)
     return cfg
@@ -68,6 +65,8 @@ at most --pairs seeded random pairs; then the mean over classes. Images under 64
 @common_options
 def diversity_command(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """LPIPS diversity of the images of each class (higher is more diverse)."""
+    from dfkd.evaluate.lpips_diversity import measure_lpips_diversity
+
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
     result = measure_lpips_diversity(shards, cfg, reporter.progress("lpips"))
@@ -105,6 +104,11 @@ def fidelity_command(
     shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, verify_shards: bool, **options
 ) -> None:
     """Teacher top-1 agreement with the target labels of the synthesized images."""
+    from dfkd.evaluate.fidelity import measure_fidelity
+    from synth.shard_verify import check_integrity
+    from synth.shards import ShardDataset
+    from synth.teacher_sources import load_teacher
+
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
     check_integrity(shards, verify_shards, warn=lambda text: click.echo(text, err=True))
@@ -141,6 +145,9 @@ the model's mean/std (the student's from student.json next to the checkpoint).
 @common_options
 def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
+    from dfkd.evaluate.accuracy import load_student, measure_accuracy, teacher_classifier
+    from synth.teacher_sources import load_teacher
+
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
     if not cfg.data or not (cfg.student or cfg.teacher):

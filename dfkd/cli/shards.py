@@ -12,10 +12,7 @@ from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.evaluate import settings, shards_argument
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import build
-from dfkd.evaluate import export_shards, inspect_shards
-from dfkd.evaluate.config import EvaluateConfig, ExportConfig
-from dfkd.evaluate.export_formats import FORMATS
-from dfkd.evaluate.inspect import inspect_run, is_run_dir
+from dfkd.evaluate.config import FORMATS, EvaluateConfig, ExportConfig
 from synth.errors import UserError
 
 
@@ -48,6 +45,8 @@ def inspect_command(
 ) -> None:
     """Describe a shard directory (counts per class, resolution, teacher, config, format, verify result) or a
     distillation run folder (redraws its curves.png from metrics.jsonl)."""
+    from dfkd.evaluate.inspect import inspect_shards, is_run_dir
+
     reporter = Reporter(json_mode, quiet)
     if is_run_dir(shards):
         return _inspect_run(reporter, shards, grid)
@@ -61,7 +60,7 @@ def inspect_command(
         f"({min(counts)}-{max(counts)} images per class), complete: {result['complete']}",
         f"teacher: {result['teacher'].get('spec')}  weights sha256 {str(result['teacher'].get('weights_sha256'))[:12]}",
         f"per class: {', '.join(f'{c}: {n}' for c, n in result['per_class'].items())}",
-        "verify: ok" if check["ok"] else f"verify: FAILED: problems {check['problems']}, missing {check['missing']}",
+        _verify_line(check),
         f"dataset card: {result['card']}"
         if result["card"]
         else "dataset card: none (dfkd synthesize writes README.md)",
@@ -82,6 +81,8 @@ def inspect_command(
 
 def _inspect_run(reporter: Reporter, run_dir: str, grid: Optional[str]) -> None:
     """Report a distillation run folder and redraw its curves."""
+    from dfkd.evaluate.inspect import inspect_run
+
     if grid:
         raise UserError(f"'{run_dir}' is a distillation run (metrics.jsonl, no shards); --grid draws shard sets")
     result = inspect_run(run_dir, reporter.message)
@@ -93,6 +94,15 @@ def _inspect_run(reporter: Reporter, run_dir: str, grid: Optional[str]) -> None:
         lines.append(f"validation top-1: {result['val_top1']:.4f}")
     lines += [f"student: {result['student'] or 'not yet written'}", f"curves: {result['curves']}"]
     reporter.result(result, lines)
+
+
+def _verify_line(check: dict) -> str:
+    """The verify result in words: ok, or each damaged shard with its problem and each missing shard."""
+    if check["ok"]:
+        return "verify: ok"
+    damaged = [f"{name} is damaged ({problem})" for name, problem in check["problems"].items()]
+    missing = [f"{name} is missing" for name in check["missing"]]
+    return f"verify: FAILED: {'; '.join(damaged + missing)}"
 
 
 @click.command(
@@ -130,6 +140,8 @@ hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: the class id, a C
 @common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
 def export_command(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool, **options) -> None:
     """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
+    from dfkd.evaluate.export import export_shards
+
     reporter = Reporter(json_mode, quiet)
     config = build(ExportConfig, config_overrides(options))
     result = export_shards(shards, out, fmt, reporter.progress("export"), config)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from synth import distributed
 from synth.config import SynthesisConfig
-from synth.engine import synthesize
-from synth.runtime import Progress
+
+if TYPE_CHECKING:
+    from synth import distributed
+    from synth.runtime import Progress
 
 EXAMPLE = """
 \b
@@ -20,8 +23,9 @@ Examples:
       --classes-per-batch 2 --images-per-class 2 --resolutions 32,64 --iterations 20,20 --device cpu
   dfkd synthesize --teacher digits-teacher.pt --config digits --out shards/
 
+\b
 Adaptive DeepInversion rounds (synthesize, distill, synthesize more against the student, continue on all):
-  dfkd synthesize --config digits --teacher t.pt --out round2/ --seed 1 \
+  dfkd synthesize --config digits --teacher t.pt --out round2/ --seed 1 \\
       --student runs/round1/student.pth --a-adi 1
   dfkd distill --config digits --teacher t.pt --shards round1/,round2/ --out runs/round2
 
@@ -36,20 +40,26 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @click.command("synthesize", epilog=EXAMPLE)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output shard directory.")
 @config_options(SynthesisConfig)
-@common_options
+@common_options(resume=())
 def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
+    import dfkd.models  # noqa: F401  (registers the DearKD students with timm: a --student competitor)
+    from synth import distributed
+    from synth.engine import synthesize
+
     reporter = Reporter(json_mode, quiet)
     config = build(SynthesisConfig, apply_overrides(load_recipe(config_path, "synthesize"), config_overrides(options)))
     ranks = distributed.init(config.device)
     summary = synthesize(config, out, _progress(reporter, ranks), ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
     if ranks.rank == 0:
-        reporter.result(summary, _lines(summary))
+        reporter.result(summary, _lines(summary, warned=not quiet and summary["shards_written"] > 0))
 
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     """Rank 0 shows the progress bar (of its own share); other ranks only print notes, tagged with their rank."""
+    from synth.runtime import Progress
+
     if ranks.rank != 0:
         return Progress(message=lambda text: reporter.message(f"[rank {ranks.rank}] {text}"))
     desc = "synthesize" if not ranks.distributed else f"synthesize (rank 0 of {ranks.world_size})"
@@ -58,7 +68,8 @@ def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     )
 
 
-def _lines(summary: dict) -> list[str]:
+def _lines(summary: dict, warned: bool) -> list[str]:
+    """The human-readable result; `warned`: this run printed the low-fidelity warning with its likely cause."""
     if summary["nothing_to_do"] and not summary["shards_regenerated"]:
         head = f"nothing to do: all {summary['shards']} shards in {summary['out']} are finished and verified"
     else:
@@ -78,8 +89,13 @@ def _lines(summary: dict) -> list[str]:
     if fidelity is not None:
         lines.append(f"teacher fidelity (agreement with target labels): {fidelity:.3f}")
         if summary.get("low_fidelity"):
+            cause = (
+                "see the warning above"
+                if warned
+                else "the usual cause is a BN-statistics term that swamps the class term: try a smaller --a-bn"
+            )
             lines.append(
-                "LOW FIDELITY: the teacher does not see the target classes in these images; "
-                "see the warning above before training on them"
+                f"LOW FIDELITY: the teacher does not see the target classes in these images; {cause} before "
+                "training on them"
             )
     return lines

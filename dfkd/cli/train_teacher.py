@@ -10,7 +10,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides
 from dfkd.config import apply_overrides, build, load_recipe
-from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
+from dfkd.digits.config import TeacherTrainingConfig
 from synth.errors import UserError
 
 EXAMPLE = """
@@ -28,6 +28,8 @@ Example:
 @common_options
 def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Train a small BN CNN teacher on real images (held-out accuracy is reported and stored in the file)."""
+    from dfkd.digits.teacher import train_teacher
+
     reporter = Reporter(json_mode, quiet)
     config = build(
         TeacherTrainingConfig, apply_overrides(load_recipe(config_path, "train_teacher"), config_overrides(options))

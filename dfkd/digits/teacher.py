@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -12,11 +11,10 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from dfkd.data.real import DATASET_NAMES, real_dataset
+from dfkd.data.real import real_dataset
+from dfkd.digits.config import TeacherTrainingConfig
 from dfkd.digits.data import DIGITS_MEAN, DIGITS_STD
-from synth.errors import UserError
 from synth.runtime import use_threads
-from synth.settings import check_choices, setting, threads_setting
 from synth.teacher_file import save_teacher_file
 
 
@@ -45,46 +43,6 @@ def held_out_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     model.eval()
     hits = sum(int((model(x[i : i + batch]).argmax(1) == y[i : i + batch]).sum()) for i in range(0, len(x), batch))
     return hits / len(x)
-
-
-@dataclass
-class TeacherTrainingConfig:
-    """Settings of `dfkd train-teacher` (the `train_teacher:` section of a recipe)."""
-
-    dataset: str = setting(
-        "digits",
-        flag=True,
-        choices=DATASET_NAMES,
-        help="Real training data: digits (scikit-learn's bundled handwritten digits) or fashion-mnist (the IDX "
-        "files from --data-dir, $DFKD_DATA or Debian's dataset-fashion-mnist); both 32x32.",
-    )
-    data_dir: Optional[str] = setting(
-        None,
-        flag=True,
-        path="dir",
-        default_text="$DFKD_DATA, then /usr/share/datasets/fashion-mnist",
-        help="Folder of the dataset's files (fashion-mnist: the four IDX files, .gz or raw).",
-    )
-    arch: str = setting("dfkd_cnn_digits", help="timm architecture with BatchNorm.", flag=True)
-    epochs: int = setting(
-        40,
-        help="Training epochs (a teacher that has not converged gives images other networks do not read).",
-        flag=True,
-    )
-    batch_size: int = setting(64, help="Images per step.")
-    lr: float = setting(3e-3, help="Peak learning rate of the one-cycle schedule.")
-    seed: int = setting(0, help="Seed of the split and the training.", flag=True)
-    threads: int = threads_setting()
-
-    def validate(self) -> None:
-        """Refuse an unknown dataset or architecture, a dataset whose files are missing, or a non-positive epoch
-        count."""
-        check_choices(self)
-        real_dataset(self.dataset).check(self.data_dir)
-        if not timm.is_model(self.arch):
-            raise UserError(f"unknown timm architecture '{self.arch}'")
-        if self.epochs < 1:
-            raise UserError(f"epochs must be >= 1, not {self.epochs}")
 
 
 def train_teacher(

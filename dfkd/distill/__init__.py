@@ -1,8 +1,16 @@
 """Two-stage DearKD distillation from a CNN teacher (docs/method.md): `distill` (trainer) runs it, build sets it
-up, engine trains and validates, resume and output keep its checkpoint and files."""
+up, engine trains and validates, resume and output keep its checkpoint and files. The names below load on first
+use (the settings module stays free of torch)."""
 
-from dfkd.distill.config import AugmentConfig, DistillConfig, LossConfig, OptimConfig
-from dfkd.distill.losses import DistillationLoss
-from dfkd.distill.trainer import train_student
+from dfkd import lazy_exports
 
+_CONFIG, _LOSSES, _TRAINER = "dfkd.distill.config", "dfkd.distill.losses", "dfkd.distill.trainer"
 __all__ = ["AugmentConfig", "DistillConfig", "DistillationLoss", "LossConfig", "OptimConfig", "train_student"]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(("AugmentConfig", "DistillConfig", "LossConfig", "OptimConfig"), _CONFIG),
+        "DistillationLoss": _LOSSES,
+        "train_student": _TRAINER,
+    },
+)

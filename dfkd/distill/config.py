@@ -7,7 +7,6 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from dfkd.distill.losses import KINDS
 from synth.errors import UserError
 from synth.settings import (
     check_choices,
@@ -20,6 +19,7 @@ from synth.settings import (
 )
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
+KINDS = ("function_matching", "hard", "soft", "stored")  # distillation types (dfkd.distill.losses)
 
 
 @dataclass
@@ -223,3 +223,34 @@ class DistillConfig:
     def model_kwargs(self) -> dict:
         """timm.create_model keyword arguments that change the student's architecture (kept in student.json)."""
         return {k: v for k, v in {"num_mhca": self.num_mhca, "img_size": self.input_size}.items() if v is not None}
+
+
+def rescale_epochs(recipe: dict, overrides: dict) -> tuple[dict, Optional[str]]:
+    """Shrinking or stretching a recipe with --epochs: the recipe's stage-1 epochs (a whole count) and warm-up
+    epochs keep their share of the run, unless they are given on the command line too. Returns the extra overrides
+    and a one-line note saying what changed (None when nothing did)."""
+    old, new = recipe.get("epochs", DistillConfig.epochs), overrides.get("epochs")
+    if not _is_number(old) or not _is_number(new) or new == old or old <= 0:
+        return {}, None
+    optim = recipe.get("optim")
+    counts = {
+        "stage1_epochs": recipe.get("stage1_epochs"),
+        "optim.warmup_epochs": optim.get("warmup_epochs") if isinstance(optim, dict) else None,
+    }
+    scaled = {
+        name: round(value * new / old) if name == "stage1_epochs" else value * new / old
+        for name, value in counts.items()
+        if name not in overrides and _is_number(value) and (name != "stage1_epochs" or value >= 1)
+    }
+    if not scaled:
+        return {}, None
+    changes = ", ".join(f"{name} {counts[name]:g} -> {value:.3g}" for name, value in scaled.items())
+    flags = " / ".join("--" + name.split(".")[-1].replace("_", "-") for name in scaled)
+    return (
+        scaled,
+        f"note: --epochs {new} keeps the recipe's proportions of {old} epochs: {changes} (set {flags} to choose)",
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)

@@ -24,9 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
+from dfkd.distill.config import KINDS
 from dfkd.distill.taps import TeacherTaps
-
-KINDS = ("function_matching", "hard", "soft", "stored")
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: float) -> torch.Tensor:

@@ -1,11 +1,7 @@
-"""Evaluation: LPIPS diversity and teacher fidelity of shards, accuracy on real images, grids, inspect, export."""
+"""Evaluation: LPIPS diversity and teacher fidelity of shards, accuracy on real images, grids, inspect, export.
+The names below load on first use (the settings module stays free of torch)."""
 
-from dfkd.evaluate.accuracy import Classifier, load_student, measure_accuracy, teacher_classifier
-from dfkd.evaluate.export import export_imagefolder, export_shards
-from dfkd.evaluate.fidelity import measure_fidelity
-from dfkd.evaluate.grid import draw_class_grid
-from dfkd.evaluate.inspect import inspect_shards
-from dfkd.evaluate.lpips_diversity import load_lpips, measure_lpips_diversity
+from dfkd import lazy_exports
 
 __all__ = [
     "Classifier",
@@ -20,3 +16,16 @@ __all__ = [
     "measure_lpips_diversity",
     "teacher_classifier",
 ]
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        **dict.fromkeys(
+            ("Classifier", "load_student", "measure_accuracy", "teacher_classifier"), f"{__name__}.accuracy"
+        ),
+        **dict.fromkeys(("export_imagefolder", "export_shards"), f"{__name__}.export"),
+        "measure_fidelity": f"{__name__}.fidelity",
+        "draw_class_grid": f"{__name__}.grid",
+        "inspect_shards": f"{__name__}.inspect",
+        **dict.fromkeys(("load_lpips", "measure_lpips_diversity"), f"{__name__}.lpips_diversity"),
+    },
+)

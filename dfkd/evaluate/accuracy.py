@@ -37,6 +37,7 @@ def load_student(checkpoint: str | Path) -> Classifier:
     import timm
 
     import dfkd.models  # noqa: F401  (registers the DearKD students with timm)
+    import synth.small_cnn  # noqa: F401  (and the small BN CNNs)
 
     path = Path(checkpoint)
     if not path.is_file():

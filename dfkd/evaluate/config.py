@@ -68,6 +68,9 @@ class EvaluateConfig:
         check_device(self.device)
 
 
+FORMATS = ("imagefolder", "webdataset", "hf")  # what `dfkd export --to` writes (dfkd.evaluate.export_formats.WRITERS)
+
+
 @dataclass
 class ExportConfig:
     """Settings of `dfkd export` (the format options; the format itself is --to)."""

@@ -19,8 +19,8 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from dfkd.evaluate.config import ExportConfig
-from dfkd.evaluate.export_formats import CHECKS, FORMATS, WRITERS
+from dfkd.evaluate.config import FORMATS, ExportConfig
+from dfkd.evaluate.export_formats import CHECKS, WRITERS
 from dfkd.evaluate.export_source import verified_source
 from synth import card, pictures
 from synth.errors import UserError

@@ -276,4 +276,3 @@ def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConf
 
 WRITERS = {"imagefolder": _imagefolder, "webdataset": _webdataset, "hf": _hf}
 CHECKS = {"hf": _check_hf}  # what a format needs, checked before anything is read or written
-FORMATS = tuple(WRITERS)
