@@ -126,7 +126,7 @@ imagefolder: OUT/<class id>/<sample id>.png (class ids zero-padded to the width 
 webdataset: OUT/train-NNNNNN.tar with at most --maxcount samples and about
   --shard-size bytes each; per sample <id>.png|jpg, <id>.cls, <id>.logits.npy (float16), <id>.json
   (sample_id, label, resolution); OUT/_info.json describes split "train" for timm
-  (create_dataset("wds/NAME", root=OUT, split="train")); readers need pip install "dfkd[wds]".
+  (create_dataset("wds/NAME", root=OUT, split="train")); written by webdataset.ShardWriter.
 hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: the class id, a ClassLabel with the
   class names; a name several classes share gets its id, "crane (134)"), sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
   datasets.load_from_disk(OUT)) or as OUT/data/train-00000-of-00001.parquet (--hf-format parquet:

@@ -4,7 +4,6 @@ line's help loads fast."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 from typing import Optional
 
 from dfkd.data.real import DATASET_NAMES, real_dataset

@@ -6,11 +6,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import tarfile
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -75,12 +73,6 @@ def write_class_mapping(dataset: ShardDataset, tmp: Path) -> None:
 WDS_SPLIT = "train"
 
 
-def _tar_add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), 0, 0o644
-    tar.addfile(info, io.BytesIO(data))
-
-
 def _npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.save(buffer, np.ascontiguousarray(array, dtype="<f2"), allow_pickle=False)
@@ -88,83 +80,53 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 def _webdataset(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
-    """Tar shards `train-NNNNNN.tar` of at most `maxcount` samples and (about) `shard_size` bytes; one sample per key
+    """Tar shards `train-NNNNNN.tar` written by `webdataset.ShardWriter`: at most `maxcount` samples each, and a new
+    shard once one holds `shard_size` bytes (about: the sample that reaches it stays); one sample per key
     (`<sample id>.png|jpg`, `.cls`, `.logits.npy`, `.json`), plus `_info.json` (timm's split description)."""
-    shards = _TarShards(tmp, config.maxcount, config.shard_size)
+    import webdataset  # a dependency of dfkd; imported here, where it is used
+
+    lengths: dict[str, int] = {}  # shard file name -> samples, filled as each shard is closed
+    writer = webdataset.ShardWriter(
+        str(tmp).replace("%", "%%") + f"/{WDS_SPLIT}-%06d.tar",  # a %-pattern: a % of the folder name escaped
+        maxcount=config.maxcount,
+        maxsize=config.shard_size or float("inf"),
+        post=lambda name: lengths.update({Path(name).name: writer.count}),
+        verbose=0,
+        encoder=False,  # the members are bytes already
+        mtime=0,  # reproducible tars: the same shards export to the same bytes
+        mode=0o644,
+    )
     try:
         for sample in iter_samples(dataset):
-            shards.add(_wds_members(dataset, sample, config.image_format, config.quality))
+            writer.write(_wds_sample(dataset, sample, config.image_format, config.quality))
             progress.advance(1, {})
     finally:
-        shards.close()
-    info = _wds_info(dataset, shards.filenames, shards.lengths)
+        writer.close()
+    filenames = list(lengths)
+    info = _wds_info(dataset, filenames, list(lengths.values()))
     (tmp / "_info.json").write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     return {
-        "shards": len(shards.filenames),
+        "shards": len(filenames),
         "image_format": config.image_format,
-        "pattern": f"{WDS_SPLIT}-{{000000..{len(shards.filenames) - 1:06d}}}.tar",
+        "pattern": f"{WDS_SPLIT}-{{000000..{len(filenames) - 1:06d}}}.tar",
     }
 
 
-def _wds_members(dataset: ShardDataset, sample: Sample, image_format: str, quality: int) -> list[tuple[str, bytes]]:
-    """One sample's tar members: the encoded image, `.cls`, `.logits.npy` (when stored) and `.json` metadata."""
-    key = f"{sample.sample_id:08d}"
-    members = [
-        (f"{key}.{image_format}", encode_image(sample.image, image_format, quality)),
-        (f"{key}.cls", str(sample.label).encode()),
-    ]
-    if sample.logits is not None:
-        members.append((f"{key}.logits.npy", _npy(sample.logits)))
+def _wds_sample(dataset: ShardDataset, sample: Sample, image_format: str, quality: int) -> dict[str, Any]:
+    """One sample as webdataset writes it (`__key__` and one member per extension): the encoded image, `.cls`,
+    `.logits.npy` (when stored) and `.json` metadata."""
     meta = {"sample_id": sample.sample_id, "label": sample.label, "resolution": int(sample.image.shape[0])}
     if dataset.class_names:
         meta["class_name"] = dataset.class_names[sample.label]
-    members.append((f"{key}.json", json.dumps(meta, sort_keys=True).encode()))
+    members = {
+        "__key__": f"{sample.sample_id:08d}",
+        image_format: encode_image(sample.image, image_format, quality),
+        "cls": str(sample.label).encode(),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
+    if sample.logits is not None:
+        members["logits.npy"] = _npy(sample.logits)
     return members
-
-
-@dataclass
-class _TarShards:
-    """The tar shards written so far, in order: a sample goes into the current one, or a new one when the current
-    holds `maxcount` samples or the sample would take it past `shard_size` bytes (tar headers counted)."""
-
-    folder: Path
-    maxcount: int
-    shard_size: Optional[int]
-    filenames: list[str] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    tar: Optional[tarfile.TarFile] = None
-    size: int = 0
-
-    def add(self, members: list[tuple[str, bytes]]) -> None:
-        """Write one sample's members, starting a new shard first when the current one is full."""
-        sample_bytes = sum(len(data) + 512 for _, data in members)
-        if self._full(sample_bytes):
-            self._next_shard()
-        for name, data in members:
-            _tar_add(self.tar, name, data)
-        self.lengths[-1] += 1
-        self.size += sample_bytes
-
-    def _full(self, sample_bytes: int) -> bool:
-        """True when the next sample must open a new shard (also before the first)."""
-        return bool(
-            self.tar is None
-            or self.lengths[-1] >= self.maxcount
-            or (self.shard_size and self.lengths[-1] and self.size + sample_bytes > self.shard_size)
-        )
-
-    def _next_shard(self) -> None:
-        """Close the current shard and open the next, `train-<index, 6 digits>.tar`."""
-        self.close()
-        self.filenames.append(f"{WDS_SPLIT}-{len(self.filenames):06d}.tar")
-        self.tar = tarfile.open(self.folder / self.filenames[-1], "w", format=tarfile.USTAR_FORMAT)
-        self.lengths.append(0)
-        self.size = 0
-
-    def close(self) -> None:
-        """Close the current shard, if any."""
-        if self.tar is not None:
-            self.tar.close()
 
 
 def _wds_info(dataset: ShardDataset, filenames: list[str], lengths: list[int]) -> dict[str, Any]:
