@@ -22,8 +22,8 @@ class RealSplit:
 
 @dataclass(frozen=True)
 class RealDataset:
-    """A dataset's name, class names, normalisation, whether its classes survive a mirror flip, and its loader
-    (seed of the split where the dataset has none, `--data-dir`)."""
+    """A dataset's name, class names, normalisation, whether its classes survive a mirror flip, its loader (seed of
+    the split where the dataset has none, `--data-dir`) and its check that the files are there."""
 
     name: str
     class_names: tuple[str, ...]
@@ -31,7 +31,6 @@ class RealDataset:
     std: tuple[float, float, float]
     flip: bool
     load: Callable[[int, Optional[str]], RealSplit]
-    about: str
     check: Callable[[Optional[str]], object] = lambda data_dir: None  # one error line when the files are missing
 
 
@@ -53,15 +52,7 @@ def _datasets() -> dict[str, RealDataset]:
     from dfkd.digits.data import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD
 
     return {
-        "digits": RealDataset(
-            "digits",
-            tuple(CLASS_NAMES),
-            DIGITS_MEAN,
-            DIGITS_STD,
-            False,
-            _digits,
-            "scikit-learn's bundled 1,797 handwritten digits, 8x8 upsampled to 32x32, 397 held out",
-        ),
+        "digits": RealDataset("digits", tuple(CLASS_NAMES), DIGITS_MEAN, DIGITS_STD, False, _digits),
         "fashion-mnist": RealDataset(
             "fashion-mnist",
             tuple(fashion_mnist.CLASS_NAMES),
@@ -69,7 +60,6 @@ def _datasets() -> dict[str, RealDataset]:
             fashion_mnist.STD,
             True,
             _fashion,
-            "Fashion-MNIST's 60,000 + 10,000 clothing images, 28x28 padded to 32x32, from IDX files (--data-dir)",
             fashion_mnist.find_files,
         ),
     }
