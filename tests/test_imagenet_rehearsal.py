@@ -210,7 +210,7 @@ def student(shards) -> Path:
     on the WNID folders."""
     out = shards / "run-df"
     args = ["--config", "df_dearkd_distill", "--shards", shards / "contig", "--val-data", shards / "val"]
-    args += ["--epochs", "1", "--stage1-epochs", "1"]  # h21b: --stage1-epochs until --epochs scales it
+    args += ["--epochs", "1"]  # a shrunk recipe: --epochs alone (its stage-1 and warm-up epochs keep their share)
     summary = dfkd_json("distill", *args, *timm_teacher(shards), *SHRINK_DISTILL, "--out", out)
     assert summary["val_top1"] is not None and json.loads((out / "student.json").read_text())["num_classes"] == 1000
     return out / "student.pth"
@@ -230,7 +230,7 @@ def test_adi_round_then_combined_sets_distill_and_resume(shards, student, monkey
     )
     combined = ["--config", "df_dearkd_distill", "--shards", f"{shards / 'contig'},{shards / 'adi'}"]
     combined += ["--val-data", shards / "val", "--epochs", "2", *timm_teacher(shards), *SHRINK_DISTILL]
-    combined += ["--stage1-epochs", "2"]  # h21b: --stage1-epochs until --epochs scales it
+    combined += ["--stage1-epochs", "2"]  # both epochs in stage 1 (--epochs alone would keep the recipe's share)
     straight = dfkd_json("distill", *combined, "--out", shards / "straight")
     assert straight["images"] == 16
     real_epoch = distill_trainer.train_one_epoch
