@@ -8,7 +8,6 @@ preview.png (synth.pictures, written beside it) by a relative link. Exports copy
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from synth import shards as shard_io
 from synth.manifest import read_manifest
-from synth.pictures import PREVIEW, PREVIEW_CLASSES, PREVIEW_PER_CLASS
+from synth.pictures import PREVIEW, PREVIEW_CLASSES, PREVIEW_PER_CLASS, replace_own_file
 
 CARD = "README.md"
 MARKER = "<!-- dataset card written by dfkd from manifest.json and the shards; it is rewritten when they change -->"
@@ -259,16 +258,11 @@ def write_card(
     """Write ROOT/README.md atomically; True when written. An identical card is left untouched, and a README.md
     that dfkd did not write is never replaced (`message` says so)."""
     path = Path(root) / CARD
-    text = render(root, manifest)
-    if path.is_file():
-        existing = path.read_text(errors="replace")
-        if existing == text:
-            return False
-        if MARKER not in existing:
-            if message:
-                message(f"note: {path} was not written by dfkd; the dataset card was not written")
-            return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
+    return replace_own_file(
+        path, render(root, manifest).encode(), _is_card, message, "the dataset card was not written"
+    )
+
+
+def _is_card(path: Path) -> bool:
+    """A README.md that dfkd wrote (it carries the marker)."""
+    return MARKER in path.read_text(errors="replace")

@@ -135,13 +135,20 @@ def is_dfkd_png(path: str | Path) -> bool:
 def write_png(path: str | Path, data: bytes, message: Optional[Callable[[str], None]] = None) -> bool:
     """Write PNG bytes atomically; True when written. Identical bytes are left untouched, and a file dfkd did not
     write is never replaced (`message` says so)."""
-    path = Path(path)
+    return replace_own_file(Path(path), data, is_dfkd_png, message, "it was not replaced")
+
+
+def replace_own_file(
+    path: Path, data: bytes, is_own: Callable[[Path], bool], message: Optional[Callable[[str], None]], refused: str
+) -> bool:
+    """Write `data` to `path` atomically (`.tmp` + rename) unless the file already holds it, or holds something
+    `is_own` does not recognise as dfkd's (then `message` gets "note: PATH was not written by dfkd; REFUSED")."""
     if path.is_file():
         if path.read_bytes() == data:
             return False
-        if not is_dfkd_png(path):
+        if not is_own(path):
             if message:
-                message(f"note: {path} was not written by dfkd; it was not replaced")
+                message(f"note: {path} was not written by dfkd; {refused}")
             return False
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
