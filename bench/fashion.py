@@ -8,6 +8,7 @@ students resume, a lock makes concurrent processes synthesize a set once). The t
 on the official 10,000 test images. Every row distills for the recipe's epochs (`--epochs` overrides). Rows:
 
   di2k, di2k-seed1     DeepInversion images (no intra-divergence, no triplet), 2,000; distillation seeds 0, 1
+  di2k-tv, di2k-e80     DeepInversion 2k with a 10x TV prior / distilled for 80 epochs
   df2k, df2k-seed1     DF-DearKD images at the paper's weights (a_ep 50, margin 0.5, triplet 0.5), 2,000
   df2k-ep5             DF-DearKD with a_ep 5
   adi2k                1,000 DeepInversion images + 1,000 Adaptive DeepInversion images against di1k's student
@@ -30,6 +31,7 @@ SETS = {
     "di2k": {**DI, "per_class": 200},
     "di5k": {**DI, "per_class": 500},
     "di10k": {**DI, "per_class": 1000},
+    "di2k-tv": {**DI, "per_class": 200, "losses.tv": 1e-3},
     "df2k": {**DF, "per_class": 200},
     "df2k-ep5": {**DF, "losses.ep": 5.0, "per_class": 200},
     "adi1k": {**DI, "per_class": 100, "seed": 1, "losses.adi": 1.0, "student_row": "di1k"},
@@ -38,6 +40,8 @@ HEADLINE = ("di2k", "di2k-seed1")  # the recipe's rows: their mean and spread ar
 ROWS = {
     "di2k": (["di2k"], {}, "DeepInversion 2k (no L_ep / triplet)"),
     "di2k-seed1": (["di2k"], {"seed": 1}, "the same, distillation seed 1"),
+    "di2k-tv": (["di2k-tv"], {}, "DeepInversion 2k, TV prior 1e-3 (10x)"),
+    "di2k-e80": (["di2k"], {"epochs": 80}, "DeepInversion 2k, 80 epochs"),
     "df2k": (["df2k"], {}, "DF-DearKD 2k (a_ep 50, triplet 0.5)"),
     "df2k-seed1": (["df2k"], {"seed": 1}, "the same, distillation seed 1"),
     "df2k-ep5": (["df2k-ep5"], {}, "DF-DearKD 2k, a_ep 5"),

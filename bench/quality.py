@@ -137,6 +137,7 @@ class QualityRun:
             return json.loads(result_file.read_text())
         data, overrides, description = self.row_table[name]
         epochs = self.recipe_epochs if name in self.recipe_rows else self.ablation_epochs
+        epochs = overrides.get("epochs", epochs)  # a row may state its own length
         if isinstance(data, str):  # "real:N": N seeded real training images
             source = {"images": str(real_training_digits(self.out, self.digits.split, int(data.split(":")[1])))}
         else:
