@@ -1,6 +1,7 @@
 """Every shipped recipe: each of its sections builds the config of the command that reads it (unknown keys,
 wrong types and unknown sections are refused by dfkd.config)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,3 +66,48 @@ def test_a_recipe_shrinks_with_epochs_alone(random_teacher, tmp_path):
     summary = json.loads(result.stdout)
     assert summary["epochs"] == 1 and summary["stage1_epochs"] == 1 and summary["val_top1"] is None
     assert "stage1_epochs 300 -> 1" in result.stderr and "warmup_epochs 5 -> 0.0167" in result.stderr
+
+
+RESOLVED = Path(__file__).parent / "recipes_resolved.json"  # regenerate: python tests/test_recipes.py
+
+
+def resolved_recipes() -> dict:
+    """Every shipped recipe's sections as the commands build them (the settings given on the command line
+    added), as plain data: {recipe: {section: settings}}."""
+    result = {}
+    for recipe in RECIPES:
+        sections = {}
+        for section in sorted(SECTIONS):
+            data = load_recipe(str(recipe), section)
+            if data:
+                settings = {**NEEDED.get(section, {}), **data}
+                if section == "distill" and "images" in settings:
+                    settings.pop("shards")
+                sections[section] = json.loads(json.dumps(dataclasses.asdict(build(CONFIGS[section], settings))))
+        result[recipe.stem] = sections
+    return result
+
+
+def _recorded_values_hold(recorded, now, where: str) -> None:
+    """Every value `recorded` holds is the same `now` (a setting added since then, with its default, is not a
+    difference of the recipes)."""
+    if isinstance(recorded, dict):
+        assert isinstance(now, dict), where
+        for key, value in recorded.items():
+            assert key in now, f"{where}.{key} is gone"
+            _recorded_values_hold(value, now[key], f"{where}.{key}")
+    else:
+        assert recorded == now, f"{where}: recorded {recorded!r}, now {now!r}"
+
+
+def test_every_recipe_resolves_to_the_recorded_settings():
+    """Recipes written as differences from a base resolve to exactly the settings the full copies had."""
+    recorded, now = json.loads(RESOLVED.read_text()), resolved_recipes()
+    assert set(now) == set(recorded)
+    for name in recorded:
+        assert set(now[name]) == set(recorded[name]), name
+        _recorded_values_hold(recorded[name], now[name], name)
+
+
+if __name__ == "__main__":
+    RESOLVED.write_text(json.dumps(resolved_recipes(), indent=1, sort_keys=True) + "\n")
