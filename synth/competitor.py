@@ -5,15 +5,14 @@ DeepInversion", CVPR 2020).
 term = 1 - clamp(JS(p_T, p_S), 0, 1), p = softmax(logits / 3) on the same jittered image,
 JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2, averaged over the batch.
 
-The student file is `student.pth` with `student.json` beside it (as `dfkd distill` writes them); its architecture
-must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image receives
-gradients: the student is in eval mode and none of its parameters requires a gradient.
+The student file is `student.pth` with `student.json` beside it (synth.student_file; `dfkd distill` writes it); its
+architecture must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image
+receives gradients: the student is in eval mode and none of its parameters requires a gradient.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +20,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from synth import small_cnn  # noqa: F401  (registers the small BN CNN students with timm)
-from synth.errors import UserError
+from synth.student_file import load_student
 
 TEMPERATURE = 3.0  # the reference code's temperature for the competition term
 
 
 @dataclass
 class Competitor:
-    """A frozen student and how to feed it (its input size and normalisation). Loading mirrors dfkd's
-    `load_student`, which synth cannot import: the same student.json fields."""
+    """A frozen student and how to feed it (its input size and normalisation)."""
 
     model: nn.Module
     input_size: int
@@ -72,32 +69,18 @@ def competition(
 
 
 def load_competitor(path: str | Path, device: torch.device | str = "cpu") -> Competitor:
-    """The frozen student of `path` (student.pth + student.json), in eval mode, without weight gradients."""
-    import timm
-
+    """The frozen student of `path` (student.pth + student.json, read by synth.student_file), in eval mode,
+    without weight gradients."""
+    student = load_student(path)
     file = Path(path)
-    meta_file = file.parent / "student.json" if not file.with_suffix(".json").is_file() else file.with_suffix(".json")
-    if not file.is_file() or not meta_file.is_file():
-        raise UserError(f"student '{path}' needs the student.pth and student.json that `dfkd distill` writes")
-    try:
-        meta = json.loads(meta_file.read_text())
-        model = timm.create_model(
-            meta["model"],
-            num_classes=int(meta["num_classes"]),
-            checkpoint_path=str(file),
-            **meta.get("model_kwargs", {}),
-        )
-        size, mean, std, num_classes = (
-            int(meta["input_size"]),
-            tuple(meta["mean"]),
-            tuple(meta["std"]),
-            int(meta["num_classes"]),
-        )
-    except Exception as exc:  # noqa: BLE001 - any unreadable or mismatched student is a user problem
-        raise UserError(
-            f"cannot load student '{path}' for the competition term: "
-            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        ) from None
-    model.eval().requires_grad_(False).to(device)
     digest = hashlib.sha256(file.read_bytes()).hexdigest()
-    return Competitor(model, size, mean, std, str(file.resolve()), digest, num_classes)
+    model = student.model.eval().requires_grad_(False).to(device)
+    return Competitor(
+        model,
+        student.input_size,
+        tuple(student.mean),
+        tuple(student.std),
+        str(file.resolve()),
+        digest,
+        student.num_classes,
+    )

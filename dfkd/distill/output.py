@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from dfkd.evaluate.plots import CURVES, CurvesDuringRun
 from synth.errors import UserError
+from synth.student_file import save_student
 
 CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -86,12 +87,9 @@ class Output:
             self._curves.draw(final)
 
     def export_student(self, student: nn.Module, info: dict) -> None:
-        """student.pth (a plain state_dict, loadable with timm.create_model(checkpoint_path=...)) and student.json."""
+        """student.pth and student.json (synth.student_file)."""
         if self.main:
-            tmp = self.student.with_name(self.student.name + ".tmp")
-            torch.save({k: v.detach().cpu() for k, v in student.state_dict().items()}, tmp)
-            os.replace(tmp, self.student)
-            self._atomic_text(self.student_json, json.dumps(info, indent=2) + "\n")
+            save_student(self.student, student, info)
 
     @staticmethod
     def _atomic_text(path: Path, text: str) -> None:

@@ -2,70 +2,21 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch.utils.data import DataLoader
 from torchvision import transforms
 
+import dfkd.models  # noqa: F401  (registers the DearKD students, so that load_student can build them)
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from dfkd.evaluate.config import EvaluateConfig
-from synth.errors import UserError, first_line
 from synth.runtime import Progress, resolve_device
 from synth.shards import ShardDataset
+from synth.student_file import Classifier, load_student  # noqa: F401  (re-exported by dfkd.evaluate)
 from synth.teacher import Teacher
-
-STUDENT_META_KEYS = ("model", "num_classes", "input_size", "mean", "std")
-
-
-@dataclass
-class Classifier:
-    """A model in eval mode with the input size and normalisation it expects."""
-
-    model: torch.nn.Module
-    num_classes: int
-    input_size: int
-    mean: Sequence[float]
-    std: Sequence[float]
-
-
-def load_student(checkpoint: str | Path) -> Classifier:
-    """A student state_dict (`student.pth`) built as the timm model its `student.json` names."""
-    import timm
-
-    import dfkd.models  # noqa: F401  (registers the DearKD students with timm)
-    import synth.small_cnn  # noqa: F401  (and the small BN CNNs)
-
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise UserError(f"student checkpoint '{path}' does not exist")
-    meta_path = next((p for p in (path.with_suffix(".json"), path.parent / "student.json") if p.is_file()), None)
-    if meta_path is None:
-        raise UserError(
-            f"no {path.stem}.json or student.json next to '{path}' "
-            f"(written by dfkd distill: {', '.join(STUDENT_META_KEYS)})"
-        )
-    try:
-        meta = json.loads(meta_path.read_text())
-    except json.JSONDecodeError:
-        meta = None
-    if not isinstance(meta, dict) or any(key not in meta for key in STUDENT_META_KEYS):
-        raise UserError(f"'{meta_path}' is not a student description (needs {', '.join(STUDENT_META_KEYS)})")
-    if not timm.is_model(meta["model"]):
-        raise UserError(f"'{meta_path}' names unknown model '{meta['model']}'")
-    try:
-        model = timm.create_model(
-            meta["model"],
-            num_classes=int(meta["num_classes"]),
-            checkpoint_path=str(path),
-            **meta.get("model_kwargs", {}),
-        )
-    except Exception as exc:  # noqa: BLE001 - unreadable or mismatched weights are a user problem
-        raise UserError(f"checkpoint '{path}' does not load into {meta['model']}: {first_line(exc)}") from None
-    return Classifier(model.eval(), int(meta["num_classes"]), int(meta["input_size"]), meta["mean"], meta["std"])
 
 
 def teacher_classifier(teacher: Teacher) -> Classifier:
