@@ -14,6 +14,7 @@ from synth.errors import UserError, first_line
 
 T = TypeVar("T")
 SECTIONS = {"synthesize", "distill", "evaluate", "train_teacher"}  # one per command that reads a recipe
+BASE = "base"  # the key of a recipe that names the recipe it states its differences from
 
 
 def recipe_names() -> list[str]:
@@ -49,18 +50,11 @@ def resolve_recipe(path: str) -> Path:
 
 def load_recipe(path: Optional[str], section: str) -> dict:
     """The `section` mapping of a YAML recipe (or the whole file when it has no such section); {} without a path.
-    `path` is a file, or the name of a shipped recipe (`digits`, `df_dearkd_imagenet.yaml`)."""
+    `path` is a file, or the name of a shipped recipe (`digits`, `df_dearkd_imagenet.yaml`). A recipe may name a
+    base recipe (`base: NAME`) and state only what differs (see `inherited`)."""
     if not path:
         return {}
-    file = resolve_recipe(path)
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except (UnicodeDecodeError, OSError) as exc:
-        raise UserError(f"recipe '{path}' is not a readable UTF-8 YAML file ({type(exc).__name__})") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"recipe '{path}' is not valid YAML: {first_line(exc)}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"recipe '{path}' must be a mapping of settings")
+    data = inherited(resolve_recipe(path), path)
     if SECTIONS & data.keys():
         unknown = sorted(set(data) - SECTIONS)
         if unknown:
@@ -70,6 +64,70 @@ def load_recipe(path: Optional[str], section: str) -> dict:
             )
         return dict(data.get(section) or {})
     return data
+
+
+def inherited(file: Path, name: str, chain: tuple[tuple[Path, str], ...] = ()) -> dict:
+    """The settings of the recipe `file` over those of its base, if it names one (`base: NAME`: a file beside the
+    recipe, `NAME` or `NAME.yaml`, else a shipped recipe), and so on down: mappings merge key by key (dotted keys,
+    `optim.lr: 1e-3`, are nested mappings), anything else (lists, null) replaces the base's value."""
+    seen = [*chain, (file.resolve(), name)]
+    if file.resolve() in (p for p, _ in chain):
+        raise UserError(f"recipe '{chain[0][1]}' has a cycle of bases: {' -> '.join(n for _, n in seen)}")
+    data = _nested(_read_recipe(file, name))
+    base = data.pop(BASE, None)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base:
+        raise UserError(f"recipe '{name}': base must be the name or path of a recipe, not {base!r}")
+    return _merged(inherited(_base_file(file, base, name), base, tuple(seen)), data)
+
+
+def _read_recipe(file: Path, name: str) -> dict:
+    """One recipe file's own mapping, as written."""
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, OSError) as exc:
+        raise UserError(f"recipe '{name}' is not a readable UTF-8 YAML file ({type(exc).__name__})") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe '{name}' is not valid YAML: {first_line(exc)}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"recipe '{name}' must be a mapping of settings")
+    return data
+
+
+def _base_file(recipe: Path, base: str, name: str) -> Path:
+    """The file of the base `base` that recipe `name` (at `recipe`) names."""
+    beside = recipe.parent / base
+    for candidate in (beside, beside.with_name(beside.name + ".yaml")):
+        if candidate.is_file():
+            return candidate
+    if Path(base).parent == Path(".") and base.removesuffix(".yaml") in recipe_names():
+        return packaged_recipe(base)
+    raise UserError(
+        f"recipe '{name}' names base '{base}', which is neither a file beside it nor a shipped recipe "
+        f"({', '.join(recipe_names())})"
+    )
+
+
+def _nested(data: dict) -> dict:
+    """`data` with dotted keys (`optim.lr`) as nested mappings, at every level."""
+    result: dict = {}
+    for key, value in data.items():
+        parts = key.split(".") if isinstance(key, str) else [key]
+        value = _nested(value) if isinstance(value, dict) else value
+        for part in reversed(parts[1:]):
+            value = {part: value}
+        result = _merged(result, {parts[0]: value})
+    return result
+
+
+def _merged(base: dict, over: dict) -> dict:
+    """`over` laid on `base`: mappings merge key by key, any other value replaces the base's."""
+    result = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(result.get(key), dict)
+        result[key] = _merged(result[key], value) if both else value
+    return result
 
 
 def apply_overrides(data: dict, overrides: dict[str, Any]) -> dict:

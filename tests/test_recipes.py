@@ -7,12 +7,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from click.testing import CliRunner
 
-from dfkd.config import SECTIONS, build, load_recipe
+from dfkd.cli.distill import distill_command
+from dfkd.config import SECTIONS, apply_overrides, build, load_recipe
 from dfkd.digits.teacher import TeacherTrainingConfig
 from dfkd.distill.config import DistillConfig
 from dfkd.evaluate.config import EvaluateConfig
 from synth.config import SynthesisConfig
+from synth.errors import UserError
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 CONFIGS = {
@@ -107,6 +110,53 @@ def test_every_recipe_resolves_to_the_recorded_settings():
     for name in recorded:
         assert set(now[name]) == set(recorded[name]), name
         _recorded_values_hold(recorded[name], now[name], name)
+
+
+def _recipe(folder: Path, name: str, text: str) -> str:
+    (folder / f"{name}.yaml").write_text(text)
+    return str(folder / f"{name}.yaml")
+
+
+def test_a_recipe_states_only_what_differs_from_its_base(tmp_path):
+    """Mappings merge key by key (dotted keys too), lists and null replace; a base is a file beside the recipe or a
+    shipped recipe; the chain goes on down."""
+    (tmp_path / "sub").mkdir()
+    _recipe(tmp_path / "sub", "mine", "base: dearkd_tiny\ndistill: {epochs: 10, stage1_epochs: 5, optim: {lr: 1.0e-3}}")
+    child = _recipe(
+        tmp_path,
+        "child",
+        "base: sub/mine.yaml\ndistill:\n  optim.min_lr: 0.0\n  val_data: null\n  augment: {scale: [0.5, 1.0]}\n",
+    )
+    data = load_recipe(child, "distill")
+    shipped = load_recipe("dearkd_tiny", "distill")
+    assert data["optim"] == {**shipped["optim"], "lr": 1.0e-3, "min_lr": 0.0}
+    assert data["augment"] == {**shipped["augment"], "scale": [0.5, 1.0]}
+    assert (data["epochs"], data["stage1_epochs"], data["val_data"], data["student"]) == (
+        10,
+        5,
+        None,
+        "dearkd_tiny_patch16_224",
+    )
+
+
+def test_a_cycle_or_an_unknown_base_is_one_error_line(tmp_path):
+    _recipe(tmp_path, "a", "base: b\ndistill: {epochs: 1}")
+    _recipe(tmp_path, "b", "base: a.yaml\n")
+    with pytest.raises(UserError, match="cycle of bases: .*a.yaml -> b -> a.yaml$"):
+        load_recipe(str(tmp_path / "a.yaml"), "distill")
+    with pytest.raises(UserError, match="names base 'nowhere', which is neither a file beside it nor a shipped"):
+        load_recipe(_recipe(tmp_path, "c", "base: nowhere\n"), "distill")
+
+
+def test_print_config_shows_the_resolved_recipe_and_exits():
+    """--print-config prints the settings as a recipe (no --out needed); run as a recipe, it builds the same."""
+    result = CliRunner().invoke(distill_command, ["--config", "dearkd_small_1000", "--print-config", "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    recorded = json.loads(RESOLVED.read_text())["dearkd_small_1000"]["distill"]
+    _recorded_values_hold({**recorded, "seed": 3}, printed["distill"], "printed")
+    as_run = build(DistillConfig, apply_overrides(load_recipe("dearkd_small_1000", "distill"), {"seed": 3}))
+    assert build(DistillConfig, printed["distill"]) == as_run
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import click
 
+from dfkd.cli.options import PRINT_CONFIG
 from synth.errors import UserError
 
 if TYPE_CHECKING:
@@ -33,13 +34,18 @@ def install_warning_filters() -> None:
 
 
 def common_options(
-    func: Optional[Callable] = None, *, config: bool = True, resume: Optional[tuple[str, ...]] = None
+    func: Optional[Callable] = None,
+    *,
+    config: bool = True,
+    print_config: bool = True,
+    resume: Optional[tuple[str, ...]] = None,
 ) -> Callable:
-    """Add --config (unless `config=False`: a command with no recipe settings), --json and --quiet, and turn
-    errors into one line plus an exit code. `resume`: the flags that make a rerun resume (() for "the same
-    command"; None: the command does not resume). Use as `@common_options` or `@common_options(config=False)`."""
+    """Add --config (unless `config=False`: a command with no recipe settings) and --print-config (unless
+    `print_config=False`: a command that does not read its settings with `recipe_settings`), --json and --quiet,
+    and turn errors into one line plus an exit code. `resume`: the flags that make a rerun resume (() for "the
+    same command"; None: the command does not resume). Use as `@common_options` or `@common_options(config=False)`."""
     if func is None:
-        return functools.partial(common_options, config=config, resume=resume)
+        return functools.partial(common_options, config=config, print_config=print_config, resume=resume)
 
     @click.option("--json", "json_mode", is_flag=True, help="Print exactly one JSON object on stdout.")
     @click.option("--quiet", "-q", is_flag=True, help="No progress bar or messages on stderr.")
@@ -60,6 +66,16 @@ def common_options(
                 traceback.print_exc()
             fail(f"{type(exc).__name__}: {exc}".splitlines()[0], EXIT_RUNTIME)
 
+    if config and print_config:
+        wrapper = click.option(
+            "--print-config",
+            is_flag=True,
+            is_eager=True,
+            expose_value=False,
+            callback=_mark_print_config,
+            help="Print the settings the command would run with (the recipe, its bases, the options given) as a "
+            "recipe and exit; its other required options may be left out.",
+        )(wrapper)
     if config:
         wrapper = click.option(
             "--config",
@@ -91,6 +107,15 @@ def quit_on_closed_pipe() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())  # the interpreter's last flush of stdout must not fail again
     sys.exit(128 + signal.SIGPIPE)
+
+
+def _mark_print_config(context: click.Context, param: click.Parameter, value: bool) -> None:
+    """--print-config: the command prints its settings (dfkd.cli.options.recipe_settings) instead of running, so
+    options that only a run needs (--out) may be missing: the rest is parsed leniently, as click does for
+    completion."""
+    if value:
+        context.meta[PRINT_CONFIG] = True
+        context.resilient_parsing = True
 
 
 def fail(message: str, code: int) -> None:

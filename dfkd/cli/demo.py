@@ -60,7 +60,7 @@ FAST_NOTE = (
     type=click.Path(dir_okay=False),
     help="AlexNet weights file for the LPIPS diversity figure (skipped without it).",
 )
-@common_options(resume=())
+@common_options(resume=(), print_config=False)  # the demo reads every section of its recipe itself
 def demo_command(
     out: str,
     dataset: str,

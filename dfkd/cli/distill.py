@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dfkd.cli.common import Reporter, common_options
-from dfkd.cli.options import config_options, config_overrides
+from dfkd.cli.options import config_options, config_overrides, show_if_asked
 from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.distill.config import DistillConfig, rescale_epochs
 
@@ -66,6 +66,7 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
     config = build(DistillConfig, apply_overrides(recipe, {**overrides, **scaled}))
     if note:
         reporter.message(note)
+    show_if_asked("distill", config)
     for root in shard_roots(config.shards) if config.shards is not None else ():
         check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)

@@ -8,8 +8,7 @@ from typing import Optional
 import click
 
 from dfkd.cli.common import Reporter, common_options
-from dfkd.cli.options import config_options, config_overrides
-from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.cli.options import config_options, recipe_settings
 from dfkd.evaluate.config import EvaluateConfig
 from synth.errors import UserError
 
@@ -26,7 +25,7 @@ def settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
     """The recipe's `evaluate` section with the options given, validated; applies its thread count."""
     from synth.runtime import use_threads
 
-    cfg = build(EvaluateConfig, apply_overrides(load_recipe(config_path, "evaluate"), config_overrides(options)))
+    cfg = recipe_settings(EvaluateConfig, "evaluate", config_path, options)
     use_threads(cfg.threads)
     return cfg
 

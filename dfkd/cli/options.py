@@ -10,7 +10,10 @@ from typing import Any, Callable, Iterator, Optional
 
 import click
 
+from dfkd.config import apply_overrides, build, load_recipe
+
 PREFIX = "cfg__"  # click parameter names of generated options: cfg__losses__bn is the setting losses.bn
+PRINT_CONFIG = "dfkd.print_config"  # the click context's mark of --print-config (dfkd.cli.common)
 
 
 def config_options(
@@ -36,6 +39,27 @@ def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
         for key, value in options.items()
         if key.startswith(PREFIX) and value is not None
     }
+
+
+def recipe_settings(cls: type, section: str, config_path: Optional[str], options: dict[str, Any]) -> Any:
+    """The recipe's `section` (its base recipes included) with the options given, built as `cls` and checked (and
+    printed under --print-config: `show_if_asked`)."""
+    config = build(cls, apply_overrides(load_recipe(config_path, section), config_overrides(options)))
+    show_if_asked(section, config)
+    return config
+
+
+def show_if_asked(section: str, config: Any) -> None:
+    """Under --print-config: print `config` as a recipe (YAML, defaults filled in) and end the command, exit 0."""
+    context = click.get_current_context(silent=True)
+    if context is not None and context.meta.get(PRINT_CONFIG):
+        import json
+
+        import yaml
+
+        plain = json.loads(json.dumps(dataclasses.asdict(config)))  # tuples as lists: plain YAML
+        click.echo(yaml.safe_dump({section: plain}, sort_keys=False), nl=False)
+        context.exit(0)
 
 
 def format_default(value: Any) -> str:

@@ -33,7 +33,7 @@ name or id in a 128-px label column: (128 + k*(R+2) + 2) x (classes*(R+2) + 2) p
 @click.option("--grid", type=click.Path(dir_okay=False), help="Write a PNG grid of images per class.")
 @config_options(EvaluateConfig, only=("per_class_grid",))
 @click.option("--grid-classes", help="Classes in the grid: all, 0-9, or 1,5,7-9. [default: those present]")
-@common_options
+@common_options(print_config=False)  # a run folder is inspected without settings
 def inspect_command(
     shards: str,
     config_path: Optional[str],

@@ -7,8 +7,7 @@ from typing import TYPE_CHECKING
 import click
 
 from dfkd.cli.common import Reporter, common_options
-from dfkd.cli.options import config_options, config_overrides
-from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.cli.options import config_options, recipe_settings
 from synth.config import SynthesisConfig
 
 if TYPE_CHECKING:
@@ -48,7 +47,7 @@ def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool,
     from synth.engine import synthesize
 
     reporter = Reporter(json_mode, quiet)
-    config = build(SynthesisConfig, apply_overrides(load_recipe(config_path, "synthesize"), config_overrides(options)))
+    config = recipe_settings(SynthesisConfig, "synthesize", config_path, options)
     ranks = distributed.init(config.device)
     summary = synthesize(config, out, _progress(reporter, ranks), ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)

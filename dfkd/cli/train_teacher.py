@@ -8,8 +8,7 @@ from pathlib import Path
 import click
 
 from dfkd.cli.common import Reporter, common_options
-from dfkd.cli.options import config_options, config_overrides
-from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.cli.options import config_options, recipe_settings
 from dfkd.digits.config import TeacherTrainingConfig
 from synth.errors import UserError
 
@@ -31,9 +30,7 @@ def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bo
     from dfkd.digits.teacher import train_teacher
 
     reporter = Reporter(json_mode, quiet)
-    config = build(
-        TeacherTrainingConfig, apply_overrides(load_recipe(config_path, "train_teacher"), config_overrides(options))
-    )
+    config = recipe_settings(TeacherTrainingConfig, "train_teacher", config_path, options)
     _check_writable(Path(out))
     reporter.bar(config.epochs, "epoch", "train-teacher")
     try:
