@@ -9,7 +9,7 @@ epoch by epoch so machine noise hits all alike:
 
 - `png`: torchvision ImageFolder (one PNG per image, class folders), PIL decode, PILToTensor.
 - `memmap`: one raw uint8 (N, R, R, 3) file, numpy memmap, index + permute (the ceiling).
-- `shard <compression>`: synth.shard_writer.write_shard (one image per chunk) with compression none / lzf / gzip,
+- `shard <compression>`: synth.shards.writer.write_shard (one image per chunk) with compression none / lzf / gzip,
   read by ShardDataset (which caches each shard's h5py `images` Dataset object per worker: looking it up by
   name per item cost more than reading a 32-px image). A batched `__getitems__` reading a batch with one
   sorted h5py fancy-index read per shard was tried too: 3-30x slower than item by item.
@@ -34,8 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from synth.shard_writer import write_shard
-from synth.shards import ShardDataset, shard_name
+from synth.shards.format import ShardDataset, shard_name
+from synth.shards.writer import write_shard
 
 
 def make_images(n: int, resolution: int, seed: int = 0) -> np.ndarray:

@@ -37,9 +37,9 @@ from dfkd.distill import AugmentConfig, DistillConfig
 from dfkd.distill.batch import Batch, BatchMix, BatchPrep
 from dfkd.distill.build import setup
 from dfkd.distill.data import make_loader, open_shards
-from dfkd.distill.engine import train_step
-from synth.shard_writer import write_shard
-from synth.teacher_file import save_teacher_file
+from dfkd.distill.epoch import train_step
+from synth.shards.writer import write_shard
+from synth.teachers.checkpoint import save_teacher_file
 
 MEAN, STD = (0.5,) * 3, (0.5,) * 3
 

@@ -53,7 +53,7 @@ from gpu_measure import Setup, count_flops, floor_seconds, iteration_seconds, ma
 from gpu_numerics import numerics_check
 from gpu_report import print_numerics, print_student, print_synthesis
 
-from synth.teacher import Teacher
+from synth.teachers.teacher import Teacher
 
 SCHEDULES = {  # name: ((resolution, iterations), ...) at full scale; --smoke keeps the counts, halves/quarters sizes
     "DeepInversion 2k@112+1k@224": ((0, 2000), (1, 1000)),

@@ -16,11 +16,11 @@ import torch.nn.functional as F
 
 import synth  # noqa: F401  (registers the small teacher CNNs with timm)
 from synth.config import LossWeights, Schedule
-from synth.inversion import InversionResult, invert_batch
-from synth.losses import BNStatisticsLoss
-from synth.step import inversion_step
-from synth.teacher import EmbeddingTap, Teacher
-from synth.teacher_sources import load_teacher
+from synth.inversion.invert import InversionResult, invert_batch
+from synth.inversion.step import inversion_step
+from synth.inversion.terms import BNStatisticsLoss
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import EmbeddingTap, Teacher
 
 
 @dataclass

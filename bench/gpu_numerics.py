@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from gpu_measure import Setup, batch_labels, compile_option, invert
 
 from synth.config import LossWeights
-from synth.losses import BNStatisticsLoss
-from synth.step import compiled_inversion_step, inversion_step
-from synth.teacher import EmbeddingTap, Teacher
+from synth.inversion.step import compiled_inversion_step, inversion_step
+from synth.inversion.terms import BNStatisticsLoss
+from synth.teachers.teacher import EmbeddingTap, Teacher
 
 # (row, weights, tolerances: worst loss-term relative error, image-gradient cosine, final-loss relative error after
 # 10 iterations, mean absolute pixel difference in [0, 1] after 10 iterations). The intra-divergence and triplet

@@ -35,16 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfkd.config import load_recipe
-from dfkd.digits.data import write_image_folder
-from dfkd.digits.demo import RealSetup, prepare_teacher, recipe_config
+from dfkd.data.digits import write_image_folder
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
+from dfkd.pipeline.end_to_end import RealSetup, prepare_teacher, recipe_config
+from dfkd.recipe_loader import load_recipe
 from synth.config import SynthesisConfig
-from synth.engine import synthesize
+from synth.run.engine import synthesize
 
 CPU = EvaluateConfig(device="cpu")  # evaluation settings of these runs
 

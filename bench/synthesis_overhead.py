@@ -27,8 +27,8 @@ import timm
 import torch
 
 from synth.config import LossWeights, Schedule
-from synth.inversion import invert_batch
-from synth.teacher_sources import load_teacher
+from synth.inversion.invert import invert_batch
+from synth.teachers.sources import load_teacher
 
 CLOCK = time.perf_counter
 

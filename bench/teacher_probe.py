@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 
 from dfkd.data.real import DATASET_NAMES, real_dataset
-from synth.losses import BNStatisticsLoss, intra_divergence, triplet
-from synth.teacher import EmbeddingTap, Teacher
-from synth.teacher_sources import load_teacher
+from synth.inversion.terms import BNStatisticsLoss, intra_divergence, triplet
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import EmbeddingTap, Teacher
 
 BATCHES = 20  # synthesis-shaped batches of real digits per teacher
 

@@ -22,19 +22,19 @@ from typing import Any, Optional
 
 import torch
 
-from dfkd.digits.data import load_digits_split, write_image_folder
-from dfkd.digits.demo import recipe_config
-from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
+from dfkd.data.digits import load_digits_split, write_image_folder
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
 from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
 from dfkd.evaluate.fidelity import measure_fidelity
+from dfkd.pipeline.end_to_end import recipe_config
+from dfkd.pipeline.teacher_training import TeacherTrainingConfig, train_teacher
 from synth.config import SynthesisConfig
-from synth.engine import synthesize
-from synth.teacher import Teacher
-from synth.teacher_sources import load_teacher
+from synth.run.engine import synthesize
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import Teacher
 
 CPU = EvaluateConfig(device="cpu")  # evaluation settings of these runs
 

@@ -7,7 +7,7 @@ digits recipe's losses, a randomly initialised dfkd_cnn_digits teacher) after a 
 its wall time. Conditions: `idle` (nothing else started by this script) and `busy` (a second process spinning
 on one core for the whole measurement). Rules: `all` (threads = all cores, libgomp's default spinning wait;
 dfkd's rule before), `passive` (all cores, OMP_WAIT_POLICY=PASSIVE: waiting threads sleep instead of
-spinning), `idle` (synth.runtime.default_threads, the shipped rule: the cores other processes leave idle,
+spinning), `idle` (synth.common.runtime.default_threads, the shipped rule: the cores other processes leave idle,
 from /proc/stat, at least 1). Conditions alternate per repeat, so drift hits all alike. The slowdown is
 busy / idle; a rule is fair when it stays near the share of CPU lost (cores / (cores - 1)).
 """
@@ -22,15 +22,15 @@ import subprocess
 import sys
 import time
 
-from synth.runtime import default_threads
+from synth.common.runtime import default_threads
 
 WORKLOAD = r"""
 import os, sys, time, json
 import torch, timm
-import synth.small_cnn
+import synth.teachers.small_cnn
 from synth.config import LossWeights, Schedule
-from synth.inversion import invert_batch
-from synth.teacher import find_classifier_name, teacher_from_model
+from synth.inversion.invert import invert_batch
+from synth.teachers.teacher import find_classifier_name, teacher_from_model
 threads = int(sys.argv[1]); iterations = int(sys.argv[2])
 torch.set_num_threads(threads)
 torch.manual_seed(0)
@@ -48,7 +48,7 @@ SPIN = "import time\nend = time.time() + 3600\nwhile time.time() < end: pass\n"
 
 
 def rule_threads(rule: str, cores: int) -> int:
-    """The thread count a rule picks now (`idle` is synth.runtime.default_threads, the shipped rule)."""
+    """The thread count a rule picks now (`idle` is synth.common.runtime.default_threads, the shipped rule)."""
     return default_threads() if rule == "idle" else cores
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable
 
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 __all__ = ["UserError", "lazy_exports", "models"]
 

@@ -7,8 +7,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Optional, Union
 
-from synth.errors import UserError
-from synth.settings import (
+from synth.common.errors import UserError
+from synth.common.settings import (
     check_choices,
     check_device,
     device_setting,
@@ -20,11 +20,11 @@ from synth.settings import (
 )
 
 if TYPE_CHECKING:
-    from synth.competitor import Competitor
-    from synth.teacher import Teacher
+    from synth.inversion.competitor import Competitor
+    from synth.teachers.teacher import Teacher
 
-BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.losses.BNStatisticsLoss)
-COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shard_writer)
+BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.inversion.terms.BNStatisticsLoss)
+COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shards.writer)
 MAX_SHARD_IMAGES = 100_000  # a shard is assembled in memory before it is written
 UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
 
@@ -32,7 +32,7 @@ UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_i
 @dataclass
 class LossWeights:
     """Weights of the synthesis objective: the papers' values, except the BN term, whose default is the normalized
-    form (one weight for any teacher, see synth.losses.BNStatisticsLoss); bn_norm="paper" with bn=0.05 is
+    form (one weight for any teacher, see synth.inversion.terms.BNStatisticsLoss); bn_norm="paper" with bn=0.05 is
     DeepInversion's."""
 
     ce: float = setting(1.0, help="Cross-entropy weight.", flag="--a-ce")
@@ -218,7 +218,7 @@ class SynthesisConfig:
     def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
         """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
         synthesize() resolved them), the competing student's file and sha256 when there is one, and the teacher's
-        smallest input when a stage is below it (synth.teacher.fit_resolutions)."""
+        smallest input when a stage is below it (synth.teachers.teacher.fit_resolutions)."""
         extra = {"student": competitor.describe()} if competitor is not None else {}
         extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
         extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})

@@ -9,8 +9,8 @@ import timm
 import torch
 import torchvision
 
-import synth.small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
-from synth.teacher_file import save_teacher_file
+import synth.teachers.small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
+from synth.teachers.checkpoint import save_teacher_file
 
 torch.set_num_threads(1)
 
@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def digits_teacher(tmp_path_factory) -> str:
     """A dfkd_cnn_tiny teacher trained on the real digits (about 97% held-out accuracy, ~10 s)."""
-    from dfkd.digits.teacher import TeacherTrainingConfig, train_teacher
+    from dfkd.pipeline.teacher_training import TeacherTrainingConfig, train_teacher
 
     path = tmp_path_factory.mktemp("teacher") / "digits-tiny.pt"
     train_teacher(TeacherTrainingConfig(arch="dfkd_cnn_tiny", epochs=10, threads=1), path)

@@ -8,13 +8,13 @@ import timm
 import torch
 
 import dfkd.models  # noqa: F401  (registers the DearKD students)
-from synth.competitor import competition, load_competitor
+from synth.common.errors import UserError
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.errors import UserError
-from synth.inversion import invert_batch
-from synth.manifest import read_manifest
-from synth.teacher_sources import load_teacher
+from synth.inversion.competitor import competition, load_competitor
+from synth.inversion.invert import invert_batch
+from synth.run.engine import synthesize
+from synth.shards.manifest import read_manifest
+from synth.teachers.sources import load_teacher
 
 torch.set_num_threads(1)
 

@@ -5,8 +5,8 @@ import torch
 
 from dfkd.distill.taps import teacher_stages
 from dfkd.models import Aligner
-from synth.teacher import teacher_from_model
-from synth.teacher_sources import IMAGENET_MEAN, IMAGENET_STD
+from synth.teachers.sources import IMAGENET_MEAN, IMAGENET_STD
+from synth.teachers.teacher import teacher_from_model
 
 
 def _teacher(name):

@@ -15,7 +15,7 @@ from dfkd.distill.augment import BatchAugment
 from dfkd.distill.batch import BatchPrep
 from dfkd.distill.rand_augment import OPS, BatchRandAugment, level_args, parse
 from dfkd.distill.transforms import decode, folder_transform
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 torch.set_num_threads(1)
 OFF = AugmentConfig(

@@ -4,10 +4,10 @@ import pytest
 import torch
 import torch.nn as nn
 
+from synth.common.runtime import Progress
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.losses import BNStatisticsLoss
-from synth.runtime import Progress
+from synth.inversion.terms import BNStatisticsLoss
+from synth.run.engine import synthesize
 
 torch.set_num_threads(1)
 

@@ -14,17 +14,17 @@ from PIL import Image
 
 from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
-from dfkd.cli.shards import export_command
+from dfkd.cli.export import export_command
 from dfkd.data.image_folder import LabelledFolder, open_image_folder, read_class_map
 from dfkd.distill import DistillConfig
 from dfkd.distill.build import open_data
 from dfkd.distill.data import labels_of
+from synth.common.errors import UserError
 from synth.config import Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.errors import UserError
-from synth.shard_writer import write_shard
-from synth.teacher_file import save_teacher_file
-from synth.teacher_sources import load_teacher
+from synth.run.engine import synthesize
+from synth.shards.writer import write_shard
+from synth.teachers.checkpoint import save_teacher_file
+from synth.teachers.sources import load_teacher
 
 MEAN = STD = (0.5, 0.5, 0.5)
 GOLDFISH, SHARK = "n01443537", "n01484850"  # ImageNet-1k classes 1 and 2 (in sorted order: positions 0 and 1)

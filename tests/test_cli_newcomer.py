@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from dfkd.cli import main
 from dfkd.cli.common import Reporter
-from synth.shards import ShardDataset
+from synth.shards.format import ShardDataset
 
 SMALL = [
     "--classes",

@@ -8,9 +8,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfkd.cli import main
-from dfkd.digits.data import load_digits_split
-from dfkd.digits.teacher import to_normalized
-from synth.teacher_sources import load_teacher
+from dfkd.data.digits import load_digits_split
+from dfkd.pipeline.teacher_training import to_normalized
+from synth.teachers.sources import load_teacher
 
 
 def test_train_teacher_checkpoint_round_trip(tmp_path):

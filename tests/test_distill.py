@@ -12,20 +12,20 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from dfkd.cli.distill import distill_command
-from dfkd.config import build, load_recipe
+from dfkd.data.digits import load_digits_split, write_image_folder
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
-from dfkd.digits.data import load_digits_split, write_image_folder
 from dfkd.distill import AugmentConfig, DistillationLoss, DistillConfig, OptimConfig, train_student
 from dfkd.distill.batch import BatchPrep
 from dfkd.distill.data import labels_of, subset
 from dfkd.distill.losses import teacher_affine
 from dfkd.distill.taps import BlockTaps, Stage, TeacherTaps, default_stage, teacher_stages
 from dfkd.models import Aligner
+from dfkd.recipe_loader import build, load_recipe
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.shard_writer import write_shard
-from synth.small_cnn import SmallBNCNN
-from synth.teacher_sources import load_teacher
+from synth.run.engine import synthesize
+from synth.shards.writer import write_shard
+from synth.teachers.small_cnn import SmallBNCNN
+from synth.teachers.sources import load_teacher
 
 torch.set_num_threads(1)
 STUDENT = "dearkd_pico_patch4_32"

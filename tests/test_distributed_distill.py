@@ -79,9 +79,9 @@ def _json_line(result: subprocess.CompletedProcess) -> dict:
 @pytest.fixture(scope="module")
 def runs(random_teacher, tmp_path_factory):
     """Tiny shards (32 images of 4 classes, 32 px) and a 13-image validation folder; then both launches."""
-    from dfkd.digits.data import write_image_folder
+    from dfkd.data.digits import write_image_folder
     from synth.config import Schedule, SynthesisConfig
-    from synth.engine import synthesize
+    from synth.run.engine import synthesize
 
     root = tmp_path_factory.mktemp("ddp-distill")
     shards = root / "shards"
@@ -121,7 +121,7 @@ def runs(random_teacher, tmp_path_factory):
 
 
 def _sha256_file(path: Path) -> str:
-    from synth.weights import state_dict_sha256
+    from synth.teachers.weights import state_dict_sha256
 
     return state_dict_sha256(torch.load(path, weights_only=True))
 
@@ -162,7 +162,7 @@ def test_validation_split_across_ranks_counts_every_image_once(runs):
     from dfkd.distill import AugmentConfig
     from dfkd.distill.batch import BatchPrep
     from dfkd.distill.data import make_loader, set_transform
-    from dfkd.distill.engine import measure_top1
+    from dfkd.distill.epoch import measure_top1
     from dfkd.distill.transforms import decode, folder_transform
 
     summary = _json_line(runs["script"])
@@ -178,7 +178,7 @@ def test_validation_split_across_ranks_counts_every_image_once(runs):
 def _main(shards: str, teacher: str, val: str, straight: str, stopped: str) -> None:
     """Under torchrun: an uninterrupted DDP run, then the same run stopped after epoch 1 (end of stage 1)."""
     from dfkd.distill import train_student
-    from synth import distributed
+    from synth.common import distributed
 
     torch.set_num_threads(1)
     ranks = distributed.init("cpu")

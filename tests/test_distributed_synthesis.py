@@ -15,9 +15,9 @@ import pytest
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from synth import shards as shard_io
-from synth.shard_verify import verify
-from synth.shards import list_shards
+from synth.shards import format as shard_io
+from synth.shards.format import list_shards
+from synth.shards.verify import verify
 
 SETTINGS = [
     "--classes",

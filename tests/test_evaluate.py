@@ -13,16 +13,16 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfkd.cli.evaluate import evaluate_group as evaluate
-from dfkd.cli.shards import export_command as export
-from dfkd.cli.shards import inspect_command
+from dfkd.cli.export import export_command as export
+from dfkd.cli.inspect import inspect_command
 from dfkd.data.image_folder import LabelledFolder
 from dfkd.evaluate import load_lpips, measure_fidelity, measure_lpips_diversity
 from dfkd.evaluate.config import EvaluateConfig
 from dfkd.evaluate.lpips_diversity import ALEXNET_FILE, lpips_features, lpips_from_features, sample_pairs, unrank_pairs
-from synth.errors import UserError
-from synth.shard_writer import write_shard
-from synth.teacher_file import save_teacher_file
-from synth.teacher_sources import load_teacher
+from synth.common.errors import UserError
+from synth.shards.writer import write_shard
+from synth.teachers.checkpoint import save_teacher_file
+from synth.teachers.sources import load_teacher
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dfkd.cli.shards import export_command as export
-from dfkd.cli.shards import inspect_command
+from dfkd.cli.export import export_command as export
+from dfkd.cli.inspect import inspect_command
 from dfkd.distill.data import open_shards
-from dfkd.evaluate.export import export_shards
-from synth.card import CARD, MARKER, render, without_preview, write_card
-from synth.errors import UserError
-from synth.shard_writer import write_shard
-from synth.shards import ShardDataset
+from dfkd.export.exporter import export_shards
+from synth.common.errors import UserError
+from synth.shards.card import CARD, MARKER, render, without_preview, write_card
+from synth.shards.format import ShardDataset
+from synth.shards.writer import write_shard
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
-export_module = importlib.import_module("dfkd.evaluate.export_formats")
+export_module = importlib.import_module("dfkd.export.formats")
 NAMES = ["zero", "one", "two", "three"]
 
 
@@ -303,7 +303,7 @@ def test_card_layout_rewrite_rules_and_inspect(source, tmp_path: Path) -> None:
 
 def test_synthesis_writes_the_card_and_a_rerun_leaves_it(random_teacher, tmp_path: Path) -> None:
     from synth.config import Schedule, SynthesisConfig
-    from synth.engine import synthesize
+    from synth.run.engine import synthesize
 
     config = SynthesisConfig(
         teacher=random_teacher,

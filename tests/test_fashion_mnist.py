@@ -13,7 +13,7 @@ from dfkd.cli import main
 from dfkd.data import fashion_mnist
 from dfkd.data.idx import read_idx
 from dfkd.data.real import real_dataset
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 
 def idx_bytes(array: np.ndarray) -> bytes:

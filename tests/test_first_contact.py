@@ -12,8 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from synth.errors import UserError
-from synth.shards import ShardDataset
+from synth.common.errors import UserError
+from synth.shards.format import ShardDataset
 
 HELP_OF_EVERY_COMMAND = """
 import json, sys
@@ -44,7 +44,7 @@ def test_help_of_every_command_imports_no_torch():
 
 def test_export_formats_are_declared_once():
     from dfkd.evaluate.config import FORMATS
-    from dfkd.evaluate.export_formats import WRITERS
+    from dfkd.export.formats import WRITERS
 
     assert tuple(WRITERS) == FORMATS
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import torch
 
 from synth.config import LossWeights
-from synth.losses import BNStatisticsLoss
-from synth.step import compiled_inversion_step, inversion_step
-from synth.teacher import EmbeddingTap
-from synth.teacher_sources import load_teacher
+from synth.inversion.step import compiled_inversion_step, inversion_step
+from synth.inversion.terms import BNStatisticsLoss
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import EmbeddingTap
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,11 +6,11 @@ import torch
 
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.manifest import read_manifest
-from synth.shards import ShardDataset
-from synth.teacher_file import save_teacher_file
-from synth.teacher_sources import load_teacher
+from synth.run.engine import synthesize
+from synth.shards.format import ShardDataset
+from synth.shards.manifest import read_manifest
+from synth.teachers.checkpoint import save_teacher_file
+from synth.teachers.sources import load_teacher
 
 torch.set_num_threads(1)
 

@@ -19,9 +19,9 @@ import torch
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from synth import engine
-from synth.shard_verify import verify
-from synth.shards import list_shards
+from synth.run import engine
+from synth.shards.format import list_shards
+from synth.shards.verify import verify
 
 SMALL = [
     "--classes",
@@ -514,7 +514,7 @@ def test_fuzzed_shard_directories_never_crash_the_readers(made, tmp_path):
             report = verify(root)
             assert report.ok == (cli("inspect", root, "--quiet").exit_code == 0)
         except Exception as exc:  # noqa: BLE001 - verify may only refuse with a UserError naming the file
-            from synth.errors import UserError
+            from synth.common.errors import UserError
 
             assert isinstance(exc, UserError) and ("manifest" in str(exc) or "shard-" in str(exc)), exc
     assert time.monotonic() - start < 60

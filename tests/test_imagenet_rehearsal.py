@@ -17,7 +17,7 @@ from PIL import Image
 
 from dfkd.cli import main
 from dfkd.distill import trainer as distill_trainer
-from synth.shards import ShardDataset
+from synth.shards.format import ShardDataset
 
 TIMM = "timm:test_resnet.r160_in1k"  # timm's 0.5 M-parameter ResNet, ImageNet-1k head
 TORCHVISION = "torchvision:mobilenet_v3_small"

@@ -7,11 +7,12 @@ import timm
 import torch
 
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
-from synth import inversion, step
 from synth.config import LossWeights, Schedule
-from synth.inversion import invert_batch
-from synth.losses import BNStatisticsLoss, bn_stat_distance, channel_stats, tv_prior
-from synth.teacher_sources import load_teacher
+from synth.inversion import invert as inversion
+from synth.inversion import step
+from synth.inversion.invert import invert_batch
+from synth.inversion.terms import BNStatisticsLoss, bn_stat_distance, channel_stats, tv_prior
+from synth.teachers.sources import load_teacher
 
 torch.set_num_threads(1)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from synth.losses import BNStatisticsLoss, bn_stat_distance, intra_divergence, l2_prior, triplet, tv_prior
+from synth.inversion.terms import BNStatisticsLoss, bn_stat_distance, intra_divergence, l2_prior, triplet, tv_prior
 
 
 def test_bn_distance_zero_when_batch_matches_running_stats():

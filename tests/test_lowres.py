@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 import synth  # noqa: F401  (registers dfkd_cnn_tiny)
+from synth.common.errors import UserError
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.errors import UserError
-from synth.inversion import invert_batch
-from synth.teacher import find_classifier_name, teacher_from_model
+from synth.inversion.invert import invert_batch
+from synth.teachers.teacher import find_classifier_name, teacher_from_model
 
 torch.set_num_threads(1)
 

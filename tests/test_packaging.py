@@ -55,7 +55,7 @@ def test_wheel_ships_the_recipes_and_the_demo_finds_them_outside_the_source_tree
 
 
 def _resolve_recipe(name: str, cwd: Path, env: dict, *flags: str) -> str:
-    """dfkd.config.packaged_recipe's lookup (importlib.resources on the package dfkd.recipes) in a fresh interpreter,
+    """dfkd.recipe_loader.packaged_recipe's lookup (importlib.resources on the package dfkd.recipes) in a fresh interpreter,
     without importing dfkd's modules (that would import torch: seconds)."""
     probe = (
         "import importlib.resources, importlib.util, sys; "

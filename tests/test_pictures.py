@@ -9,12 +9,12 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfkd.cli import main
-from dfkd.digits.data import write_image_folder
+from dfkd.data.digits import write_image_folder
 from dfkd.distill import AugmentConfig, DistillConfig, OptimConfig, train_student
-from synth.card import CARD
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.pictures import is_dfkd_png
+from synth.run.engine import synthesize
+from synth.shards.card import CARD
+from synth.shards.pictures import is_dfkd_png
 
 NO_AUG = AugmentConfig(
     rand_augment=None, color_jitter=0.0, scale=(1.0, 1.0), hflip=0.0, mixup=0.0, cutmix=0.0, reprob=0.0, smoothing=0.0

@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from synth.teacher_file import save_teacher_file
-from synth.teacher_sources import load_teacher
+from synth.teachers.checkpoint import save_teacher_file
+from synth.teachers.sources import load_teacher
 
 SMALL = ["--classes", "0-1", "--per-class", "2", "--classes-per-batch", "2", "--images-per-class", "2"]
 SMALL += ["--iterations", "2,2", "--threads", "1", "--device", "cpu"]

@@ -1,5 +1,5 @@
 """Every shipped recipe: each of its sections builds the config of the command that reads it (unknown keys,
-wrong types and unknown sections are refused by dfkd.config)."""
+wrong types and unknown sections are refused by dfkd.recipe_loader)."""
 
 import dataclasses
 import json
@@ -10,12 +10,12 @@ import yaml
 from click.testing import CliRunner
 
 from dfkd.cli.distill import distill_command
-from dfkd.config import SECTIONS, apply_overrides, build, load_recipe
-from dfkd.digits.teacher import TeacherTrainingConfig
 from dfkd.distill.config import DistillConfig
 from dfkd.evaluate.config import EvaluateConfig
+from dfkd.pipeline.teacher_training import TeacherTrainingConfig
+from dfkd.recipe_loader import SECTIONS, apply_overrides, build, load_recipe
+from synth.common.errors import UserError
 from synth.config import SynthesisConfig
-from synth.errors import UserError
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 CONFIGS = {

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from synth.config import Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.shards import ShardDataset
+from synth.run.engine import synthesize
+from synth.shards.format import ShardDataset
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "shards.md"
 

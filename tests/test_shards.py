@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from synth.errors import UserError
-from synth.manifest import write_manifest
-from synth.shard_verify import verify, verify_shard
-from synth.shard_writer import content_digest, write_shard
-from synth.shards import FORMAT_VERSION, ShardDataset, shard_name
+from synth.common.errors import UserError
+from synth.shards.format import FORMAT_VERSION, ShardDataset, shard_name
+from synth.shards.manifest import write_manifest
+from synth.shards.verify import verify, verify_shard
+from synth.shards.writer import content_digest, write_shard
 
 
 def _write(root, index, n=6, size=8, logits=True, seed=0, **kwargs):

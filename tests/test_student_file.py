@@ -1,4 +1,4 @@
-"""The student file (synth.student_file): one writer and one reader of student.pth + student.json for every caller."""
+"""The student file (synth.common.student_file): one writer and one reader of student.pth + student.json for every caller."""
 
 import json
 import subprocess
@@ -9,9 +9,9 @@ import timm
 import torch
 
 import dfkd.evaluate
-from synth.competitor import load_competitor
-from synth.errors import UserError
-from synth.student_file import load_student, save_student
+from synth.common.errors import UserError
+from synth.common.student_file import load_student, save_student
+from synth.inversion.competitor import load_competitor
 
 INFO = {"model": "dfkd_cnn_tiny", "num_classes": 3, "input_size": 16, "mean": [0.5] * 3, "std": [0.25] * 3}
 
@@ -51,7 +51,7 @@ def test_an_unregistered_architecture_names_the_import_that_registers_it(tmp_pat
     torch.save({}, weights)
     weights.with_suffix(".json").write_text(json.dumps({**INFO, "model": "dearkd_pico_patch4_32"}))
     probe = (
-        "import sys; from synth.errors import UserError; from synth.student_file import load_student\n"
+        "import sys; from synth.common.errors import UserError; from synth.common.student_file import load_student\n"
         f"try: load_student({str(weights)!r})\n"
         "except UserError as exc: print(exc)\n"
         "print(sorted(m for m in sys.modules if m.split('.')[0] == 'dfkd'))"

@@ -11,13 +11,13 @@ import pytest
 from click.testing import CliRunner
 
 from dfkd.cli import main
+from synth.common.errors import UserError
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.errors import UserError
-from synth.inversion import learning_rate
-from synth.shard_verify import verify
-from synth.shards import ShardDataset, list_shards
-from synth.units import parse_classes, plan_units
+from synth.inversion.invert import learning_rate
+from synth.run.engine import synthesize
+from synth.run.units import parse_classes, plan_units
+from synth.shards.format import ShardDataset, list_shards
+from synth.shards.verify import verify
 
 SMALL = [
     "--classes",

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import save_file
 
-from synth.errors import UserError
-from synth.teacher import EmbeddingTap, find_bn_layers
-from synth.teacher_sources import load_teacher
+from synth.common.errors import UserError
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import EmbeddingTap, find_bn_layers
 
 
 def test_teacher_file_round_trip(random_teacher):

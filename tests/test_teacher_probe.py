@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from synth.teacher_sources import load_teacher
+from synth.teachers.sources import load_teacher
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("teacher_probe", ROOT / "bench" / "teacher_probe.py")

@@ -1,26 +1,26 @@
-"""The CPU thread rule (synth.runtime): idle cores shared among a machine's processes; a resume keeps the
+"""The CPU thread rule (synth.common.runtime): idle cores shared among a machine's processes; a resume keeps the
 count its run recorded."""
 
-import synth.engine
-import synth.runtime
+import synth.common.runtime
+import synth.run.engine
 from synth.config import LossWeights, Schedule, SynthesisConfig
-from synth.engine import synthesize
-from synth.manifest import read_manifest
+from synth.run.engine import synthesize
+from synth.shards.manifest import read_manifest
 
 
 def test_default_threads_takes_the_idle_cores_shared_among_processes(monkeypatch):
-    monkeypatch.setattr(synth.runtime, "available_cores", lambda: 8)
-    monkeypatch.setattr(synth.runtime, "idle_cores", lambda: 3)
-    assert synth.runtime.default_threads() == 3
-    assert synth.runtime.default_threads(processes=2) == 1
-    monkeypatch.setattr(synth.runtime, "idle_cores", lambda: 0)  # a saturated machine still gets one thread
-    assert synth.runtime.default_threads() == 1
-    monkeypatch.setattr(synth.runtime, "idle_cores", lambda: 16)  # never more than this process may use
-    assert synth.runtime.default_threads() == 8
+    monkeypatch.setattr(synth.common.runtime, "available_cores", lambda: 8)
+    monkeypatch.setattr(synth.common.runtime, "idle_cores", lambda: 3)
+    assert synth.common.runtime.default_threads() == 3
+    assert synth.common.runtime.default_threads(processes=2) == 1
+    monkeypatch.setattr(synth.common.runtime, "idle_cores", lambda: 0)  # a saturated machine still gets one thread
+    assert synth.common.runtime.default_threads() == 1
+    monkeypatch.setattr(synth.common.runtime, "idle_cores", lambda: 16)  # never more than this process may use
+    assert synth.common.runtime.default_threads() == 8
 
 
 def test_idle_cores_is_a_core_count():
-    assert 0 <= synth.runtime.idle_cores(0.05) <= synth.runtime.os.cpu_count()
+    assert 0 <= synth.common.runtime.idle_cores(0.05) <= synth.common.runtime.os.cpu_count()
 
 
 def _config(teacher: str, threads: int) -> SynthesisConfig:
@@ -38,11 +38,11 @@ def _config(teacher: str, threads: int) -> SynthesisConfig:
 
 
 def test_a_run_without_threads_records_the_rule_and_resumes_with_that_count(random_teacher, tmp_path, monkeypatch):
-    monkeypatch.setattr(synth.engine, "use_threads", lambda threads, processes=1: threads)  # keep the test's torch
-    monkeypatch.setattr(synth.engine, "default_threads", lambda processes=1: 1)
+    monkeypatch.setattr(synth.run.engine, "use_threads", lambda threads, processes=1: threads)  # keep the test's torch
+    monkeypatch.setattr(synth.run.engine, "default_threads", lambda processes=1: 1)
     synthesize(_config(random_teacher, 0), tmp_path / "s")
     assert read_manifest(tmp_path / "s")["config"]["threads"] == 1
-    monkeypatch.setattr(synth.engine, "default_threads", lambda processes=1: 2)  # the load changed since
+    monkeypatch.setattr(synth.run.engine, "default_threads", lambda processes=1: 2)  # the load changed since
     summary = synthesize(_config(random_teacher, 0), tmp_path / "s")
     assert summary["nothing_to_do"] and summary["shards_written"] == 0
     synthesize(_config(random_teacher, 0), tmp_path / "fresh")

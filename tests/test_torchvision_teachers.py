@@ -7,12 +7,12 @@ import torch
 import torch.nn as nn
 import torchvision
 
+from synth.common.errors import UserError
 from synth.config import LossWeights, Schedule
-from synth.errors import UserError
-from synth.inversion import invert_batch
-from synth.teacher import EmbeddingTap, find_bn_layers, teacher_from_model
-from synth.teacher import find_classifier_name as _classifier_name
-from synth.teacher_sources import IMAGENET_MEAN, IMAGENET_STD, build_torchvision, load_teacher, torchvision_head_name
+from synth.inversion.invert import invert_batch
+from synth.teachers.sources import IMAGENET_MEAN, IMAGENET_STD, build_torchvision, load_teacher, torchvision_head_name
+from synth.teachers.teacher import EmbeddingTap, find_bn_layers, teacher_from_model
+from synth.teachers.teacher import find_classifier_name as _classifier_name
 
 # Models above this many parameters are skipped to keep the test fast (construction with random init alone takes
 # seconds each): regnet_y_128gf/32gf/16gf, regnet_x_32gf/16gf, vgg*_bn, wide_resnet*, resnet101/152,

@@ -10,7 +10,8 @@ from dfkd.cli.common import EXIT_RUNTIME, EXIT_USAGE, install_warning_filters, q
 from dfkd.cli.demo import demo_command
 from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
-from dfkd.cli.shards import export_command, inspect_command
+from dfkd.cli.export import export_command
+from dfkd.cli.inspect import inspect_command
 from dfkd.cli.synthesize import synthesize_command
 from dfkd.cli.train_teacher import train_teacher_command
 

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 import click
 
 from dfkd.cli.options import PRINT_CONFIG
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 if TYPE_CHECKING:
-    from synth.runtime import Progress
+    from synth.common.runtime import Progress
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
@@ -160,7 +160,7 @@ class Reporter:
 
     def progress(self, desc: str, unit: str = "img", postfix: Callable[[dict], dict] = lambda info: {}) -> Progress:
         """A synth Progress driving this reporter's bar; `postfix` picks what each update shows beside it."""
-        from synth.runtime import Progress
+        from synth.common.runtime import Progress
 
         return Progress(
             start=lambda total: self.bar(total, unit, desc),

@@ -74,7 +74,7 @@ def demo_command(
 ) -> None:
     """Train a teacher on real images, synthesize shards from it, distill a DearKD student on the shards only,
     evaluate both on held-out real images."""
-    from dfkd.digits.demo import results_table, run_demo
+    from dfkd.pipeline.end_to_end import results_table, run_demo
 
     reporter = Reporter(json_mode, quiet)
 

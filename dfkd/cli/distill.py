@@ -8,12 +8,12 @@ import click
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, config_overrides, show_if_asked
-from dfkd.config import apply_overrides, build, load_recipe
 from dfkd.distill.config import DistillConfig, rescale_epochs
+from dfkd.recipe_loader import apply_overrides, build, load_recipe
 
 if TYPE_CHECKING:
-    from synth import distributed
-    from synth.runtime import Progress
+    from synth.common import distributed
+    from synth.common.runtime import Progress
 
 EXAMPLE = """
 \b
@@ -57,8 +57,8 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
     from dfkd.distill.data import shard_roots
     from dfkd.distill.trainer import train_student
-    from synth import distributed
-    from synth.shard_verify import check_integrity
+    from synth.common import distributed
+    from synth.shards.verify import check_integrity
 
     reporter = Reporter(json_mode, quiet)
     recipe, overrides = load_recipe(config_path, "distill"), config_overrides(options)
@@ -71,14 +71,14 @@ def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, ve
         check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)
     summary = train_student(config, out, _progress(reporter, ranks), ranks=ranks)
-    ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
+    ranks.close()  # on failure it runs at exit, after the error line (synth.common.distributed.Ranks.close)
     if ranks.rank == 0:
         reporter.result(summary, _lines(summary))
 
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     """Rank 0 shows the progress bar (images of all ranks) and the notes; other ranks print only their errors."""
-    from synth.runtime import Progress
+    from synth.common.runtime import Progress
 
     if ranks.rank != 0:
         return Progress(message=lambda text: None)

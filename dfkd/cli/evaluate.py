@@ -10,7 +10,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, recipe_settings
 from dfkd.evaluate.config import EvaluateConfig
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 EVALUATE_EXAMPLES = """
 \b
@@ -23,7 +23,7 @@ Examples:
 
 def settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
     """The recipe's `evaluate` section with the options given, validated; applies its thread count."""
-    from synth.runtime import use_threads
+    from synth.common.runtime import use_threads
 
     cfg = recipe_settings(EvaluateConfig, "evaluate", config_path, options)
     use_threads(cfg.threads)
@@ -104,9 +104,9 @@ def fidelity_command(
 ) -> None:
     """Teacher top-1 agreement with the target labels of the synthesized images."""
     from dfkd.evaluate.fidelity import measure_fidelity
-    from synth.shard_verify import check_integrity
-    from synth.shards import ShardDataset
-    from synth.teacher_sources import load_teacher
+    from synth.shards.format import ShardDataset
+    from synth.shards.verify import check_integrity
+    from synth.teachers.sources import load_teacher
 
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
@@ -145,7 +145,7 @@ the model's mean/std (the student's from student.json next to the checkpoint).
 def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
     from dfkd.evaluate.accuracy import load_student, measure_accuracy, teacher_classifier
-    from synth.teacher_sources import load_teacher
+    from synth.teachers.sources import load_teacher
 
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)

@@ -1,4 +1,4 @@
-"""Command-line options generated from config dataclasses (synth.settings): each setting's flag, type, accepted
+"""Command-line options generated from config dataclasses (synth.common.settings): each setting's flag, type, accepted
 values, help and `[default: ...]` come from its one field declaration."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator, Optional
 
 import click
 
-from dfkd.config import apply_overrides, build, load_recipe
+from dfkd.recipe_loader import apply_overrides, build, load_recipe
 
 PREFIX = "cfg__"  # click parameter names of generated options: cfg__losses__bn is the setting losses.bn
 PRINT_CONFIG = "dfkd.print_config"  # the click context's mark of --print-config (dfkd.cli.common)

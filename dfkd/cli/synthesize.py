@@ -11,8 +11,8 @@ from dfkd.cli.options import config_options, recipe_settings
 from synth.config import SynthesisConfig
 
 if TYPE_CHECKING:
-    from synth import distributed
-    from synth.runtime import Progress
+    from synth.common import distributed
+    from synth.common.runtime import Progress
 
 EXAMPLE = """
 \b
@@ -43,21 +43,21 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
     import dfkd.models  # noqa: F401  (registers the DearKD students with timm: a --student competitor)
-    from synth import distributed
-    from synth.engine import synthesize
+    from synth.common import distributed
+    from synth.run.engine import synthesize
 
     reporter = Reporter(json_mode, quiet)
     config = recipe_settings(SynthesisConfig, "synthesize", config_path, options)
     ranks = distributed.init(config.device)
     summary = synthesize(config, out, _progress(reporter, ranks), ranks)
-    ranks.close()  # on failure it runs at exit, after the error line (synth.distributed.Ranks.close)
+    ranks.close()  # on failure it runs at exit, after the error line (synth.common.distributed.Ranks.close)
     if ranks.rank == 0:
         reporter.result(summary, _lines(summary, warned=not quiet and summary["shards_written"] > 0))
 
 
 def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
     """Rank 0 shows the progress bar (of its own share); other ranks only print notes, tagged with their rank."""
-    from synth.runtime import Progress
+    from synth.common.runtime import Progress
 
     if ranks.rank != 0:
         return Progress(message=lambda text: reporter.message(f"[rank {ranks.rank}] {text}"))

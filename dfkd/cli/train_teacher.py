@@ -9,8 +9,8 @@ import click
 
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.options import config_options, recipe_settings
-from dfkd.digits.config import TeacherTrainingConfig
-from synth.errors import UserError
+from dfkd.pipeline.config import TeacherTrainingConfig
+from synth.common.errors import UserError
 
 EXAMPLE = """
 \b
@@ -27,7 +27,7 @@ Example:
 @common_options
 def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Train a small BN CNN teacher on real images (held-out accuracy is reported and stored in the file)."""
-    from dfkd.digits.teacher import train_teacher
+    from dfkd.pipeline.teacher_training import train_teacher
 
     reporter = Reporter(json_mode, quiet)
     config = recipe_settings(TeacherTrainingConfig, "train_teacher", config_path, options)

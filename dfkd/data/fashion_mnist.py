@@ -10,7 +10,7 @@ from typing import Optional
 import numpy as np
 
 from dfkd.data.idx import read_idx
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 FILES = {
     "train_images": "train-images-idx3-ubyte",

@@ -12,7 +12,7 @@ from typing import Callable, Optional, Union
 
 from torchvision.datasets import ImageFolder
 
-from synth.errors import UserError, first_line
+from synth.common.errors import UserError, first_line
 
 WNID = re.compile(r"n\d{8}")
 CLASS_MAP_FORMATS = "a JSON object {folder: id}, 'folder id' lines, or one folder per line (line k is class k)"

@@ -5,19 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-import numpy as np
-
-from synth.errors import UserError
-
-
-@dataclass
-class RealSplit:
-    """uint8 images (N, 32, 32, 3) and int64 labels for the train and held-out test parts."""
-
-    train_images: np.ndarray
-    train_labels: np.ndarray
-    test_images: np.ndarray
-    test_labels: np.ndarray
+from dfkd.data.split import RealSplit
+from synth.common.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -35,7 +24,7 @@ class RealDataset:
 
 
 def _digits(seed: int, data_dir: Optional[str]) -> RealSplit:
-    from dfkd.digits.data import load_digits_split
+    from dfkd.data.digits import load_digits_split
 
     return load_digits_split(seed=seed)
 
@@ -49,7 +38,7 @@ def _fashion(seed: int, data_dir: Optional[str]) -> RealSplit:
 
 def _datasets() -> dict[str, RealDataset]:
     from dfkd.data import fashion_mnist
-    from dfkd.digits.data import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD
+    from dfkd.data.digits import CLASS_NAMES, DIGITS_MEAN, DIGITS_STD
 
     return {
         "digits": RealDataset("digits", tuple(CLASS_NAMES), DIGITS_MEAN, DIGITS_STD, False, _digits),

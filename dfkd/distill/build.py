@@ -23,10 +23,10 @@ from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.distill.transforms import decode, folder_transform
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
-from synth.errors import UserError
-from synth.runtime import Progress
-from synth.teacher import Teacher
-from synth.teacher_sources import load_teacher
+from synth.common.errors import UserError
+from synth.common.runtime import Progress
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import Teacher
 
 
 @dataclass

@@ -7,8 +7,8 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from synth.errors import UserError
-from synth.settings import (
+from synth.common.errors import UserError
+from synth.common.settings import (
     check_choices,
     check_device,
     device_setting,

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from synth.errors import UserError
-from synth.shards import ShardDataset
+from synth.common.errors import UserError
+from synth.shards.format import ShardDataset
 
 
 def shard_roots(root: str | Sequence[str]) -> list[str]:

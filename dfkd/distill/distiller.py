@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps
-from synth.distributed import Ranks
+from synth.common.distributed import Ranks
 
 
 class Distiller(nn.Module):

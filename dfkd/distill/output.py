@@ -11,8 +11,8 @@ import torch
 import torch.nn as nn
 
 from dfkd.evaluate.plots import CURVES, CurvesDuringRun
-from synth.errors import UserError
-from synth.student_file import save_student
+from synth.common.errors import UserError
+from synth.common.student_file import save_student
 
 CHECKPOINT_FORMAT = "dfkd-distill-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -87,7 +87,7 @@ class Output:
             self._curves.draw(final)
 
     def export_student(self, student: nn.Module, info: dict) -> None:
-        """student.pth and student.json (synth.student_file)."""
+        """student.pth and student.json (synth.common.student_file)."""
         if self.main:
             save_student(self.student, student, info)
 

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from kornia.color import rgb_to_grayscale
 from timm.data.auto_augment import rand_augment_transform
 
-from synth.errors import UserError
+from synth.common.errors import UserError
 
 ACCEPTED = "'rand-m<M>[-n<N>][-p<P>][-mstd<S>][-mmax<X>][-inc<0|1>]' (timm's RandAugment string) or none"
 

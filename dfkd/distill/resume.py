@@ -16,8 +16,8 @@ from dfkd.distill.build import Run
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.output import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from dfkd.distill.rng import rng_state, set_rng_state
-from synth.distributed import Ranks
-from synth.errors import UserError
+from synth.common.distributed import Ranks
+from synth.common.errors import UserError
 
 # settings a run may be resumed with changed: they do not change what is trained (threads: up to float rounding)
 RESUME_FREE = ("resume", "workers", "threads", "device", "val_data", "val_every", "allow_other_teacher")

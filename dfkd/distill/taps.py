@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from synth.errors import UserError, first_line
-from synth.teacher import Teacher
+from synth.common.errors import UserError, first_line
+from synth.teachers.teacher import Teacher
 
 
 @dataclass(frozen=True)

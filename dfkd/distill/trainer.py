@@ -1,7 +1,7 @@
 """`distill`: one distillation run, from its settings to the student's files (stage 1 with early KD, then stage 2
 without), resumable after any epoch (dfkd.distill.resume).
 
-Under torchrun (`ranks` from synth.distributed.init) every rank checks the settings, reads the checkpoint and builds
+Under torchrun (`ranks` from synth.common.distributed.init) every rank checks the settings, reads the checkpoint and builds
 the run; each trains on its DistributedSampler share inside one DDP wrapper (dfkd.distill.distiller) with its own
 RNG streams (augmentations and Mixup seeded per batch with the rank; drop path). Rank 0 alone writes files.
 """
@@ -21,15 +21,15 @@ from dfkd.distill.build import Run, setup
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.data import make_loader, set_transform
 from dfkd.distill.distiller import for_stage
-from dfkd.distill.engine import measure_top1, train_one_epoch
+from dfkd.distill.epoch import measure_top1, train_one_epoch
 from dfkd.distill.output import Output
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
 from dfkd.distill.transforms import decode, folder_transform
-from synth.distributed import Ranks
-from synth.errors import UserError
-from synth.runtime import Progress, available_cores, resolve_device, use_threads
-from synth.teacher import state_dict_sha256
+from synth.common.distributed import Ranks
+from synth.common.errors import UserError
+from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
+from synth.teachers.teacher import state_dict_sha256
 
 
 def train_student(
@@ -41,7 +41,7 @@ def train_student(
 ) -> dict[str, Any]:
     """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`.
 
-    Under torchrun pass `ranks` (synth.distributed.init): DistributedDataParallel over ranks.world_size processes;
+    Under torchrun pass `ranks` (synth.common.distributed.init): DistributedDataParallel over ranks.world_size processes;
     every rank returns the summary, rank 0 alone writes files (and should alone report).
     """
     progress, ranks, started = progress or Progress(), ranks or Ranks(), time.time()

@@ -13,10 +13,10 @@ from torchvision import transforms
 import dfkd.models  # noqa: F401  (registers the DearKD students, so that load_student can build them)
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from dfkd.evaluate.config import EvaluateConfig
-from synth.runtime import Progress, resolve_device
-from synth.shards import ShardDataset
-from synth.student_file import Classifier, load_student  # noqa: F401  (re-exported by dfkd.evaluate)
-from synth.teacher import Teacher
+from synth.common.runtime import Progress, resolve_device
+from synth.common.student_file import Classifier, load_student  # noqa: F401  (re-exported by dfkd.evaluate)
+from synth.shards.format import ShardDataset
+from synth.teachers.teacher import Teacher
 
 
 def teacher_classifier(teacher: Teacher) -> Classifier:

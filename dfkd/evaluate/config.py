@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from synth.errors import UserError
-from synth.settings import (
+from synth.common.errors import UserError
+from synth.common.settings import (
     check_choices,
     check_device,
     device_setting,
@@ -68,7 +68,7 @@ class EvaluateConfig:
         check_device(self.device)
 
 
-FORMATS = ("imagefolder", "webdataset", "hf")  # what `dfkd export --to` writes (dfkd.evaluate.export_formats.WRITERS)
+FORMATS = ("imagefolder", "webdataset", "hf")  # what `dfkd export --to` writes (dfkd.export.formats.WRITERS)
 
 
 @dataclass

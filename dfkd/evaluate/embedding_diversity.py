@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from synth.shards import ShardDataset
-from synth.teacher import EmbeddingTap, Teacher
+from synth.shards.format import ShardDataset
+from synth.teachers.teacher import EmbeddingTap, Teacher
 
 
 def measure_embedding_diversity(shards: str | Path, teacher: Teacher, batch_size: int = 256) -> dict[str, Any]:

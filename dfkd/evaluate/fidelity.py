@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from dfkd.evaluate.config import EvaluateConfig
-from synth.errors import UserError
-from synth.runtime import Progress, resolve_device
-from synth.shards import ShardDataset
-from synth.teacher import Teacher
+from synth.common.errors import UserError
+from synth.common.runtime import Progress, resolve_device
+from synth.shards.format import ShardDataset
+from synth.teachers.teacher import Teacher
 
 
 def measure_fidelity(

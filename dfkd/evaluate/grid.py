@@ -1,5 +1,5 @@
 """Image grids, one row per class with its class name or id as a label: of synthesized shards (drawn by
-synth.pictures, which the dataset card's preview uses too) and of real labelled image folders."""
+synth.shards.pictures, which the dataset card's preview uses too) and of real labelled image folders."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from PIL import Image
 
 from dfkd.data.image_folder import open_image_folder
-from synth.pictures import class_label, draw_class_grid, grid_image
+from synth.shards.pictures import class_label, draw_class_grid, grid_image
 
 __all__ = ["draw_class_grid", "draw_folder_grid"]
 

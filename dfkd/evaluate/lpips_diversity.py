@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from dfkd.evaluate.config import EvaluateConfig
-from synth.downloads import hub_cached_download
-from synth.errors import UserError
-from synth.runtime import Progress, resolve_device
-from synth.shards import ShardDataset
-from synth.weights import read_state_dict
+from synth.common.errors import UserError
+from synth.common.runtime import Progress, resolve_device
+from synth.shards.format import ShardDataset
+from synth.teachers.downloads import hub_cached_download
+from synth.teachers.weights import read_state_dict
 
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"  # torchvision's IMAGENET1K_V1
 ALEXNET_FILE = ALEXNET_URL.rsplit("/", 1)[1]

@@ -1,5 +1,5 @@
 """Plots of a distillation run (`curves.png` beside `metrics.jsonl`) and accuracy bars, drawn by matplotlib headless
-(Agg; imported only when a plot is drawn) and written as synth.pictures writes PNGs: only when the bytes change, and
+(Agg; imported only when a plot is drawn) and written as synth.shards.pictures writes PNGs: only when the bytes change, and
 never over a picture dfkd did not write."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
-from synth.errors import UserError
-from synth.pictures import figure_png, write_png
+from synth.common.errors import UserError
+from synth.shards.pictures import figure_png, write_png
 
 CURVES = "curves.png"
 METRICS = "metrics.jsonl"

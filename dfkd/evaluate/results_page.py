@@ -13,8 +13,8 @@ from PIL import Image
 
 from dfkd.evaluate.grid import draw_folder_grid
 from dfkd.evaluate.plots import draw_bars
-from synth.pictures import png_bytes, write_png
-from synth.shards import ShardDataset
+from synth.shards.format import ShardDataset
+from synth.shards.pictures import png_bytes, write_png
 
 PAGE = "results.md"
 BARS = "accuracy.png"

@@ -1,0 +1,2 @@
+"""A synthesis run: the work units (units), the output folder and its resume rules (output_dir), the loop over units
+on one or many processes (engine) and the summary it reports (summary)."""

@@ -1,0 +1,285 @@
+"""Run a synthesis: work units (`synth.run.units`) -> inversion -> shards, resumable, on one or many processes.
+
+Ranks (torchrun, see `synth.common.distributed`): rank r writes shards k with k % world_size == r and nothing else;
+rank 0 alone checks the config against the output directory, deletes stale `.tmp` files and writes the
+manifest (`synth.run.output_dir`). Each unit's result depends only on (config, unit id), so the shards are the same
+for any number of processes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from synth.common.distributed import Ranks
+from synth.common.errors import UserError
+from synth.common.runtime import Progress, available_cores, default_threads, resolve_device, use_threads
+from synth.config import SynthesisConfig
+from synth.inversion.competitor import Competitor, load_competitor
+from synth.inversion.invert import InversionResult, invert_batch
+from synth.run.output_dir import (
+    absolute_teacher_spec,
+    append_log,
+    existing_identity,
+    first_difference,
+    index_shards,
+    log_path,
+    prepare_output,
+)
+from synth.run.summary import RankResult, all_shards, low_fidelity_warning, summarize
+from synth.run.units import Unit, UnitPlan, parse_classes, plan_units, unit_generator
+from synth.shards import format as shard_io
+from synth.shards.verify import load_verified
+from synth.shards.writer import write_shard
+from synth.teachers.sources import load_teacher
+from synth.teachers.teacher import Teacher, fit_resolutions
+
+
+def synthesize(
+    config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None, ranks: Optional[Ranks] = None
+) -> dict[str, Any]:
+    """Run (or resume) a synthesis into `out`; returns a summary covering every rank's shards.
+
+    With `ranks` (from `synth.common.distributed.init()` under torchrun) rank r does shards k with k % world_size == r;
+    rank 0 alone checks the config against `out`, deletes stale `.tmp` files and writes the manifest.
+    """
+    progress = progress or Progress()
+    ranks = ranks or Ranks()
+    started = time.time()
+    out = Path(out)
+    config = replace(config, teacher=absolute_teacher_spec(config.teacher))
+    with ranks.together():
+        threads = config.threads or _default_threads(out, ranks)
+    config = replace(config, threads=min(ranks.all_gather(threads)))  # the ranks agree on one count
+    with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
+        run = _prepare_run(config, out, ranks)
+    if run.teacher.min_input and ranks.rank == 0:
+        below = [r for r in config.schedule.resolutions if r < run.teacher.min_input]
+        progress.message(
+            f"note: the teacher takes inputs of at least {run.teacher.min_input} px; the stage(s) at "
+            f"{', '.join(map(str, below))} px show it their view upsampled (bilinear) to {run.teacher.min_input} px "
+            "(recorded as teacher_min_input)"
+        )
+    if ranks.distributed:  # e.g. another node's teacher file, or --threads 0 on machines with other core counts
+        identities = ranks.all_gather(run.identity)
+        with ranks.together():
+            _check_same_identity(identities)
+    with ranks.together():
+        if ranks.rank == 0:
+            _prepare_output_directory(run, ranks, progress)
+    if ranks.distributed:  # rank 0 may have adopted the recorded teacher path (same weights under another name)
+        run.identity = ranks.all_gather(run.identity)[0]
+        run.teacher.spec = run.identity["teacher"]
+    with ranks.together():
+        mine, todo = _scan_finished_shards(run, ranks, progress)
+    _synthesize_shards(run, todo, mine, ranks, progress)  # no collective until every rank has finished its shards
+    gathered: list[RankResult] = ranks.all_gather(mine)
+    if ranks.rank == 0:
+        index_shards(run.out, all_shards(gathered), run.num_shards, progress.message)
+    return summarize(gathered, out, run.num_shards, config.store_logits, time.time() - started)
+
+
+@dataclass
+class _Run:
+    """What every rank works from once the run is prepared."""
+
+    config: SynthesisConfig
+    out: Path
+    device: torch.device
+    teacher: Teacher
+    units: UnitPlan
+    identity: dict  # the config as the shards record it (SynthesisConfig.identity)
+    competitor: Optional[Competitor]
+
+    @property
+    def num_shards(self) -> int:
+        """Shards of the whole run (the last may hold fewer units)."""
+        return -(-len(self.units) // self.config.units_per_shard)
+
+    def shard_units(self, index: int) -> list[Unit]:
+        """The units shard `index` holds."""
+        per_shard = self.config.units_per_shard
+        return self.units[index * per_shard : (index + 1) * per_shard]
+
+
+def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
+    """Validate the config, set the threads and this rank's device, load the teacher (and a competing student),
+    plan the units and compute the identity."""
+    config.validate()
+    use_threads(config.threads)  # resolved by synthesize(); on every rank, whatever OMP_NUM_THREADS says
+    device = ranks.local_device(resolve_device(config.device))
+    teacher = load_teacher(config.teacher, config.teacher_weights, device)
+    fit_resolutions(teacher, config.schedule.resolutions, config.teacher)
+    classes = parse_classes(config.classes, teacher.num_classes)
+    units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)
+    if -(-len(units) // config.units_per_shard) > shard_io.MAX_SHARDS:
+        raise UserError(
+            f"{len(classes)} classes x per_class {config.per_class} make "
+            f"{-(-len(units) // config.units_per_shard)} shards of {config.units_per_shard} "
+            f"unit(s); at most {shard_io.MAX_SHARDS} shards fit the shard names: lower per_class "
+            "or raise units_per_shard"
+        )
+    competitor = load_competitor(config.student, device) if config.student else None
+    if competitor is not None and competitor.num_classes != teacher.num_classes:
+        raise UserError(
+            f"the student '{config.student}' has {competitor.num_classes} classes and the teacher "
+            f"'{config.teacher}' has {teacher.num_classes}; the competition term compares their predictions class "
+            f"by class, so --student must be a student of this teacher ({teacher.num_classes} classes)"
+        )
+    identity = config.identity(teacher, classes, competitor)
+    return _Run(config, out, device, teacher, units, identity, competitor)
+
+
+def _default_threads(out: Path, ranks: Ranks) -> int:
+    """The thread count of a run without --threads: the count a run already in `out` recorded (so a resume makes
+    the same images whatever the load now), else synth.common.runtime's rule for this machine's processes."""
+    try:
+        recorded = existing_identity(out)
+    except Exception:  # noqa: BLE001 - an unreadable directory is reported by rank 0's output check
+        recorded = None
+    if isinstance(recorded, dict) and isinstance(recorded.get("threads"), int) and recorded["threads"] > 0:
+        return recorded["threads"]
+    return default_threads(ranks.local_world_size)
+
+
+def _check_same_identity(identities: list[dict]) -> None:
+    """Every rank must synthesize the same thing (same teacher weights, classes, threads, ...) as rank 0."""
+    for rank, identity in enumerate(identities[1:], start=1):
+        difference = first_difference(identity, identities[0])
+        if difference is not None:
+            key, there, first = difference
+            raise UserError(
+                f"rank {rank} computes a different config than rank 0 ({key}: {there!r} "
+                f"there, {first!r} on rank 0); give every node the same files and "
+                "an explicit --threads"
+            )
+
+
+def _prepare_output_directory(run: _Run, ranks: Ranks, progress: Progress) -> None:
+    """Rank 0: check the output directory against the run, delete stale temporary files, write the manifest;
+    note when the processes on this machine ask for more threads than it has cores."""
+    prepare_output(
+        run.out, run.identity, run.teacher, run.num_shards, len(run.units) * run.config.batch_size, progress.message
+    )
+    cores = available_cores()
+    if ranks.local_world_size * run.config.threads > cores:
+        progress.message(
+            f"note: {ranks.local_world_size} process(es) x {run.config.threads} threads exceed this "
+            f"machine's {cores} cores; --threads (part of the config) sets the count"
+        )
+
+
+def _scan_finished_shards(run: _Run, ranks: Ranks, progress: Progress) -> tuple[RankResult, list[int]]:
+    """This rank's finished shards that verify (counted in the result) and the shard indices left to do; a damaged
+    shard is deleted and done again."""
+    if not (run.out / shard_io.MANIFEST).is_file():
+        raise UserError(
+            f"rank {ranks.rank} does not see {run.out / shard_io.MANIFEST} written by rank 0: "
+            "--out must be a directory every node shares"
+        )
+    mine = RankResult()
+    todo = []
+    for k in range(ranks.rank, run.num_shards, ranks.world_size):
+        path = run.out / shard_io.shard_name(k)
+        if path.exists():
+            shard, problem = load_verified(path, run.identity)
+            if problem is None:
+                mine.add_existing(shard)
+                continue
+            progress.message(f"shard {path.name} is damaged ({problem}); regenerating it")
+            path.unlink()
+            mine.damaged[path.name] = problem
+        todo.append(k)
+    return mine, todo
+
+
+def _synthesize_shards(run: _Run, todo: list[int], mine: RankResult, ranks: Ranks, progress: Progress) -> None:
+    """Synthesize and write the shards `todo`, counting them in `mine`."""
+    if run.device.type == "cuda":
+        run.teacher.model.to(memory_format=torch.channels_last)
+    progress.start(sum(len(run.shard_units(k)) for k in todo) * run.config.batch_size)
+    try:
+        for k in todo:
+            _synthesize_shard(run, k, mine, ranks, progress)
+    finally:
+        progress.close()
+
+
+def _synthesize_shard(run: _Run, index: int, mine: RankResult, ranks: Ranks, progress: Progress) -> None:
+    """Invert every unit of shard `index`, then write the shard (atomically) and count it in `mine`."""
+    shard_units = run.shard_units(index)
+    results = [_synthesize_unit(run, unit, index, mine, ranks, progress) for unit in shard_units]
+    labels = np.concatenate([u.labels for u in shard_units]).astype(np.int64)
+    logits = torch.cat([r.logits for r in results]).half().numpy() if run.config.store_logits else None
+    path = run.out / shard_io.shard_name(index)
+    teacher = run.teacher
+    digest = write_shard(
+        path,
+        images=torch.cat([r.images for r in results]).numpy(),
+        labels=labels,
+        sample_ids=np.concatenate([u.sample_ids() for u in shard_units]),
+        logits=logits,
+        num_classes=teacher.num_classes,
+        mean=teacher.mean,
+        std=teacher.std,
+        teacher=teacher.describe(),
+        config=run.identity,
+        class_names=teacher.class_names,
+        compression=run.config.compression,
+    )
+    mine.add_written(path.name, digest, labels, logits)
+
+
+def _synthesize_unit(
+    run: _Run, unit: Unit, shard: int, mine: RankResult, ranks: Ranks, progress: Progress
+) -> InversionResult:
+    """Invert one unit from its own generator; refuse a non-finite result, log the unit, warn on low fidelity."""
+    config, cuda = run.config, run.device.type == "cuda"
+    unit_start = time.time()
+    labels = torch.tensor(unit.labels, device=run.device)
+    result = invert_batch(
+        run.teacher,
+        labels,
+        config.losses,
+        config.schedule,
+        unit_generator(config.seed, unit.id),
+        channels_last=cuda,
+        autocast_dtype=torch.bfloat16 if cuda else None,
+        compile=config.compile,
+        competitor=run.competitor,
+    )
+    bad = {name: value for name, value in result.losses.items() if not math.isfinite(value)}
+    if bad or not bool(torch.isfinite(result.logits).all()):  # read once per unit, at its end
+        raise UserError(
+            f"unit {unit.id} (classes {list(unit.classes)}) ended with a non-finite loss "
+            f"{bad or 'in the teacher logits'}; {shard_io.shard_name(shard)} was not written. "
+            "Lower --lr or the loss weights, or check the teacher"
+        )
+    hits = int((result.logits.argmax(1) == labels.cpu()).sum())
+    append_log(
+        log_path(run.out, ranks.rank),
+        {
+            "unit": unit.id,
+            "shard": shard,
+            "rank": ranks.rank,
+            "threads": torch.get_num_threads(),
+            "seconds": round(time.time() - unit_start, 3),
+            "fidelity": hits / len(labels),
+            "losses": result.losses,
+            "stage_totals": result.stage_totals,
+        },
+    )
+    if mine.add_unit(hits, len(labels)):
+        progress.message(
+            low_fidelity_warning(
+                mine.unit_hits / mine.unit_total, run.teacher.num_classes, result.losses, config.losses
+            )
+        )
+    progress.advance(len(labels), result.losses)
+    return result
