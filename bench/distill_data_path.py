@@ -1,5 +1,5 @@
 """Distillation data path: DeiT's augmentation per image with PIL (timm's transforms, the path before kornia)
-versus batched on uint8 tensors (dfkd.distill.augment, the training path), CPU.
+versus batched on uint8 tensors (dfkd.distill.inputs.augment, the training path), CPU.
 
 Both paths read the same shards through the same DataLoader (0 workers, so that the process's CPU time is all of
 it) and end in the same normalised, randomly erased, Mixup/CutMix-ed batch; DeiT's settings
@@ -34,10 +34,10 @@ from timm.data.mixup import mixup_target
 from timm.data.random_erasing import RandomErasing
 
 from dfkd.distill import AugmentConfig, DistillConfig
-from dfkd.distill.batch import Batch, BatchMix, BatchPrep
 from dfkd.distill.build import setup
-from dfkd.distill.data import make_loader, open_shards
 from dfkd.distill.epoch import train_step
+from dfkd.distill.inputs.batch import Batch, BatchMix, BatchPrep
+from dfkd.distill.inputs.loaders import make_loader, open_shards
 from synth.shards.writer import write_shard
 from synth.teachers.checkpoint import save_teacher_file
 

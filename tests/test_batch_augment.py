@@ -1,4 +1,4 @@
-"""The batched training augmentation (dfkd.distill.augment, rand_augment, batch): shapes, dtype, range, seeded
+"""The batched training augmentation (dfkd.distill.inputs.augment, rand_augment, batch): shapes, dtype, range, seeded
 determinism (also for a fresh process after a resume), each augmentation on and off, RandAugment against timm's
 arguments and PIL's operations, Mixup/CutMix targets, and real-image folders as uint8 tensors."""
 
@@ -11,10 +11,10 @@ from PIL import Image
 from timm.data import auto_augment
 
 from dfkd.distill import AugmentConfig
-from dfkd.distill.augment import BatchAugment
-from dfkd.distill.batch import BatchPrep
-from dfkd.distill.rand_augment import OPS, BatchRandAugment, level_args, parse
-from dfkd.distill.transforms import decode, folder_transform
+from dfkd.distill.inputs.augment import BatchAugment
+from dfkd.distill.inputs.batch import BatchPrep
+from dfkd.distill.inputs.decode import decode, folder_transform
+from dfkd.distill.inputs.rand_augment import OPS, BatchRandAugment, level_args, parse
 from synth.common.errors import UserError
 
 torch.set_num_threads(1)

@@ -18,7 +18,7 @@ from dfkd.cli.export import export_command
 from dfkd.data.image_folder import LabelledFolder, open_image_folder, read_class_map
 from dfkd.distill import DistillConfig
 from dfkd.distill.build import open_data
-from dfkd.distill.data import labels_of
+from dfkd.distill.inputs.loaders import labels_of
 from synth.common.errors import UserError
 from synth.config import Schedule, SynthesisConfig
 from synth.run.engine import synthesize

@@ -15,8 +15,8 @@ from dfkd.cli.distill import distill_command
 from dfkd.data.digits import load_digits_split, write_image_folder
 from dfkd.data.image_folder import LabelledFolder, open_image_folder
 from dfkd.distill import AugmentConfig, DistillationLoss, DistillConfig, OptimConfig, train_student
-from dfkd.distill.batch import BatchPrep
-from dfkd.distill.data import labels_of, subset
+from dfkd.distill.inputs.batch import BatchPrep
+from dfkd.distill.inputs.loaders import labels_of, subset
 from dfkd.distill.losses import teacher_affine
 from dfkd.distill.taps import BlockTaps, Stage, TeacherTaps, default_stage, teacher_stages
 from dfkd.models import Aligner

@@ -6,7 +6,7 @@ import torch
 from timm.data import Mixup
 from timm.data.mixup import mixup_target
 
-from dfkd.distill.batch import BatchMix
+from dfkd.distill.inputs.batch import BatchMix
 
 # (mixup alpha, cutmix alpha, prob, switch prob): both, Mixup only, CutMix only, mixing on half the batches
 MIX_SETTINGS = [(0.8, 1.0, 1.0, 0.5), (0.8, 0.0, 1.0, 0.5), (0.0, 1.0, 1.0, 0.5), (0.8, 1.0, 0.5, 0.3)]

@@ -160,10 +160,10 @@ def test_resume_under_ddp_reproduces_the_uninterrupted_run(runs):
 def test_validation_split_across_ranks_counts_every_image_once(runs):
     from dfkd.data.image_folder import open_image_folder
     from dfkd.distill import AugmentConfig
-    from dfkd.distill.batch import BatchPrep
-    from dfkd.distill.data import make_loader, set_transform
     from dfkd.distill.epoch import measure_top1
-    from dfkd.distill.transforms import decode, folder_transform
+    from dfkd.distill.inputs.batch import BatchPrep
+    from dfkd.distill.inputs.decode import decode, folder_transform
+    from dfkd.distill.inputs.loaders import make_loader, set_transform
 
     summary = _json_line(runs["script"])
     student = timm.create_model(STUDENT, num_classes=4, checkpoint_path=str(runs["root"] / "straight" / "student.pth"))

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from dfkd.cli.export import export_command as export
 from dfkd.cli.inspect import inspect_command
-from dfkd.distill.data import open_shards
+from dfkd.distill.inputs.loaders import open_shards
 from dfkd.export.exporter import export_shards
 from synth.common.errors import UserError
 from synth.shards.card import CARD, MARKER, render, without_preview, write_card

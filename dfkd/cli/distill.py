@@ -55,7 +55,7 @@ effective batch = batch size x processes):
 @common_options(resume=("--resume",))
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
-    from dfkd.distill.data import shard_roots
+    from dfkd.distill.inputs.loaders import shard_roots
     from dfkd.distill.trainer import train_student
     from synth.common import distributed
     from synth.shards.verify import check_integrity

@@ -15,13 +15,13 @@ from timm.scheduler import CosineLRScheduler
 from torch.utils.data import Dataset
 
 from dfkd.data.image_folder import open_image_folder
-from dfkd.distill.batch import BatchPrep
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.data import open_shards, set_transform, subset
 from dfkd.distill.distiller import Distiller
+from dfkd.distill.inputs.batch import BatchPrep
+from dfkd.distill.inputs.decode import decode, folder_transform
+from dfkd.distill.inputs.loaders import open_shards, set_transform, subset
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
-from dfkd.distill.transforms import decode, folder_transform
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
 from synth.common.errors import UserError
 from synth.common.runtime import Progress

@@ -61,7 +61,7 @@ class OptimConfig:
 
 @dataclass
 class AugmentConfig:
-    """DeiT's augmentations, batched on the training device (dfkd.distill.augment); small-image recipes turn them
+    """DeiT's augmentations, batched on the training device (dfkd.distill.inputs.augment); small-image recipes turn them
     down."""
 
     rand_augment: Optional[str] = setting("rand-m9-mstd0.5-inc1", help="timm RandAugment string, or none.", flag=True)
@@ -161,7 +161,7 @@ class DistillConfig:
         check_choices(self.loss, "loss")
         check_choices(self.augment, "augment")
         if self.augment.rand_augment:
-            from dfkd.distill.rand_augment import parse  # imports kornia: only when checking
+            from dfkd.distill.inputs.rand_augment import parse  # imports kornia: only when checking
 
             parse(self.augment.rand_augment)
         if self.loss.distillation == "stored" and self.shards is None:

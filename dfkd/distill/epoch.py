@@ -10,8 +10,8 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from dfkd.distill.batch import Batch, BatchPrep
 from dfkd.distill.build import Run
+from dfkd.distill.inputs.batch import Batch, BatchPrep
 from synth.common.distributed import Ranks
 from synth.common.runtime import Progress
 

@@ -19,13 +19,13 @@ from torch.utils.data import DataLoader
 from dfkd.data.image_folder import open_image_folder
 from dfkd.distill.build import Run, setup
 from dfkd.distill.config import DistillConfig
-from dfkd.distill.data import make_loader, set_transform
 from dfkd.distill.distiller import for_stage
 from dfkd.distill.epoch import measure_top1, train_one_epoch
+from dfkd.distill.inputs.decode import decode, folder_transform
+from dfkd.distill.inputs.loaders import make_loader, set_transform
 from dfkd.distill.output import Output
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
-from dfkd.distill.transforms import decode, folder_transform
 from synth.common.distributed import Ranks
 from synth.common.errors import UserError
 from synth.common.runtime import Progress, available_cores, resolve_device, use_threads

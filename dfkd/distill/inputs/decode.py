@@ -1,5 +1,5 @@
 """Real image folders as uint8 tensors: decode, resize the shorter side and centre-crop to a square, per image in
-the loader; the batched path (dfkd.distill.augment) then treats them like shard images."""
+the loader; the batched path (dfkd.distill.inputs.augment) then treats them like shard images."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training batch step on the device: per-sample augmentation of the uint8 batch (dfkd.distill.augment),
+"""The training batch step on the device: per-sample augmentation of the uint8 batch (dfkd.distill.inputs.augment),
 normalise, random erasing, Mixup/CutMix, soft targets; every draw from the batch's own seeded stream."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from kornia.augmentation import RandomErasing
 from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 
-from dfkd.distill.augment import BatchAugment
 from dfkd.distill.config import AugmentConfig
+from dfkd.distill.inputs.augment import BatchAugment
 from dfkd.distill.rng import batch_rng, batch_seed
 
 

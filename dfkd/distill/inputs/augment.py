@@ -13,7 +13,7 @@ from kornia.augmentation.random_generator import ResizedCropGenerator
 from kornia.color import rgb_to_grayscale
 
 from dfkd.distill.config import AugmentConfig
-from dfkd.distill.rand_augment import BatchRandAugment, put, take
+from dfkd.distill.inputs.rand_augment import BatchRandAugment, put, take
 
 RATIO = (3 / 4, 4 / 3)  # the crop's width/height range (timm's and torchvision's default)
 
