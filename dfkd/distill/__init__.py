@@ -1,5 +1,5 @@
 """Two-stage DearKD distillation from a CNN teacher (docs/method.md): `distill` (trainer) runs it, build sets it
-up, engine trains and validates, resume and output keep its checkpoint and files. The names below load on first
+up, inputs/ feeds it, epoch trains and validates, resume and output keep its checkpoint and files. The names below load on first
 use (the settings module stays free of torch)."""
 
 from dfkd import lazy_exports
