@@ -16,6 +16,7 @@ from dfkd.evaluate.config import EvaluateConfig
 from synth.common.runtime import Progress, resolve_device
 from synth.common.student_file import Classifier, load_student  # noqa: F401  (re-exported by dfkd.evaluate)
 from synth.shards.format import ShardDataset
+from synth.teachers import small_cnn  # noqa: F401  (registers the small BN CNNs, which may be students too)
 from synth.teachers.teacher import Teacher
 
 

@@ -4,7 +4,8 @@ classes, input size, mean/std and the keyword arguments that rebuild it). `dfkd 
 accuracy`, the demo and Adaptive DeepInversion's competitor read it.
 
 The student's architecture must be registered with timm before it is read: the DearKD students register on
-`import dfkd.models` (synth cannot import dfkd, so it says so instead of importing it)."""
+`import dfkd.models`, the small BN CNNs on `import synth.teachers.small_cnn` (this foundation module imports no
+other room, so its callers do)."""
 
 from __future__ import annotations
 
@@ -67,8 +68,6 @@ def read_student_json(weights: str | Path) -> tuple[Path, dict[str, Any]]:
 def load_student(checkpoint: str | Path) -> Classifier:
     """The student of `checkpoint` (`student.pth`) built as the timm model its `student.json` names, in eval mode."""
     import timm
-
-    import synth.teachers.small_cnn  # noqa: F401  (registers the small BN CNNs, which may be students too)
 
     path = Path(checkpoint)
     if not path.is_file():

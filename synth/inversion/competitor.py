@@ -5,9 +5,9 @@ DeepInversion", CVPR 2020).
 term = 1 - clamp(JS(p_T, p_S), 0, 1), p = softmax(logits / 3) on the same jittered image,
 JS(P, Q) = 0.5 KL(P || M) + 0.5 KL(Q || M), M = (P + Q) / 2, averaged over the batch.
 
-The student file is `student.pth` with `student.json` beside it (synth.common.student_file; `dfkd distill` writes it); its
-architecture must be registered with timm (`import dfkd.models` registers the DearKD students). Only the image
-receives gradients: the student is in eval mode and none of its parameters requires a gradient.
+The student file is `student.pth` with `student.json` beside it (synth.common.student_file; `dfkd distill` writes
+it); its architecture must be registered with timm (`import dfkd.models` registers the DearKD students). Only the
+image receives gradients: the student is in eval mode and none of its parameters requires a gradient.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from synth.common.student_file import load_student
+from synth.teachers import small_cnn  # noqa: F401  (registers the small BN CNNs, which may be students too)
 
 TEMPERATURE = 3.0  # the reference code's temperature for the competition term
 
