@@ -165,7 +165,7 @@ def _hooked(model: nn.Module, x: torch.Tensor, modules: Sequence[str]) -> tuple[
 
 def _api_matches(model: nn.Module, modules: Sequence[str], indices: Sequence[int], size: int) -> bool:
     """Whether, on two seeded noise images, `forward_intermediates` gives the very logits and stage tensors that
-    hooks capture (timm promises `feature_info` order, not that every architecture keeps it)."""
+    hooks capture: its indices follow `feature_info` on most timm CNNs, not on all (efficientvim's do not)."""
     device = next(model.parameters()).device
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
