@@ -1,5 +1,8 @@
 """Feature taps: teacher stage outputs (logits and features from one forward) and student block tokens.
 
+Per batch, the teacher's stage features come from timm's feature API (`forward_intermediates`) where it has one that
+agrees with forward hooks, else from hooks (`TeacherTaps`). Finding and measuring the stages probes with hooks.
+
 Teacher stages are the modules named by the model's `feature_info` (timm models and `dfkd train-teacher`
 files); for models without it (torchvision) a probe forward picks, for each feature-map size, the module
 that is outermost (fewest dots in its name; the last such to finish) among those with that output size
@@ -12,7 +15,7 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -124,34 +127,90 @@ def parse_pairs(pairs: Sequence[str], depth: int, num_stages: int) -> list[tuple
     return parsed
 
 
-class TeacherTaps:
-    """Runs the teacher once under no_grad and returns its logits and the tapped stage features."""
+def _api_indices(model: nn.Module, modules: Sequence[str]) -> Optional[list[int]]:
+    """Each module's index in the model's `feature_info`, which timm's `forward_intermediates` takes; None when the
+    model lacks that API (or `forward_head`) or a module is not one of its `feature_info` stages."""
+    info = [d["module"] for d in getattr(model, "feature_info", None) or ()]
+    api = hasattr(model, "forward_intermediates") and hasattr(model, "forward_head")
+    return [info.index(m) for m in modules] if api and modules and set(modules) <= set(info) else None
 
-    def __init__(self, teacher: Teacher, stages: Sequence[Stage]):
-        self.teacher, self.stages = teacher, list(stages)
-        self._features: dict[str, torch.Tensor] = {}
-        self._handles = [
-            teacher.model.get_submodule(s.module).register_forward_hook(self._hook(s.module)) for s in self.stages
-        ]
 
-    def _hook(self, name: str):
+def _intermediates(model: nn.Module, x: torch.Tensor, indices: Sequence[int]) -> tuple[torch.Tensor, list]:
+    """Logits and the stage features at `indices` (any order, repeats allowed) from one `forward_intermediates`
+    pass, which returns the stages in forward order, then `forward_head` on its final feature map."""
+    wanted = sorted(set(indices))
+    final, features = model.forward_intermediates(x, indices=wanted)
+    by_index = dict(zip(wanted, features))
+    return model.forward_head(final), [by_index[i] for i in indices]
+
+
+def _hooked(model: nn.Module, x: torch.Tensor, modules: Sequence[str]) -> tuple[torch.Tensor, list]:
+    """Logits and the named modules' outputs (a module that runs twice: its last) from one forward with hooks."""
+    outputs: dict[str, torch.Tensor] = {}
+
+    def hook(name: str):
         def record(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-            self._features[name] = output
+            outputs[name] = output
 
         return record
 
+    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in dict.fromkeys(modules)]
+    try:
+        logits = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return logits, [outputs[n] for n in modules]
+
+
+def _api_matches(model: nn.Module, modules: Sequence[str], indices: Sequence[int], size: int) -> bool:
+    """Whether, on two seeded noise images, `forward_intermediates` gives the very logits and stage tensors that
+    hooks capture: its indices follow `feature_info` on most timm CNNs, not on all (efficientvim's do not)."""
+    device = next(model.parameters()).device
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        try:
+            api = _intermediates(model, x, indices)
+        except Exception:  # noqa: BLE001 - an API that fails where the plain forward runs: keep the hooks
+            return False
+        hooked = _hooked(model, x, modules)
+    return all(torch.equal(a, h) for a, h in zip([api[0], *api[1]], [hooked[0], *hooked[1]], strict=True))
+
+
+class TeacherTaps:
+    """Runs the teacher once per batch under no_grad and returns its logits and the tapped stage features.
+
+    Where the teacher has timm's feature API (`forward_intermediates` + `forward_head`, stages named by
+    `feature_info`: timm's CNNs such as resnet, regnet, mobilenetv3, efficientnet, densenet, and dfkd's
+    `dfkd_cnn_*`) and, checked once on noise at the training resolution, it gives the very tensors that forward
+    hooks capture, the features come from it; otherwise (torchvision models, architectures where the check fails)
+    from forward hooks on the stage modules. Either way: one forward, the same logits and features.
+    """
+
+    def __init__(self, teacher: Teacher, stages: Sequence[Stage]):
+        self.teacher, self.stages = teacher, list(stages)
+        self.names = [s.module for s in self.stages]
+        self.indices = _api_indices(teacher.model, self.names)
+        if self.indices is not None:
+            size = round(self.stages[0].reduction * self.stages[0].hw[1])  # the resolution the stages were measured at
+            self.indices = self.indices if _api_matches(teacher.model, self.names, self.indices, size) else None
+
+    @property
+    def uses_feature_api(self) -> bool:
+        """Whether the features come from timm's `forward_intermediates` (else from forward hooks)."""
+        return self.indices is not None
+
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Teacher logits (fp32) and one fp32 feature map per tapped stage, from one forward on normalised x."""
-        self._features.clear()
         autocast = torch.autocast("cuda", dtype=torch.bfloat16) if x.is_cuda else nullcontext()
         with torch.no_grad(), autocast:
-            logits = self.teacher.model(x)
-        return logits.float(), [self._features[s.module].float() for s in self.stages]
-
-    def remove(self) -> None:
-        """Detach the hooks."""
-        for handle in self._handles:
-            handle.remove()
+            if self.indices is not None:
+                logits, features = _intermediates(self.teacher.model, x, self.indices)
+            else:
+                # Hooks remain for teachers without timm's feature API (torchvision models have no feature_info) and
+                # those whose API disagrees with the hooked modules; with no stage tapped, this is the plain forward.
+                logits, features = _hooked(self.teacher.model, x, self.names)
+        return logits.float(), [f.float() for f in features]
 
 
 class BlockTaps:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -50,6 +52,21 @@ class SmallBNCNN(nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Feature map before pooling."""
         return self.stages(x)
+
+    def forward_intermediates(
+        self, x: torch.Tensor, indices: Optional[Sequence[int]] = None, intermediates_only: bool = False
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's feature API: the outputs of the `feature_info` stages that `indices` picks (all when None;
+        negative from the end), each before its stage's pooling, in forward order; and unless `intermediates_only`
+        the final feature map first."""
+        take = range(len(self.stages)) if indices is None else {i % len(self.stages) for i in indices}
+        intermediates = []
+        for i, stage in enumerate(self.stages):
+            x = stage[1](stage[0](x))
+            if i in take:
+                intermediates.append(x)
+            x = stage[2:](x)
+        return intermediates if intermediates_only else (x, intermediates)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """Pool, then classify (or return the pooled embedding)."""
