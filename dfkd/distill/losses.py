@@ -26,6 +26,7 @@ from timm.loss import SoftTargetCrossEntropy
 
 from dfkd.distill.config import KINDS
 from dfkd.distill.taps import TeacherTaps
+from synth.teachers.teacher import normalization
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -40,10 +41,8 @@ def teacher_affine(
     teacher_std: Sequence[float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), (1, 3, 1, 1) each, mapping a student-normalised image to the same image teacher-normalised."""
-    s_mean, s_std, t_mean, t_std = (
-        torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
-        for v in (student_mean, student_std, teacher_mean, teacher_std)
-    )
+    s_mean, s_std = normalization(student_mean, student_std, dtype=torch.float32)
+    t_mean, t_std = normalization(teacher_mean, teacher_std, dtype=torch.float32)
     return s_std / t_std, (s_mean - t_mean) / t_std
 
 
