@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
-from dfkd.distill.config import KINDS
+from dfkd.distill.config import KINDS, distils
 from dfkd.distill.taps import TeacherTaps
 from synth.teachers.teacher import normalization
 
@@ -90,7 +90,7 @@ class DistillationLoss(nn.Module):
         """Total loss and its detached parts (cls, dist, hid) for student `outputs` = (z_cls, z_dist) on `inputs`."""
         z_cls, z_dist = (o.float() for o in outputs)
         hid = z_cls.new_zeros(())
-        if stage == 2:
+        if not distils(stage):
             cls, dist = self.ce(z_cls, target), self.ce(z_dist, target)
         elif self.kind == "stored":
             cls, dist = self.ce(z_cls, target), soft_kl(z_dist, stored_probs, self.tau)
