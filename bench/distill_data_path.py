@@ -40,6 +40,7 @@ from dfkd.distill.inputs.batch import Batch, BatchMix, BatchPrep
 from dfkd.distill.inputs.loaders import make_loader, open_shards
 from synth.shards.writer import write_shard
 from synth.teachers.checkpoint import save_teacher_file
+from synth.teachers.teacher import normalization
 
 MEAN, STD = (0.5,) * 3, (0.5,) * 3
 
@@ -88,7 +89,7 @@ class PilPrep:
     """The former batch step: normalise, timm's random erasing (per image, on the batch), Mixup/CutMix."""
 
     def __init__(self, augment: AugmentConfig):
-        self.mean, self.std = torch.tensor(MEAN).view(1, 3, 1, 1), torch.tensor(STD).view(1, 3, 1, 1)
+        self.mean, self.std = normalization(MEAN, STD)
         self.erasing = RandomErasing(augment.reprob, mode="pixel", max_count=1, device="cpu")
         self.mix = BatchMix(augment.mixup, augment.cutmix, augment.mix_prob, augment.switch_prob)
 

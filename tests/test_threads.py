@@ -1,8 +1,9 @@
 """The CPU thread rule (synth.common.runtime): idle cores shared among a machine's processes; a resume keeps the
 count its run recorded."""
 
+import torch
+
 import synth.common.runtime
-import synth.run.engine
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.run.engine import synthesize
 from synth.shards.manifest import read_manifest
@@ -38,11 +39,11 @@ def _config(teacher: str, threads: int) -> SynthesisConfig:
 
 
 def test_a_run_without_threads_records_the_rule_and_resumes_with_that_count(random_teacher, tmp_path, monkeypatch):
-    monkeypatch.setattr(synth.run.engine, "use_threads", lambda threads, processes=1: threads)  # keep the test's torch
-    monkeypatch.setattr(synth.run.engine, "default_threads", lambda processes=1: 1)
+    monkeypatch.setattr(torch, "set_num_threads", lambda threads: None)  # keep the test's torch at one thread
+    monkeypatch.setattr(synth.common.runtime, "default_threads", lambda processes=1: 1)
     synthesize(_config(random_teacher, 0), tmp_path / "s")
     assert read_manifest(tmp_path / "s")["config"]["threads"] == 1
-    monkeypatch.setattr(synth.run.engine, "default_threads", lambda processes=1: 2)  # the load changed since
+    monkeypatch.setattr(synth.common.runtime, "default_threads", lambda processes=1: 2)  # the load changed since
     summary = synthesize(_config(random_teacher, 0), tmp_path / "s")
     assert summary["nothing_to_do"] and summary["shards_written"] == 0
     synthesize(_config(random_teacher, 0), tmp_path / "fresh")

@@ -5,7 +5,9 @@ from __future__ import annotations
 import click
 
 from dfkd.cli.common import Reporter, common_options
+from dfkd.cli.options import config_options, config_overrides
 from dfkd.data.real import DATASET_NAMES
+from dfkd.pipeline.config import TeacherTrainingConfig
 
 EXAMPLE = """
 \b
@@ -54,7 +56,7 @@ FAST_NOTE = (
     help="A plumbing check at toy scale (the shipped recipe digits_fast or fashion_fast): every step runs in about "
     "a minute, and the student stays near chance level (0.1) on the real images.",
 )
-@click.option("--threads", type=int, default=0, help="CPU threads. [default: the idle cores]")
+@config_options(TeacherTrainingConfig, only=("threads",))  # the one declaration of --threads every command shares
 @click.option(
     "--lpips-backbone",
     type=click.Path(dir_okay=False),
@@ -66,11 +68,11 @@ def demo_command(
     dataset: str,
     data_dir: str,
     fast: bool,
-    threads: int,
     lpips_backbone: str,
     config_path: str,
     json_mode: bool,
     quiet: bool,
+    **options,
 ) -> None:
     """Train a teacher on real images, synthesize shards from it, distill a DearKD student on the shards only,
     evaluate both on held-out real images."""
@@ -85,7 +87,7 @@ def demo_command(
         out,
         config_path,
         fast,
-        threads,
+        config_overrides(options).get("threads", 0),
         lpips_backbone,
         lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img", postfix=_postfix),
         dataset,

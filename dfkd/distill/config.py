@@ -225,6 +225,18 @@ class DistillConfig:
         return {k: v for k, v in {"num_mhca": self.num_mhca, "img_size": self.input_size}.items() if v is not None}
 
 
+def stage_of(epoch: int, config: DistillConfig) -> int:
+    """The training stage of the (0-based) `epoch`: 1 for the first `config.stage1` epochs, then 2 (see `distils`)."""
+    return 1 if epoch < config.stage1 else 2
+
+
+def distils(stage: int) -> bool:
+    """What a stage turns on. Stage 1 distils: the teacher's predictions (or the shards' stored ones) are the
+    targets and, with hidden KD, the student's block taps feed aligners that learn. Stage 2 trains on the labels
+    alone: no teacher forward, the block taps off, the aligners frozen."""
+    return stage == 1
+
+
 def rescale_epochs(recipe: dict, overrides: dict) -> tuple[dict, Optional[str]]:
     """Shrinking or stretching a recipe with --epochs: the recipe's stage-1 epochs (a whole count) and warm-up
     epochs keep their share of the run, unless they are given on the command line too. Returns the extra overrides

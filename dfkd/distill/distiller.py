@@ -9,6 +9,7 @@ import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dfkd.distill.config import distils
 from dfkd.distill.losses import DistillationLoss
 from dfkd.distill.taps import BlockTaps
 from synth.common.distributed import Ranks
@@ -28,7 +29,7 @@ class Distiller(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its detached parts on one prepared batch."""
         outputs = self.student(inputs)
-        tokens = self.block_taps.take() if self.block_taps is not None and stage == 1 else ()
+        tokens = self.block_taps.take() if self.block_taps is not None and distils(stage) else ()
         return self.criterion(inputs, outputs, target, stage, tokens, self.student.patch_embed.grid_size, stored_probs)
 
 
@@ -37,7 +38,7 @@ def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) 
     DDP each stage gets its own wrapper over the parameters that learn in it, so every parameter it holds gets a
     gradient at every step: no `find_unused_parameters` graph search per step, and DDP's check stays strict."""
     for p in model.criterion.aligners.parameters():
-        p.requires_grad_(stage == 1)
+        p.requires_grad_(distils(stage))
     if not ranks.distributed:
         return model
     # broadcast_buffers off: the students' buffers are constants (relative positions; no BN running statistics)

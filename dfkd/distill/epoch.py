@@ -11,6 +11,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 
 from dfkd.distill.build import Run
+from dfkd.distill.config import distils
 from dfkd.distill.inputs.batch import Batch, BatchPrep
 from synth.common.distributed import Ranks
 from synth.common.runtime import Progress
@@ -43,7 +44,7 @@ def train_one_epoch(
     """Train `model` (run.model or its DDP wrapper for `stage`) on one epoch of batches, stepping the schedule per
     update. Returns the epoch's record (mean losses over every rank's batches, lr, speed) and the updates so far."""
     if run.block_taps is not None:  # the student's hidden tokens are taken in stage 1 only
-        run.block_taps.enabled = stage == 1
+        run.block_taps.enabled = distils(stage)
     steps, images = run.steps, run.effective_batch
     sums = torch.zeros(4, device=run.prep.device)
     started, shown = time.time(), 0

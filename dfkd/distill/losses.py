@@ -24,8 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.loss import SoftTargetCrossEntropy
 
-from dfkd.distill.config import KINDS
+from dfkd.distill.config import KINDS, distils
 from dfkd.distill.taps import TeacherTaps
+from synth.teachers.teacher import normalization
 
 
 def soft_kl(student_logits: torch.Tensor, teacher_probs: torch.Tensor, tau: float) -> torch.Tensor:
@@ -40,10 +41,8 @@ def teacher_affine(
     teacher_std: Sequence[float],
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(scale, shift), (1, 3, 1, 1) each, mapping a student-normalised image to the same image teacher-normalised."""
-    s_mean, s_std, t_mean, t_std = (
-        torch.tensor(v, dtype=torch.float32).view(1, 3, 1, 1)
-        for v in (student_mean, student_std, teacher_mean, teacher_std)
-    )
+    s_mean, s_std = normalization(student_mean, student_std, dtype=torch.float32)
+    t_mean, t_std = normalization(teacher_mean, teacher_std, dtype=torch.float32)
     return s_std / t_std, (s_mean - t_mean) / t_std
 
 
@@ -91,7 +90,7 @@ class DistillationLoss(nn.Module):
         """Total loss and its detached parts (cls, dist, hid) for student `outputs` = (z_cls, z_dist) on `inputs`."""
         z_cls, z_dist = (o.float() for o in outputs)
         hid = z_cls.new_zeros(())
-        if stage == 2:
+        if not distils(stage):
             cls, dist = self.ce(z_cls, target), self.ce(z_dist, target)
         elif self.kind == "stored":
             cls, dist = self.ce(z_cls, target), soft_kl(z_dist, stored_probs, self.tau)

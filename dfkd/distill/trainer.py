@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from dfkd.data.image_folder import open_image_folder
 from dfkd.distill.build import Run, setup
-from dfkd.distill.config import DistillConfig
+from dfkd.distill.config import DistillConfig, stage_of
 from dfkd.distill.distiller import for_stage
 from dfkd.distill.epoch import measure_top1, train_one_epoch
 from dfkd.distill.inputs.decode import decode, folder_transform
@@ -56,7 +56,7 @@ def train_student(
     model, model_stage = None, 0
     try:
         for epoch in range(start, config.epochs):
-            stage = 1 if epoch < config.stage1 else 2
+            stage = stage_of(epoch, config)
             if stage != model_stage:
                 model = None  # let the previous stage's DDP wrapper go before the next one is made
                 model, model_stage = for_stage(run.model, stage, ranks, device), stage

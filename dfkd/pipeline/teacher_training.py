@@ -16,12 +16,14 @@ from dfkd.data.real import real_dataset
 from dfkd.pipeline.config import TeacherTrainingConfig
 from synth.common.runtime import use_threads
 from synth.teachers.checkpoint import save_teacher_file
+from synth.teachers.teacher import normalization
 
 
 def to_normalized(images: np.ndarray, mean=DIGITS_MEAN, std=DIGITS_STD) -> torch.Tensor:
     """uint8 NHWC images -> float NCHW in the normalised input space."""
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255)
-    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    mean_t, std_t = normalization(mean, std)
+    return (x - mean_t) / std_t
 
 
 def random_shift(x: torch.Tensor, pixels: int, generator: torch.Generator, flip: bool = False) -> torch.Tensor:

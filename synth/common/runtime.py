@@ -6,11 +6,14 @@ import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
 from synth.common.errors import UserError
+
+if TYPE_CHECKING:
+    from synth.common.distributed import Ranks
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,9 +56,14 @@ def default_threads(processes: int = 1) -> int:
     return max(1, min(idle_cores(), available_cores()) // processes)
 
 
-def use_threads(requested: int = 0, processes: int = 1) -> int:
-    """Set torch's CPU thread count: `requested`, or `default_threads(processes)` when 0; returns the count set."""
-    threads = requested or default_threads(processes)
+def use_threads(requested: int = 0, processes: int = 1, recorded: int = 0, agree: Optional[Ranks] = None) -> int:
+    """The one thread rule of every command: set torch's CPU thread count and return it. The count is `requested`;
+    else `recorded` (the count a run being resumed recorded, so it repeats its numbers whatever the load now);
+    else `default_threads(processes)`. With `agree` (collective) every rank takes the least count any rank
+    resolved, so that all of them compute the same thing."""
+    threads = requested or recorded or default_threads(processes)
+    if agree is not None:
+        threads = min(agree.all_gather(threads))
     torch.set_num_threads(threads)
     return threads
 

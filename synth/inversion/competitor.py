@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from synth.common.student_file import load_student
 from synth.teachers import small_cnn  # noqa: F401  (registers the small BN CNNs, which may be students too)
+from synth.teachers.teacher import normalization
 
 TEMPERATURE = 3.0  # the reference code's temperature for the competition term
 
@@ -40,10 +41,8 @@ class Competitor:
 
     def input_affine(self, teacher_mean, teacher_std, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), (1, 3, 1, 1) each: a teacher-normalised image * scale + shift is student-normalised."""
-        t_mean, t_std, s_mean, s_std = (
-            torch.tensor(v, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            for v in (teacher_mean, teacher_std, self.mean, self.std)
-        )
+        t_mean, t_std = normalization(teacher_mean, teacher_std, device, torch.float32)
+        s_mean, s_std = normalization(self.mean, self.std, device, torch.float32)
         return t_std / s_std, (t_mean - s_mean) / s_std
 
     def logits(self, view: torch.Tensor) -> torch.Tensor:

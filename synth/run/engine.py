@@ -19,7 +19,7 @@ import torch
 
 from synth.common.distributed import Ranks
 from synth.common.errors import UserError
-from synth.common.runtime import Progress, available_cores, default_threads, resolve_device, use_threads
+from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.config import SynthesisConfig
 from synth.inversion.competitor import Competitor, load_competitor
 from synth.inversion.invert import InversionResult, invert_batch
@@ -55,8 +55,10 @@ def synthesize(
     out = Path(out)
     config = replace(config, teacher=absolute_teacher_spec(config.teacher))
     with ranks.together():
-        threads = config.threads or _default_threads(out, ranks)
-    config = replace(config, threads=min(ranks.all_gather(threads)))  # the ranks agree on one count
+        config.validate()
+        recorded = _recorded_threads(out)
+    # on every rank, whatever OMP_NUM_THREADS says; the ranks agree on one count, recorded in the config
+    config = replace(config, threads=use_threads(config.threads, ranks.local_world_size, recorded, agree=ranks))
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
         run = _prepare_run(config, out, ranks)
     if run.teacher.min_input and ranks.rank == 0:
@@ -109,10 +111,8 @@ class _Run:
 
 
 def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
-    """Validate the config, set the threads and this rank's device, load the teacher (and a competing student),
-    plan the units and compute the identity."""
-    config.validate()
-    use_threads(config.threads)  # resolved by synthesize(); on every rank, whatever OMP_NUM_THREADS says
+    """This rank's device, the teacher (and a competing student), the units and the identity of a validated
+    config whose threads are set."""
     device = ranks.local_device(resolve_device(config.device))
     teacher = load_teacher(config.teacher, config.teacher_weights, device)
     fit_resolutions(teacher, config.schedule.resolutions, config.teacher)
@@ -136,16 +136,16 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
     return _Run(config, out, device, teacher, units, identity, competitor)
 
 
-def _default_threads(out: Path, ranks: Ranks) -> int:
-    """The thread count of a run without --threads: the count a run already in `out` recorded (so a resume makes
-    the same images whatever the load now), else synth.common.runtime's rule for this machine's processes."""
+def _recorded_threads(out: Path) -> int:
+    """The thread count a run already in `out` recorded (a run without --threads resumes with it, so it makes the
+    same images whatever the load now); 0 when there is none."""
     try:
         recorded = existing_identity(out)
     except Exception:  # noqa: BLE001 - an unreadable directory is reported by rank 0's output check
         recorded = None
     if isinstance(recorded, dict) and isinstance(recorded.get("threads"), int) and recorded["threads"] > 0:
         return recorded["threads"]
-    return default_threads(ranks.local_world_size)
+    return 0
 
 
 def _check_same_identity(identities: list[dict]) -> None:

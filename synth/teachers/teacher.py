@@ -18,6 +18,17 @@ from synth.teachers.weights import state_dict_sha256
 _FROZEN_BN_NAMES = ("FrozenBatchNorm2d", "FrozenBatchNormAct2d")
 
 
+def normalization(
+    mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu", dtype: Optional[torch.dtype] = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel image statistics (a teacher's or a student's mean and std) as tensors shaped (1, C, 1, 1), to
+    broadcast over (B, C, H, W) batches; `dtype` None: torch's default float type."""
+    return (
+        torch.tensor(mean, dtype=dtype, device=device).view(1, -1, 1, 1),
+        torch.tensor(std, dtype=dtype, device=device).view(1, -1, 1, 1),
+    )
+
+
 @dataclass
 class Teacher:
     """A teacher in eval mode with everything synthesis and distillation need to know about it."""
@@ -49,27 +60,23 @@ class Teacher:
 
     def pixel_bounds(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel (low, high) of valid pixels [0, 1] in normalised space, shaped (1, 3, 1, 1)."""
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        mean, std = normalization(self.mean, self.std, device)
         return (0 - mean) / std, (1 - mean) / std
 
     def normalize(self, images01: torch.Tensor) -> torch.Tensor:
         """Map images in [0, 1] (B, 3, H, W) to the teacher's normalised input space."""
-        mean = torch.tensor(self.mean, device=images01.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=images01.device).view(1, 3, 1, 1)
+        mean, std = normalization(self.mean, self.std, images01.device)
         return (images01 - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Map normalised images back to [0, 1] (clamped)."""
-        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        mean, std = normalization(self.mean, self.std, x.device)
         return (x * std + mean).clamp(0, 1)
 
     def gray_affine(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
         """(scale, shift), (1, 3, 1, 1) each: one channel in the first channel's normalised space (B, 1, H, W)
         * scale + shift is the same gray image in the teacher's 3-channel normalised space."""
-        mean = torch.tensor(self.mean, device=device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=device).view(1, 3, 1, 1)
+        mean, std = normalization(self.mean, self.std, device)
         return std[:, :1] / std, (mean[:, :1] - mean) / std
 
     def describe(self) -> dict[str, Any]:

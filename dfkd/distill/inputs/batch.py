@@ -14,6 +14,7 @@ from timm.data.mixup import cutmix_bbox_and_lam, mixup_target
 from dfkd.distill.config import AugmentConfig
 from dfkd.distill.inputs.augment import BatchAugment
 from dfkd.distill.rng import batch_rng, batch_seed
+from synth.teachers.teacher import normalization
 
 
 @dataclass
@@ -82,8 +83,8 @@ class BatchPrep:
         tau: float = 1.0,
         seed: int = 0,
     ):
-        std_t = torch.tensor(std, device=device).view(1, 3, 1, 1)
-        self.scale, self.shift = 1 / (255 * std_t), -torch.tensor(mean, device=device).view(1, 3, 1, 1) / std_t
+        mean_t, std_t = normalization(mean, std, device)
+        self.scale, self.shift = 1 / (255 * std_t), -mean_t / std_t
         self.num_classes, self.smoothing, self.device, self.tau, self.seed = (
             num_classes,
             augment.smoothing,
