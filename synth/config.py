@@ -2,31 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import Optional, Union
 
 from synth.common.errors import UserError
 from synth.common.settings import (
     check_choices,
     check_device,
     device_setting,
-    identity_fields,
     setting,
     teacher_setting,
     teacher_weights_setting,
     threads_setting,
 )
 
-if TYPE_CHECKING:
-    from synth.inversion.competitor import Competitor
-    from synth.teachers.teacher import Teacher
-
 BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.inversion.terms.BNStatisticsLoss)
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shards.writer)
 MAX_SHARD_IMAGES = 100_000  # a shard is assembled in memory before it is written
-UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
 
 
 @dataclass
@@ -214,30 +207,3 @@ class SynthesisConfig:
     def batch_size(self) -> int:
         """Images per work unit."""
         return self.classes_per_batch * self.images_per_class
-
-    def identity(self, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None) -> dict[str, Any]:
-        """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
-        synthesize() resolved them), the competing student's file and sha256 when there is one, and the teacher's
-        smallest input when a stage is below it (synth.teachers.teacher.fit_resolutions)."""
-        extra = {"student": competitor.describe()} if competitor is not None else {}
-        extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
-        extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})
-        return json.loads(
-            json.dumps(
-                {
-                    **extra,
-                    "teacher": self.teacher,
-                    "teacher_weights_sha256": teacher.weights_sha256,
-                    "classes": classes,
-                    "per_class": self.per_class,
-                    "classes_per_batch": self.classes_per_batch,
-                    "images_per_class": self.images_per_class,
-                    "units_per_shard": self.units_per_shard,
-                    "seed": self.seed,
-                    "threads": self.threads,
-                    "losses": identity_fields(self.losses),
-                    "schedule": identity_fields(self.schedule),
-                    "unit_order": UNIT_ORDER,
-                }
-            )
-        )

@@ -9,6 +9,7 @@ import synth  # noqa: F401  (registers dfkd_cnn_tiny)
 from synth.common.errors import UserError
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.inversion.invert import invert_batch
+from synth.run.identity import identity
 from synth.teachers.teacher import find_classifier_name, teacher_from_model
 
 torch.set_num_threads(1)
@@ -54,8 +55,8 @@ def test_lowres_images_are_upsampled_low_resolution_images():
 
 def test_lowres_joins_the_config_identity_only_when_set():
     teacher = _teacher()
-    plain = SynthesisConfig(teacher="t.pt", threads=1).identity(teacher, [0, 1])
-    banded = SynthesisConfig(teacher="t.pt", threads=1, schedule=Schedule(lowres=4)).identity(teacher, [0, 1])
+    plain = identity(SynthesisConfig(teacher="t.pt", threads=1), teacher, [0, 1])
+    banded = identity(SynthesisConfig(teacher="t.pt", threads=1, schedule=Schedule(lowres=4)), teacher, [0, 1])
     assert "lowres" not in plain["schedule"]  # sets made before the setting existed still resume
     assert banded["schedule"]["lowres"] == 4
 

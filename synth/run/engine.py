@@ -23,6 +23,7 @@ from synth.common.runtime import Progress, available_cores, resolve_device, use_
 from synth.config import SynthesisConfig
 from synth.inversion.competitor import Competitor, load_competitor
 from synth.inversion.invert import InversionResult, invert_batch
+from synth.run.identity import identity as shard_identity
 from synth.run.output_dir import (
     absolute_teacher_spec,
     append_log,
@@ -132,7 +133,7 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
             f"'{config.teacher}' has {teacher.num_classes}; the competition term compares their predictions class "
             f"by class, so --student must be a student of this teacher ({teacher.num_classes} classes)"
         )
-    identity = config.identity(teacher, classes, competitor)
+    identity = shard_identity(config, teacher, classes, competitor)
     return _Run(config, out, device, teacher, units, identity, competitor)
 
 

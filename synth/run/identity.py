@@ -1,0 +1,43 @@
+"""The identity of a synthesis: what changes its images, recorded in every shard's config, compared on resume."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Optional
+
+from synth.common.settings import identity_fields
+from synth.config import SynthesisConfig
+from synth.inversion.competitor import Competitor
+from synth.teachers.teacher import Teacher
+
+UNIT_ORDER = "rounds-major; unit u = (round u // G, class group u % G); sample_id = u * batch + position"
+
+
+def identity(
+    config: SynthesisConfig, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None
+) -> dict[str, Any]:
+    """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
+    synthesize() resolved them), the competing student's file and sha256 when there is one, and the teacher's
+    smallest input when a stage is below it (synth.teachers.teacher.fit_resolutions)."""
+    extra = {"student": competitor.describe()} if competitor is not None else {}
+    extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
+    extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})
+    return json.loads(
+        json.dumps(
+            {
+                **extra,
+                "teacher": config.teacher,
+                "teacher_weights_sha256": teacher.weights_sha256,
+                "classes": classes,
+                "per_class": config.per_class,
+                "classes_per_batch": config.classes_per_batch,
+                "images_per_class": config.images_per_class,
+                "units_per_shard": config.units_per_shard,
+                "seed": config.seed,
+                "threads": config.threads,
+                "losses": identity_fields(config.losses),
+                "schedule": identity_fields(config.schedule),
+                "unit_order": UNIT_ORDER,
+            }
+        )
+    )
