@@ -43,7 +43,7 @@ def test_help_of_every_command_imports_no_torch():
 
 
 def test_export_formats_are_declared_once():
-    from dfkd.evaluate.config import FORMATS
+    from dfkd.export.config import FORMATS
     from dfkd.export.formats import WRITERS
 
     assert tuple(WRITERS) == FORMATS

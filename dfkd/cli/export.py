@@ -7,7 +7,7 @@ import click
 from dfkd.cli.common import Reporter, common_options
 from dfkd.cli.evaluate import shards_argument
 from dfkd.cli.options import config_options, config_overrides
-from dfkd.evaluate.config import FORMATS, ExportConfig
+from dfkd.export.config import FORMATS, ExportConfig
 from dfkd.recipe_loader import build
 
 

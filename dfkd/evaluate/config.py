@@ -8,7 +8,6 @@ from typing import Optional, Union
 
 from synth.common.errors import UserError
 from synth.common.settings import (
-    check_choices,
     check_device,
     device_setting,
     setting,
@@ -66,33 +65,3 @@ class EvaluateConfig:
                 f"accepted: 1-{MAX_GRID_PER_CLASS}"
             )
         check_device(self.device)
-
-
-FORMATS = ("imagefolder", "webdataset", "hf")  # what `dfkd export --to` writes (dfkd.export.formats.WRITERS)
-
-
-@dataclass
-class ExportConfig:
-    """Settings of `dfkd export` (the format options; the format itself is --to)."""
-
-    maxcount: int = setting(10000, help="webdataset: samples per tar shard.", flag=True)
-    shard_size: Optional[int] = setting(
-        None, help="webdataset: bytes per tar shard (about).", flag=True, default_text="no limit"
-    )
-    image_format: str = setting(
-        "png", help="webdataset: image encoding (png is lossless).", flag=True, choices=("png", "jpg")
-    )
-    quality: int = setting(95, help="webdataset: JPEG quality.", flag=True)
-    hf_format: str = setting(
-        "arrow", help="hf: save_to_disk (arrow) or a Parquet file.", flag=True, choices=("arrow", "parquet")
-    )
-
-    def validate(self) -> None:
-        """Refuse values no writer could use."""
-        check_choices(self)
-        if self.maxcount < 1:
-            raise UserError(f"maxcount must be at least 1, not {self.maxcount}")
-        if self.shard_size is not None and self.shard_size < 1:
-            raise UserError(f"shard-size must be at least 1 byte, not {self.shard_size}")
-        if not 1 <= self.quality <= 100:
-            raise UserError(f"quality {self.quality} must be in 1-100")

@@ -19,7 +19,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 
-from dfkd.evaluate.config import FORMATS, ExportConfig
+from dfkd.export.config import FORMATS, ExportConfig
 from dfkd.export.formats import CHECKS, WRITERS
 from dfkd.export.source import verified_source
 from synth.common.errors import UserError

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dfkd.evaluate.config import ExportConfig
+from dfkd.export.config import ExportConfig
 from dfkd.export.source import Sample, has_logits, iter_samples
 from synth.common.errors import UserError
 from synth.common.runtime import Progress
