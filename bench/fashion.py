@@ -8,7 +8,8 @@ students resume, a lock makes concurrent processes synthesize a set once). The t
 on the official 10,000 test images. Every row distills for the recipe's epochs (`--epochs` overrides). Rows:
 
   di2k, di2k-seed1/2   DeepInversion images (no intra-divergence, no triplet), 2,000; distillation seeds 0, 1, 2
-  di2k-tv, di2k-e80    DeepInversion 2k with a 10x TV prior / distilled for 80 epochs
+  di2k-tv              DeepInversion 2k with a 10x TV prior
+  di2k-e80[-seed1]     DeepInversion 2k distilled for 80 epochs (seeds 0, 1); di2k-e120: for 120 epochs
   df2k, df2k-seed1     DF-DearKD images at the paper's weights (a_ep 50, margin 0.5, triplet 0.5), 2,000
   df2k-ep5             DF-DearKD with a_ep 5
   df2k-m03             DF-DearKD, a_ep 50 with both margins 0.3 (real same-class images sit 0.347 apart)
@@ -45,6 +46,8 @@ ROWS = {
     "di2k-seed2": (["di2k"], {"seed": 2}, "the same, distillation seed 2"),
     "di2k-tv": (["di2k-tv"], {}, "DeepInversion 2k, TV prior 1e-3 (10x)"),
     "di2k-e80": (["di2k"], {"epochs": 80}, "DeepInversion 2k, 80 epochs"),
+    "di2k-e80-seed1": (["di2k"], {"epochs": 80, "seed": 1}, "the same, distillation seed 1"),
+    "di2k-e120": (["di2k"], {"epochs": 120}, "DeepInversion 2k, 120 epochs"),
     "df2k": (["df2k"], {}, "DF-DearKD 2k (a_ep 50, triplet 0.5)"),
     "df2k-seed1": (["df2k"], {"seed": 1}, "the same, distillation seed 1"),
     "df2k-ep5": (["df2k-ep5"], {}, "DF-DearKD 2k, a_ep 5"),
