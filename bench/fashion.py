@@ -14,7 +14,7 @@ on the official 10,000 test images. Every row distills for the recipe's epochs (
   df2k-ep5             DF-DearKD with a_ep 5
   df2k-m03             DF-DearKD, a_ep 50 with both margins 0.3 (real same-class images sit 0.347 apart)
   adi2k                1,000 DeepInversion images + 1,000 Adaptive DeepInversion images against di1k's student
-  di1k, di5k, di10k    image-count scaling of DeepInversion images
+  di1k, di5k, di10k    image-count scaling of DeepInversion images (di5k-seed1: distillation seed 1)
   real2k, real10k      the same student and recipe on 2,000 / 10,000 real training images
   real60k              on all 60,000 real training images
 
@@ -55,6 +55,7 @@ ROWS = {
     "di1k": (["di1k"], {}, "DeepInversion 1k"),
     "adi2k": (["di1k", "adi1k"], {}, "1k DeepInversion + 1k Adaptive DeepInversion (2 rounds)"),
     "di5k": (["di5k"], {}, "DeepInversion 5k"),
+    "di5k-seed1": (["di5k"], {"seed": 1}, "the same, distillation seed 1"),
     "di10k": (["di10k"], {}, "DeepInversion 10k"),
     "real2k": ("real:2000", {}, "2,000 real training images (reference)"),
     "real10k": ("real:10000", {}, "10,000 real training images"),
