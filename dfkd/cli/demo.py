@@ -17,7 +17,7 @@ Examples:
   dfkd demo --json               # one JSON object with teacher_accuracy, student_accuracy, fidelity, ...
   dfkd demo --dataset fashion-mnist --out fm   # Fashion-MNIST (IDX files from --data-dir, $DFKD_DATA or
                                                # Debian's dataset-fashion-mnist); its parts, measured at
-                                               # one thread: teacher 40 min, synthesis 35, distillation 30
+                                               # one thread: teacher 40 min, synthesis 16, distillation 33
   dfkd demo --dataset fashion-mnist --fast     # a plumbing check: the student stays near chance at this scale
 
 A rerun reuses the finished steps (teacher file, verified shards, distillation checkpoint).
