@@ -10,13 +10,16 @@ states its own (di2k-e120 is the `fashion` recipe's student: 120 epochs). Rows:
 
   di2k, di2k-seed1/2   DeepInversion images (no intra-divergence, no triplet), 2,000; distillation seeds 0, 1, 2
   di2k-tv              DeepInversion 2k with a 10x TV prior
-  di2k-e80[-seed1]     DeepInversion 2k distilled for 80 epochs (seeds 0, 1); di2k-e120: for 120 epochs
+  di2k-e80[-seed1]     DeepInversion 2k distilled for 80 epochs (seeds 0, 1)
+  di2k-e120[-seed1]    the same for 120 epochs (the `fashion` recipe's student; seeds 0, 1)
   df2k, df2k-seed1     DF-DearKD images at the paper's weights (a_ep 50, margin 0.5, triplet 0.5), 2,000
   df2k-ep5             DF-DearKD with a_ep 5
   df2k-m03             DF-DearKD, a_ep 50 with both margins 0.3 (real same-class images sit 0.347 apart)
   adi2k                1,000 DeepInversion images + 1,000 Adaptive DeepInversion images against di1k's student
-  di1k, di5k, di10k    image-count scaling of DeepInversion images (di5k-seed1: distillation seed 1)
+  di1k, di5k, di10k    image-count scaling of DeepInversion images (di5k-seed1: distillation seed 1;
+                       di5k-e120: 5,000 images for 120 epochs)
   real2k, real10k      the same student and recipe on 2,000 / 10,000 real training images
+  real2k-e120          2,000 real images for 120 epochs: the reference at the recipe's settings
   real60k              on all 60,000 real training images
 
 Published anchors (ZSKD, Nayak et al., ICML 2019, Fashion-MNIST) are printed under the table.
@@ -50,6 +53,7 @@ ROWS = {
     "di2k-e80": (["di2k"], {"epochs": 80}, "DeepInversion 2k, 80 epochs"),
     "di2k-e80-seed1": (["di2k"], {"epochs": 80, "seed": 1}, "the same, distillation seed 1"),
     "di2k-e120": (["di2k"], {"epochs": 120}, "DeepInversion 2k, 120 epochs"),
+    "di2k-e120-seed1": (["di2k"], {"epochs": 120, "seed": 1}, "the same, distillation seed 1"),
     "df2k": (["df2k"], {}, "DF-DearKD 2k (a_ep 50, triplet 0.5)"),
     "df2k-seed1": (["df2k"], {"seed": 1}, "the same, distillation seed 1"),
     "df2k-ep5": (["df2k-ep5"], {}, "DF-DearKD 2k, a_ep 5"),
@@ -58,8 +62,10 @@ ROWS = {
     "adi2k": (["di1k", "adi1k"], {}, "1k DeepInversion + 1k Adaptive DeepInversion (2 rounds)"),
     "di5k": (["di5k"], {}, "DeepInversion 5k"),
     "di5k-seed1": (["di5k"], {"seed": 1}, "the same, distillation seed 1"),
+    "di5k-e120": (["di5k"], {"epochs": 120}, "DeepInversion 5k, 120 epochs"),
     "di10k": (["di10k"], {}, "DeepInversion 10k"),
     "real2k": ("real:2000", {}, "2,000 real training images (reference)"),
+    "real2k-e120": ("real:2000", {"epochs": 120}, "2,000 real training images, 120 epochs"),
     "real10k": ("real:10000", {}, "10,000 real training images"),
     "real60k": ("real:60000", {}, "all 60,000 real training images"),
 }
