@@ -44,7 +44,7 @@ SETS = {
     "adi1k": {**DI, "per_class": 100, "seed": 1, "losses.adi": 1.0, "student_row": "di1k"},
 }
 ROW_EPOCHS = 40  # the rows were measured at 40 epochs; those with other lengths say so in their overrides
-HEADLINE = ("di2k", "di2k-seed1", "di2k-seed2")  # the recipe's rows: their mean and spread are printed under the table
+HEADLINE = ("di2k-e120", "di2k-e120-seed1")  # the recipe's rows: their mean and spread are printed under the table
 ROWS = {
     "di2k": (["di2k"], {}, "DeepInversion 2k (no L_ep / triplet)"),
     "di2k-seed1": (["di2k"], {"seed": 1}, "the same, distillation seed 1"),
