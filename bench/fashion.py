@@ -14,7 +14,7 @@ states its own (di2k-e120 is the `fashion` recipe's student: 120 epochs). Rows:
   di2k-e120[-seed1]    the same for 120 epochs (the `fashion` recipe's student; seeds 0, 1)
   df2k, df2k-seed1     DF-DearKD images at the paper's weights (a_ep 50, margin 0.5, triplet 0.5), 2,000
   df2k-ep5             DF-DearKD with a_ep 5
-  df2k-m03             DF-DearKD, a_ep 50 with both margins 0.3 (real same-class images sit 0.347 apart)
+  df2k-m03[-seed1]     DF-DearKD, a_ep 50 with both margins 0.3 (real same-class images sit 0.347 apart; seeds 0, 1)
   adi2k                1,000 DeepInversion images + 1,000 Adaptive DeepInversion images against di1k's student
   di1k, di5k, di10k    image-count scaling of DeepInversion images (di5k-seed1: distillation seed 1;
                        di5k-e120: 5,000 images for 120 epochs)
@@ -58,6 +58,7 @@ ROWS = {
     "df2k-seed1": (["df2k"], {"seed": 1}, "the same, distillation seed 1"),
     "df2k-ep5": (["df2k-ep5"], {}, "DF-DearKD 2k, a_ep 5"),
     "df2k-m03": (["df2k-m03"], {}, "DF-DearKD 2k, margins 0.3 (below real same-class distances)"),
+    "df2k-m03-seed1": (["df2k-m03"], {"seed": 1}, "the same, distillation seed 1"),
     "di1k": (["di1k"], {}, "DeepInversion 1k"),
     "adi2k": (["di1k", "adi1k"], {}, "1k DeepInversion + 1k Adaptive DeepInversion (2 rounds)"),
     "di5k": (["di5k"], {}, "DeepInversion 5k"),
