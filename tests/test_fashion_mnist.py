@@ -1,13 +1,18 @@
 """Fashion-MNIST from its IDX files: the reader (gzip, raw, bad files), where the files are looked for, and the
 fast demo on a tiny IDX set written here (the test suite never needs the real dataset)."""
 
+import functools
 import gzip
+import hashlib
+import http.server
 import json
 import struct
+import threading
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from torchvision.datasets import FashionMNIST
 
 from dfkd.cli import main
 from dfkd.data import fashion_mnist
@@ -84,16 +89,93 @@ def test_search_order_data_dir_then_env_then_debian(tmp_path, monkeypatch):
         fashion_mnist.find_files(str(tmp_path / "empty"))
 
 
+def test_download_cache_and_torchvision_layout_are_found(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nothing")
+    monkeypatch.delenv("DFKD_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cached = write_tiny_fashion(tmp_path / "cache" / "dfkd" / "fashion-mnist")
+    assert fashion_mnist.find_files()["train_labels"] == cached / "train-labels-idx1-ubyte.gz"
+    torchvision_root = tmp_path / "tv"
+    write_tiny_fashion(torchvision_root / "FashionMNIST" / "raw", compress=False)
+    found = fashion_mnist.find_files(str(torchvision_root))["test_images"]
+    assert found == torchvision_root / "FashionMNIST" / "raw" / "t10k-images-idx3-ubyte"
+
+
 def test_missing_dataset_names_the_package_and_the_four_files(tmp_path, monkeypatch):
     monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nothing")
     monkeypatch.delenv("DFKD_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     result = CliRunner().invoke(
         main, ["train-teacher", "--dataset", "fashion-mnist", "--epochs", "1", "--out", str(tmp_path / "t.pt")]
     )
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
-    for needed in ("dataset-fashion-mnist", "train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "--data-dir"):
+    for needed in (
+        "dataset-fashion-mnist",
+        "train-images-idx3-ubyte.gz",
+        "t10k-labels-idx1-ubyte.gz",
+        "--data-dir",
+        "--download",
+    ):
         assert needed in result.stderr
     assert not (tmp_path / "t.pt").exists()
+
+
+@pytest.fixture
+def mirror(tmp_path, monkeypatch):
+    """A local HTTP mirror of a tiny Fashion-MNIST (loopback only), set as torchvision's only mirror with its MD5s;
+    nothing is found locally, so the files must come from the mirror into the cache."""
+    served = write_tiny_fashion(tmp_path / "served", train_per_class=20)
+    handler = functools.partial(QuietHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    resources = [(p.name, hashlib.md5(p.read_bytes()).hexdigest()) for p in sorted(served.glob("*.gz"))]
+    monkeypatch.setattr(FashionMNIST, "mirrors", [f"http://127.0.0.1:{server.server_port}/"])
+    monkeypatch.setattr(FashionMNIST, "resources", resources)
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "nothing")
+    monkeypatch.delenv("DFKD_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("no_proxy", "127.0.0.1")
+    yield tmp_path
+    server.shutdown()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):  # the server thread must not write to the command's stderr
+        pass
+
+
+def train_teacher_args(tmp_path, *extra):
+    return ["train-teacher", "--dataset", "fashion-mnist", "--epochs", "1", "--threads", "1"] + [
+        "--out",
+        str(tmp_path / "t.pt"),
+        *extra,
+    ]
+
+
+def test_download_fetches_the_files_into_the_cache(mirror):
+    result = CliRunner().invoke(main, train_teacher_args(mirror, "--download", "--json"))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test_images"] == 20  # torchvision's progress lines stay off stdout
+    raw = mirror / "cache" / "dfkd" / "fashion-mnist" / "FashionMNIST" / "raw"
+    assert fashion_mnist.find_files()["train_images"] == raw / "train-images-idx3-ubyte.gz"
+    again = CliRunner().invoke(main, train_teacher_args(mirror, "--json"))  # found without --download now
+    assert again.exit_code == 0, again.output
+
+
+def test_download_refuses_a_corrupt_file_in_one_line(mirror, monkeypatch):
+    monkeypatch.setattr(FashionMNIST, "resources", [(name, "0" * 32) for name, _ in FashionMNIST.resources])
+    result = CliRunner().invoke(main, train_teacher_args(mirror, "--download"))
+    assert result.exit_code == 2, result.output  # torchvision's download bar, then one error line
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: could not download Fashion-MNIST") and "File not found or corrupted" in last
+    assert "train-teacher" not in result.stderr and not (mirror / "t.pt").exists()  # failed before training
+
+
+def test_download_offline_fails_at_once_in_one_line(mirror, monkeypatch):
+    monkeypatch.setattr(FashionMNIST, "mirrors", ["http://127.0.0.1:9/"])  # a closed loopback port: no network used
+    result = CliRunner().invoke(main, train_teacher_args(mirror, "--download"))
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "cannot download Fashion-MNIST" in result.stderr and "dataset-fashion-mnist" in result.stderr
 
 
 def test_split_is_padded_rgb_with_the_labels(tmp_path):

@@ -48,8 +48,9 @@ FAST_NOTE = (
     "--data-dir",
     type=click.Path(file_okay=False),
     help="Folder of the dataset's files (fashion-mnist: the four IDX files). "
-    "[default: $DFKD_DATA, then /usr/share/datasets/fashion-mnist]",
+    "[default: $DFKD_DATA, then /usr/share/datasets/fashion-mnist, then ~/.cache/dfkd/fashion-mnist]",
 )
+@config_options(TeacherTrainingConfig, only=("download",))
 @click.option(
     "--fast",
     is_flag=True,
@@ -83,15 +84,17 @@ def demo_command(
     reporter.message(f"dfkd demo: teacher -> synthesize -> distill -> evaluate, in {out}")
     if fast:
         reporter.message(FAST_NOTE)
+    overrides = config_overrides(options)
     result = run_demo(
         out,
         config_path,
         fast,
-        config_overrides(options).get("threads", 0),
+        overrides.get("threads", 0),
         lpips_backbone,
         lambda step: reporter.progress(step, "epoch" if step == "train-teacher" else "img", postfix=_postfix),
         dataset,
         data_dir,
+        bool(overrides.get("download")),
     )
     note = [FAST_NOTE] if fast else []
     lines = (

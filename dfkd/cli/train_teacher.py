@@ -21,7 +21,7 @@ Example:
 
 
 @click.command("train-teacher", epilog=EXAMPLE)
-@config_options(TeacherTrainingConfig, only=("dataset", "data_dir"))
+@config_options(TeacherTrainingConfig, only=("dataset", "data_dir", "download"))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Teacher file to write.")
 @config_options(TeacherTrainingConfig, only=("arch", "epochs", "seed", "threads"))
 @common_options
@@ -32,6 +32,7 @@ def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bo
     reporter = Reporter(json_mode, quiet)
     config = recipe_settings(TeacherTrainingConfig, "train_teacher", config_path, options)
     _check_writable(Path(out))
+    config.fetch_data()  # before the progress bar starts
     reporter.bar(config.epochs, "epoch", "train-teacher")
     try:
         result = train_teacher(config, out, on_epoch=lambda epoch, loss: reporter.update(1, loss=f"{loss:.3f}"))

@@ -12,7 +12,8 @@ from synth.common.errors import UserError
 @dataclass(frozen=True)
 class RealDataset:
     """A dataset's name, class names, normalisation, whether its classes survive a mirror flip, its loader (seed of
-    the split where the dataset has none, `--data-dir`) and its check that the files are there."""
+    the split where the dataset has none, `--data-dir`), its check that the files are there and its download of
+    missing files (`--download`)."""
 
     name: str
     class_names: tuple[str, ...]
@@ -21,6 +22,7 @@ class RealDataset:
     flip: bool
     load: Callable[[int, Optional[str]], RealSplit]
     check: Callable[[Optional[str]], object] = lambda data_dir: None  # one error line when the files are missing
+    download: Callable[[Optional[str]], object] = lambda data_dir: None  # fetch what is missing (offline: one line)
 
 
 def _digits(seed: int, data_dir: Optional[str]) -> RealSplit:
@@ -50,6 +52,7 @@ def _datasets() -> dict[str, RealDataset]:
             True,
             _fashion,
             fashion_mnist.find_files,
+            fashion_mnist.download_files,
         ),
     }
 

@@ -26,8 +26,14 @@ class TeacherTrainingConfig:
         None,
         flag=True,
         path="dir",
-        default_text="$DFKD_DATA, then /usr/share/datasets/fashion-mnist",
+        default_text="$DFKD_DATA, then /usr/share/datasets/fashion-mnist, then ~/.cache/dfkd/fashion-mnist",
         help="Folder of the dataset's files (fashion-mnist: the four IDX files, .gz or raw).",
+    )
+    download: bool = setting(
+        False,
+        flag=True,
+        help="Download the dataset's files where none are found (fashion-mnist: into --data-dir, else "
+        "$DFKD_DATA/fashion-mnist, else ~/.cache/dfkd/fashion-mnist; needs a network).",
     )
     arch: str = setting("dfkd_cnn_digits", help="timm architecture with BatchNorm.", flag=True)
     epochs: int = setting(
@@ -48,8 +54,14 @@ class TeacherTrainingConfig:
         import synth.teachers.small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
 
         check_choices(self)
-        real_dataset(self.dataset).check(self.data_dir)
+        if not self.download:  # with --download, missing files are fetched when the command runs
+            real_dataset(self.dataset).check(self.data_dir)
         if not timm.is_model(self.arch):
             raise UserError(f"unknown timm architecture '{self.arch}'")
         if self.epochs < 1:
             raise UserError(f"epochs must be >= 1, not {self.epochs}")
+
+    def fetch_data(self) -> None:
+        """With `--download`, fetch the dataset's missing files (a no-op where they are found, or without it)."""
+        if self.download:
+            real_dataset(self.dataset).download(self.data_dir)

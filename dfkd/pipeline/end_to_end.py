@@ -57,14 +57,20 @@ class RealSetup:
 
 
 def prepare_teacher(
-    out: Path, recipe: str, progress: Optional[Progress] = None, threads: int = 0, data_dir: Optional[str] = None
+    out: Path,
+    recipe: str,
+    progress: Optional[Progress] = None,
+    threads: int = 0,
+    data_dir: Optional[str] = None,
+    download: bool = False,
 ) -> RealSetup:
     """Train the recipe's teacher on its dataset (unless `out/teacher.pt` exists; `progress` counts its epochs) and
     write the held-out real images as a class folder."""
-    overrides = {"threads": threads or None, "data_dir": data_dir}
+    overrides = {"threads": threads or None, "data_dir": data_dir, "download": download or None}
     config = build(TeacherTrainingConfig, apply_overrides(load_recipe(recipe, "train_teacher"), overrides))
     out.mkdir(parents=True, exist_ok=True)
     teacher_file = out / "teacher.pt"
+    config.fetch_data()  # before the progress bar starts
     if not teacher_file.is_file():
         progress = progress or Progress()
         progress.start(config.epochs)
@@ -93,6 +99,7 @@ def run_demo(
     progress_for: Callable[[str], Progress] = lambda step: Progress(),
     dataset: str = "digits",
     data_dir: Optional[str] = None,
+    download: bool = False,
 ) -> dict[str, Any]:
     """Run every step (reusing finished ones), write the results page results.md and return the results as a dict.
     `dataset` picks the default recipe; a given `recipe` names its own dataset."""
@@ -101,7 +108,9 @@ def run_demo(
     seconds: dict[str, float] = {}
     common = {"threads": threads} if threads else {}
     setup = _timed(
-        seconds, "teacher", lambda: prepare_teacher(out, recipe, progress_for("train-teacher"), threads, data_dir)
+        seconds,
+        "teacher",
+        lambda: prepare_teacher(out, recipe, progress_for("train-teacher"), threads, data_dir, download),
     )
     synthesis = _timed(seconds, "synthesize", lambda: _synthesize(out, recipe, setup, common, progress_for))
     distillation = _timed(seconds, "distill", lambda: _distill(out, recipe, setup, common, progress_for))

@@ -52,15 +52,10 @@ def train_teacher(
 ) -> dict:
     """Train `config.arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
     config.validate()
+    config.fetch_data()  # with --download: the dataset's missing files
     use_threads(config.threads)
-    dataset, arch, epochs, batch_size, lr, seed = (
-        config.dataset,
-        config.arch,
-        config.epochs,
-        config.batch_size,
-        config.lr,
-        config.seed,
-    )
+    dataset, arch, epochs = config.dataset, config.arch, config.epochs
+    batch_size, lr, seed = config.batch_size, config.lr, config.seed
     started = time.time()
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)

@@ -23,7 +23,7 @@ def hub_cached_download(url: str, alternative: str = WEIGHTS_OPTION) -> str:
     target = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if target.is_file():
         return str(target)
-    _require_network(url, target.name, f"at {target}", alternative)
+    require_network(url, target.name, f"at {target}", alternative)
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(url, str(target), progress=False)
@@ -52,7 +52,7 @@ def timm_weights_file(name: str, cfg: Any) -> str:
             if isinstance(cached, str):
                 return cached
         where = f"{hub_id}/{filenames[0]}"
-        _require_network(
+        require_network(
             constants.ENDPOINT,
             where,
             f"in the Hugging Face cache ({constants.HF_HUB_CACHE})",
@@ -67,11 +67,13 @@ def timm_weights_file(name: str, cfg: Any) -> str:
     return hub_cached_download(cfg.url)
 
 
-def _require_network(
+def require_network(
     url: str, what: str, where: str, alternative: str = WEIGHTS_OPTION, offline: bool = False, timeout: float = 5.0
 ) -> None:
-    """Fail fast with one line when the download host cannot be reached (DNS and connect, bounded in time)."""
-    host = urlparse(url).hostname or url
+    """Fail fast with one line when the download host cannot be reached (DNS and connect to the URL's port, bounded
+    in time)."""
+    parsed = urlparse(url)
+    host, port = parsed.hostname or url, parsed.port or (80 if parsed.scheme == "http" else 443)
     hint = f"cannot download {what}: {{}}; put it {where} or {alternative}"
     if offline:
         raise UserError(hint.format("offline mode (HF_HUB_OFFLINE) is set"))
@@ -79,7 +81,7 @@ def _require_network(
 
     def probe() -> None:
         try:
-            socket.create_connection((host, 443), timeout=timeout).close()
+            socket.create_connection((host, port), timeout=timeout).close()
             result["ok"] = True
         except OSError as exc:
             result["error"] = exc
