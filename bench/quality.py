@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dfkd.data.digits import write_image_folder
+from dfkd.data.image_folder import write_image_folder
+from dfkd.data.real import seeded_subset
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier
@@ -218,8 +219,7 @@ def real_training_digits(out: Path, split, count: int) -> Path:
     """A seeded `count`-image subset of the real training images as an image folder."""
     folder = out / f"real-train-{count}"
     if not folder.is_dir():
-        keep = np.random.default_rng(0).permutation(len(split.train_labels))[:count]
-        write_image_folder(split.train_images[keep], split.train_labels[keep], folder)
+        write_image_folder(*seeded_subset(split.train_images, split.train_labels, count, seed=0), folder)
     return folder
 
 

@@ -22,7 +22,8 @@ from typing import Any, Optional
 
 import torch
 
-from dfkd.data.digits import load_digits_split, write_image_folder
+from dfkd.data.digits import load_digits_split
+from dfkd.data.image_folder import write_image_folder
 from dfkd.distill.config import DistillConfig
 from dfkd.distill.trainer import train_student
 from dfkd.evaluate import load_student, measure_accuracy, teacher_classifier

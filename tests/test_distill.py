@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 
 from dfkd.cli.distill import distill_command
-from dfkd.data.digits import load_digits_split, write_image_folder
-from dfkd.data.image_folder import LabelledFolder, open_image_folder
+from dfkd.data.digits import load_digits_split
+from dfkd.data.image_folder import LabelledFolder, open_image_folder, write_image_folder
 from dfkd.distill import AugmentConfig, DistillationLoss, DistillConfig, OptimConfig, train_student
 from dfkd.distill.inputs.batch import BatchPrep
 from dfkd.distill.inputs.loaders import labels_of, subset

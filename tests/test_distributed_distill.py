@@ -79,7 +79,7 @@ def _json_line(result: subprocess.CompletedProcess) -> dict:
 @pytest.fixture(scope="module")
 def runs(random_teacher, tmp_path_factory):
     """Tiny shards (32 images of 4 classes, 32 px) and a 13-image validation folder; then both launches."""
-    from dfkd.data.digits import write_image_folder
+    from dfkd.data.image_folder import write_image_folder
     from synth.config import Schedule, SynthesisConfig
     from synth.run.engine import synthesize
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from dfkd.cli import main
-from dfkd.data.digits import write_image_folder
+from dfkd.data.image_folder import write_image_folder
 from dfkd.distill import AugmentConfig, DistillConfig, OptimConfig, train_student
 from synth.config import LossWeights, Schedule, SynthesisConfig
 from synth.run.engine import synthesize

@@ -12,6 +12,7 @@ from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
 from dfkd.cli.export import export_command
 from dfkd.cli.inspect import inspect_command
+from dfkd.cli.real_images import real_images_command
 from dfkd.cli.synthesize import synthesize_command
 from dfkd.cli.train_teacher import train_teacher_command
 
@@ -57,8 +58,9 @@ def main() -> None:
     dfkd inspect      shards: counts per class, teacher, config, format, verify; --grid PNG. A run: curves.png
     dfkd export       shards -> image folders, WebDataset tars or a Hugging Face dataset
                       (--to imagefolder | webdataset | hf)
-    dfkd train-teacher  a small BN CNN teacher on real digits
-    dfkd demo         all of it end to end on real digits, with a results page (results.md)
+    dfkd train-teacher  a small BN CNN teacher on real images (digits, fashion-mnist)
+    dfkd real-images  a real dataset's test or training images as a class folder (--val-data, --data, --images)
+    dfkd demo         all of it end to end on real digits or Fashion-MNIST, with a results page (results.md)
     """
     install_warning_filters()
 
@@ -71,5 +73,6 @@ for command in (
     inspect_command,
     export_command,
     demo_command,
+    real_images_command,
 ):
     main.add_command(command)

@@ -19,6 +19,7 @@ EXAMPLE = """
 \b
 Examples:
   dfkd distill --config df_dearkd_distill --shards shards/ --out runs/df-dearkd-ti
+  dfkd real-images --dataset digits --out digits-test/    # the real held-out digits
   dfkd distill --config dearkd_nano_digits --shards digits-shards/ \\
       --teacher digits-teacher.pt --val-data digits-test/ --out runs/digits-nano
   dfkd distill --shards shards/ --distillation stored --student dearkd_pico_patch4_32 \\

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -33,15 +31,3 @@ def load_digits_split(size: int = 32, seed: int = 0) -> RealSplit:
         images, labels, test_size=TEST_SIZE, random_state=seed, stratify=labels
     )
     return RealSplit(train_x, train_y, test_x, test_y)
-
-
-def write_image_folder(images: np.ndarray, labels: np.ndarray, out: str | Path) -> Path:
-    """Write PNG class folders (`<out>/<class id>/<index>.png`), the layout `dfkd evaluate accuracy` reads."""
-    from PIL import Image
-
-    out = Path(out)
-    for index, (image, label) in enumerate(zip(images, labels)):
-        folder = out / str(int(label))
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(folder / f"{index:05d}.png")
-    return out

@@ -1,15 +1,17 @@
 """Real labelled image folders (`<root>/<class>/<image>`) and the class id of each folder: integer names are the
 ids ('7', '0042'), ImageNet WNIDs ('n01443537') map through the standard ImageNet-1k class index (timm's), and
 any other names need an explicit class map file; a tree that cannot be mapped is refused, never numbered by
-position."""
+position. Arrays of images are written in the same layout."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 from typing import Callable, Optional, Union
 
+import numpy as np
 from torchvision.datasets import ImageFolder
 
 from synth.common.errors import UserError, first_line
@@ -117,3 +119,21 @@ def open_image_folder(
             f"image folder '{root}' has class id {top} (folder '{name}'), but the model has {num_classes} classes"
         )
     return dataset
+
+
+def write_image_folder(images: np.ndarray, labels: np.ndarray, out: str | Path) -> Path:
+    """Write uint8 (N, H, W, 3) images as PNG class folders (`<out>/<class id>/<index>.png`), the layout every
+    `--data`, `--val-data` and `--images` reads. Written beside `out` and renamed at the end, so an interrupted
+    write never leaves a folder that looks finished."""
+    from PIL import Image
+
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    for index, (image, label) in enumerate(zip(images, labels)):
+        folder = partial / str(int(label))
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(folder / f"{index:05d}.png")
+    partial.mkdir(parents=True, exist_ok=True)  # an empty set is still a folder
+    partial.rename(out)
+    return out

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Optional
+
+import numpy as np
 
 from dfkd.data.split import RealSplit
 from synth.common.errors import UserError
@@ -66,3 +69,32 @@ def real_dataset(name: str) -> RealDataset:
     if name not in datasets:
         raise UserError(f"unknown dataset '{name}'; accepted: {', '.join(DATASET_NAMES)}")
     return datasets[name]
+
+
+def seeded_subset(images: np.ndarray, labels: np.ndarray, count: Optional[int], seed: int = 0):
+    """A seeded random `count` of the images with their labels (all of them, in order, without a count)."""
+    if count is None:
+        return images, labels
+    keep = np.random.default_rng(seed).permutation(len(labels))[:count]
+    return images[keep], labels[keep]
+
+
+def write_real_images(
+    name: str, part: str, out: str | Path, count: Optional[int] = None, seed: int = 0, data_dir: Optional[str] = None
+) -> dict:
+    """Write dataset `name`'s `part` ('test': held out, 'train'), or a seeded `count` of it, as a class folder at
+    `out` (never over an existing one); returns what was written."""
+    from dfkd.data.image_folder import write_image_folder
+
+    out = Path(out)
+    if out.exists():
+        raise UserError(f"--out '{out}' exists; give a new folder (an existing one is never written over)")
+    split = real_dataset(name).load(seed, data_dir)
+    images, labels = (
+        (split.test_images, split.test_labels) if part == "test" else (split.train_images, split.train_labels)
+    )
+    if count is not None and count > len(labels):
+        raise UserError(f"--count {count} is more than the {len(labels)} {part} images of {name}")
+    images, labels = seeded_subset(images, labels, count, seed)
+    write_image_folder(images, labels, out)
+    return {"out": str(out), "dataset": name, "split": part, "images": len(labels), "classes": len(np.unique(labels))}

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
-from dfkd.data.digits import write_image_folder
+from dfkd.data.image_folder import write_image_folder
 from dfkd.data.real import real_dataset
 from dfkd.data.split import RealSplit
 from dfkd.distill.config import DistillConfig
