@@ -56,8 +56,7 @@ def find_files(data_dir: Optional[str] = None) -> dict[str, Path]:
     looked = ", ".join(f"{label} {folder}" for label, folder in candidate_dirs(data_dir))
     raise UserError(
         f"Fashion-MNIST not found (looked in {looked}): install the Debian package dataset-fashion-mnist, or put "
-        f"{GZ_NAMES} in a folder given by --data-dir or $DFKD_DATA, "
-        "or add --download"
+        f"{GZ_NAMES} in a folder given by --data-dir or $DFKD_DATA, or add --download"
     )
 
 

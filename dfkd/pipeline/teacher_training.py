@@ -50,9 +50,10 @@ def held_out_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 def train_teacher(
     config: TeacherTrainingConfig, out: str | Path, on_epoch: Optional[Callable[[int, float], None]] = None
 ) -> dict:
-    """Train `config.arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time."""
+    """Train `config.arch` on the dataset's train split and write a teacher file; returns held-out accuracy and time.
+    The dataset's files must be there: with `download`, the caller runs `config.fetch_data()` first (the commands do,
+    before their progress bars)."""
     config.validate()
-    config.fetch_data()  # with --download: the dataset's missing files
     use_threads(config.threads)
     dataset, arch, epochs = config.dataset, config.arch, config.epochs
     batch_size, lr, seed = config.batch_size, config.lr, config.seed
