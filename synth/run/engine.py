@@ -38,8 +38,9 @@ from synth.run.units import Unit, UnitPlan, parse_classes, plan_units, unit_gene
 from synth.shards import format as shard_io
 from synth.shards.verify import load_verified
 from synth.shards.writer import write_shard
+from synth.teachers.input_size import fit_resolutions
 from synth.teachers.sources import load_teacher
-from synth.teachers.teacher import Teacher, fit_resolutions
+from synth.teachers.teacher import Teacher
 
 
 def synthesize(
