@@ -90,12 +90,12 @@ def export_shards(
     dataset = verified_source(shards)
     try:
         with atomic_output(out) as tmp:
+            copy_card(shards, tmp, with_preview=fmt != "imagefolder")  # first: a writer may add to the card
             progress.start(len(dataset))
             try:
                 result = writer(dataset, tmp, progress, config)
             finally:
                 progress.close()
-            copy_card(shards, tmp, with_preview=fmt != "imagefolder")
     finally:
         dataset.close()
     classes = np.unique(dataset.labels).tolist()
