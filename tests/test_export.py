@@ -107,7 +107,7 @@ def test_failed_export_leaves_nothing_that_looks_complete(source, tmp_path: Path
 
     monkeypatch.setattr(export_module, "encode_image", failing)
     (tmp_path / "empty").mkdir()
-    for fmt in ("imagefolder", "webdataset"):
+    for fmt in ("imagefolder", "webdataset", "hf"):
         calls.clear()
         with pytest.raises(OSError):
             export_shards(shards, tmp_path / "empty", fmt)
@@ -221,25 +221,130 @@ def test_webdataset_shards_are_reproducible_whatever_the_folder_name(source, tmp
         assert {member.mtime for member in tar.getmembers()} == {0}
 
 
-def test_hf_round_trip_arrow_and_parquet(source, tmp_path: Path) -> None:
+@pytest.fixture
+def hf(monkeypatch):
+    """`datasets`, kept off the network (its offline switches are read when it is imported, so they are set on the
+    imported modules too)."""
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     datasets = pytest.importorskip("datasets")
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setattr(datasets.config, name, True, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    return datasets
+
+
+def _front_matter(text: str) -> tuple[dict, str]:
+    """A card's YAML front matter, parsed, and the text after it."""
+    import yaml
+
+    assert text.startswith("---\n")
+    front, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(front), body
+
+
+def test_hf_export_is_the_hub_layout_read_by_load_dataset(source, tmp_path: Path, hf) -> None:
     shards, samples = source
     out = tmp_path / "hf"
-    assert _run([str(shards), "--to", "hf", str(out), "-q"]).exit_code == 0, "export failed"
-    loaded = datasets.load_from_disk(str(out))
-    assert loaded.features["label"].names == NAMES and len(loaded) == 9
-    assert not (out / ".cache").exists() and (out / CARD).is_file()
-    parquet = tmp_path / "pq"
-    assert _run([str(shards), "--to", "hf", str(parquet), "--hf-format", "parquet", "-q"]).exit_code == 0
-    from_parquet = datasets.load_dataset(
-        "parquet", data_files=str(parquet / "data" / "*.parquet"), split="train", cache_dir=str(tmp_path / "cache")
+    result = _run([str(shards), "--to", "hf", str(out), "--hf-shard-size", "300", "--json"])
+    assert result.exit_code == 0, result.output
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    parquet = [f for f in files if f.startswith("data/")]
+    assert json.loads(result.stdout)["parquet_files"] == len(parquet) > 1
+    assert parquet == [f"data/train-{i:05d}-of-{len(parquet):05d}.parquet" for i in range(len(parquet))]
+    assert set(files) - set(parquet) == {CARD, "preview.png"}  # no save_to_disk files, no cache
+    loaded = hf.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
+    plain = hf.load_dataset(
+        "parquet", data_files=str(out / "data" / "*.parquet"), split="train", cache_dir=str(tmp_path / "cache")
     )
-    for table in (loaded, from_parquet):
-        assert table.features["label"].names == NAMES
+    for table in (loaded, plain):  # the features are in the card and in the Parquet files' schema
+        assert table.features["label"].names == NAMES and len(table) == 9
+        assert [row["sample_id"] for row in table] == [0, 1, 2, 3, 4, 100, 101, 102, 103]  # shard order
         for row in table:
             image, label, logits = samples[row["sample_id"]]
             assert np.array_equal(np.asarray(row["image"]), image) and row["label"] == label
             assert np.array_equal(np.asarray(row["logits"], dtype=np.float32).astype(np.float16), logits)
+
+
+def test_hf_export_keeps_the_true_class_ids_of_a_subset(tmp_path: Path, hf) -> None:
+    """Classes 1 and 3 of 4, no class names and no logits in the shards: labels 1 and 3, names "0"-"3"."""
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    (tmp_path / "set").mkdir()
+    write_shard(
+        tmp_path / "set" / "shard-000000.h5",
+        images,
+        np.array([3, 1, 3]),
+        np.arange(3),
+        None,
+        num_classes=4,
+        mean=MEAN,
+        std=STD,
+        teacher={"spec": "hand-made", "weights_sha256": "abc"},
+        config={"seed": 0},
+    )
+    assert _run([str(tmp_path / "set"), "--to", "hf", str(tmp_path / "hf"), "-q"]).exit_code == 0
+    table = hf.load_dataset(str(tmp_path / "hf"), split="train", cache_dir=str(tmp_path / "cache"))
+    assert table.features["label"].names == ["0", "1", "2", "3"] and "logits" not in table.features
+    assert table["label"] == [3, 1, 3] and np.array_equal(np.asarray(table[1]["image"]), images[1])
+
+
+def test_hf_export_is_read_by_timm_hfds(source, tmp_path: Path, hf) -> None:
+    from timm.data import create_dataset, create_loader
+
+    shards, samples = source
+    out = tmp_path / "hf"
+    assert _run([str(shards), "--to", "hf", str(out), "--hf-shard-size", "300", "-q"]).exit_code == 0
+    dataset = create_dataset("hfds/" + str(out), root=str(tmp_path / "cache"), split="train")
+    assert len(dataset) == 9 and dataset.reader.class_to_idx == {name: c for c, name in enumerate(NAMES)}
+    for i in range(len(dataset)):
+        image, target = dataset[i]
+        sid = dataset.reader.dataset[i]["sample_id"]
+        assert np.array_equal(np.asarray(image), samples[sid][0]) and target == samples[sid][1]
+    loader = create_loader(
+        dataset,
+        input_size=(3, 8, 8),
+        batch_size=4,
+        is_training=False,
+        num_workers=0,
+        crop_pct=1.0,
+        use_prefetcher=False,
+    )
+    assert sum(len(t) for _, t in loader) == 9
+
+
+def test_hf_card_yaml_names_the_configs_and_features(source, tmp_path: Path, hf) -> None:
+    import huggingface_hub
+
+    shards, _ = source
+    out = tmp_path / "hf"
+    assert _run([str(shards), "--to", "hf", str(out), "-q"]).exit_code == 0
+    front, body = _front_matter((out / CARD).read_text())
+    source_front, source_body = _front_matter(render(shards))
+    assert body == source_body and {k: front[k] for k in source_front} == source_front  # the card, kept
+    assert front["configs"] == [{"config_name": "default", "data_files": [{"split": "train", "path": "data/train-*"}]}]
+    info = front["dataset_info"]
+    assert [f["name"] for f in info["features"]] == ["image", "label", "sample_id", "logits"]
+    assert info["features"][1]["dtype"]["class_label"]["names"] == {str(c): n for c, n in enumerate(NAMES)}
+    assert info["splits"] == [{"name": "train", "num_bytes": info["dataset_size"], "num_examples": 9}]
+    assert info["download_size"] == sum(p.stat().st_size for p in (out / "data").iterdir())
+    card = huggingface_hub.DatasetCard.load(out / CARD)  # what the Hub reads on upload
+    assert card.data.configs == front["configs"] and card.data.license == "other"
+
+
+def test_hf_card_front_matter_merge(tmp_path: Path) -> None:
+    """A card without front matter gets one; keys of the same name are replaced; YAML that does not parse as a
+    mapping is one error line naming the card."""
+    from dfkd.export.hub import merge_front_matter
+
+    keys = {"configs": [{"config_name": "default"}]}
+    assert merge_front_matter("# notes\n", keys, "card") == "---\nconfigs:\n- config_name: default\n---\n# notes\n"
+    merged = merge_front_matter("---\nlicense: mit\nconfigs: old\n---\nbody\n", keys, "card")
+    assert merged == "---\nlicense: mit\nconfigs:\n- config_name: default\n---\nbody\n"
+    for bad in ("---\n- a list\n---\n", "---\nkey: [unclosed\n---\n", "---\nlicense: mit\n"):
+        with pytest.raises(UserError, match="^card: its YAML front matter"):
+            merge_front_matter(bad, keys, "card")
 
 
 def test_missing_extra_names_it(source, tmp_path: Path, monkeypatch) -> None:

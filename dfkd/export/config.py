@@ -23,8 +23,8 @@ class ExportConfig:
         "png", help="webdataset: image encoding (png is lossless).", flag=True, choices=("png", "jpg")
     )
     quality: int = setting(95, help="webdataset: JPEG quality.", flag=True)
-    hf_format: str = setting(
-        "arrow", help="hf: save_to_disk (arrow) or a Parquet file.", flag=True, choices=("arrow", "parquet")
+    hf_shard_size: int = setting(
+        500_000_000, help="hf: bytes per Parquet file under data/ (about; the Hub's default).", flag=True
     )
 
     def validate(self) -> None:
@@ -34,5 +34,7 @@ class ExportConfig:
             raise UserError(f"maxcount must be at least 1, not {self.maxcount}")
         if self.shard_size is not None and self.shard_size < 1:
             raise UserError(f"shard-size must be at least 1 byte, not {self.shard_size}")
+        if self.hf_shard_size < 1:
+            raise UserError(f"hf-shard-size must be at least 1 byte, not {self.hf_shard_size}")
         if not 1 <= self.quality <= 100:
             raise UserError(f"quality {self.quality} must be in 1-100")

@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from dfkd.export import hub
 from dfkd.export.config import ExportConfig
 from dfkd.export.source import Sample, has_logits, iter_samples
 from synth.common.errors import UserError
 from synth.common.runtime import Progress
+from synth.shards.card import CARD
 from synth.shards.format import ShardDataset
 
 
@@ -166,24 +167,6 @@ def _check_hf(config: ExportConfig) -> None:
     _require("datasets", "hf")
 
 
-def _hf_generator(paths: list[str], with_logits: bool):
-    """Rows for `datasets.Dataset.from_generator` (a module-level function of picklable arguments, so datasets can
-    fingerprint it)."""
-    dataset = ShardDataset(paths)
-    try:
-        for sample in iter_samples(dataset, with_logits):
-            row = {
-                "image": {"bytes": encode_image(sample.image, "png", 100), "path": None},
-                "label": sample.label,
-                "sample_id": sample.sample_id,
-            }
-            if with_logits:
-                row["logits"] = sample.logits.astype(np.float32)
-            yield row
-    finally:
-        dataset.close()
-
-
 def unique_names(names: list[str]) -> list[str]:
     """Class names as a `ClassLabel` takes them (each once): a name that several classes share gets its class id,
     "crane (134)" and "crane (517)" (ImageNet's bird and machine); the others are unchanged."""
@@ -191,12 +174,9 @@ def unique_names(names: list[str]) -> list[str]:
     return [f"{name} ({c})" if counts[name] > 1 else name for c, name in enumerate(names)]
 
 
-def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
-    """A `datasets.Dataset` built from a generator (Arrow files on disk, constant memory), saved with
-    `save_to_disk` (arrow) or as `data/train-00000-of-00001.parquet` (parquet)."""
-    datasets = _require("datasets", "hf")
-    names = unique_names(dataset.class_names or [str(c) for c in range(dataset.num_classes)])
-    with_logits = has_logits(dataset)
+def _hf_schema(datasets: Any, names: list[str], with_logits: bool) -> Any:
+    """The Arrow schema of the Parquet files, carrying the `datasets` features (ClassLabel names included) in its
+    metadata, so `load_dataset("parquet", data_files=...)` reads them without the card too."""
     columns = {
         "image": datasets.Image(),
         "label": datasets.ClassLabel(names=names),
@@ -204,36 +184,32 @@ def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConf
     }
     if with_logits:
         columns["logits"] = datasets.Sequence(datasets.Value("float32"))
-    features = datasets.Features(columns)
-    cache = tmp / ".cache"
-    paths = [str(p) for p in dataset.paths]
+    return datasets.Features(columns).arrow_schema
 
-    def rows(paths: list[str], with_logits: bool):
-        for row in _hf_generator(paths, with_logits):
-            progress.advance(1, {})
-            yield row
 
-    was_enabled = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        built = datasets.Dataset.from_generator(
-            rows,
-            features=features,
-            cache_dir=str(cache),
-            gen_kwargs={"paths": paths, "with_logits": with_logits},
-            split="train",
-        )
-        if config.hf_format == "arrow":
-            built.save_to_disk(str(tmp))
-        else:
-            (tmp / "data").mkdir()
-            built.to_parquet(str(tmp / "data" / "train-00000-of-00001.parquet"))
-        del built
-    finally:
-        if was_enabled:
-            datasets.enable_progress_bars()
-        shutil.rmtree(cache, ignore_errors=True)
-    return {"hf_format": config.hf_format, "logits": with_logits}
+def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
+    """The Hugging Face Hub's layout (`dfkd.export.hub`): rows streamed into `data/train-NNNNN-of-NNNNN.parquet` of
+    about `hf_shard_size` bytes each, and the YAML that names them and their features added to the card."""
+    datasets = _require("datasets", "hf")
+    names = unique_names(dataset.class_names or [str(c) for c in range(dataset.num_classes)])
+    with_logits = has_logits(dataset)
+    shards = hub.ParquetShards(tmp, _hf_schema(datasets, names, with_logits), config.hf_shard_size)
+    for sample in iter_samples(dataset, with_logits):
+        image = encode_image(sample.image, "png", 100)
+        row = {"image": {"bytes": image, "path": None}, "label": sample.label, "sample_id": sample.sample_id}
+        if with_logits:
+            row["logits"] = sample.logits.astype(np.float32).tolist()
+        shards.write(row, len(image) + (4 * len(sample.logits) if with_logits else 0))
+        progress.advance(1, {})
+    files = shards.close()
+    metadata = hub.hub_metadata(
+        hub.features_yaml(names, with_logits), [tmp / f for f in files], shards.num_rows, shards.num_bytes
+    )
+    readme = tmp / CARD
+    source = Path(dataset.paths[0]).parent / CARD
+    text = readme.read_text() if readme.is_file() else ""
+    readme.write_text(hub.merge_front_matter(text, metadata, f"the dataset card {source}"))
+    return {"parquet_files": len(files), "logits": with_logits}
 
 
 WRITERS = {"imagefolder": _imagefolder, "webdataset": _webdataset, "hf": _hf}
