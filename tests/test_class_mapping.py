@@ -161,7 +161,7 @@ def test_hf_export_makes_repeated_class_names_unique(tmp_path):
     out = tmp_path / "hf"
     result = _invoke(export_command, [_shards(tmp_path / "s", [0, 2, 1], 4, names), "--to", "hf", out, "-q"])
     assert result.exit_code == 0, result.output
-    loaded = datasets.load_from_disk(str(out))
+    loaded = datasets.load_dataset(str(out), split="train", cache_dir=str(tmp_path / "cache"))
     assert loaded.features["label"].names == ["crane (0)", "goldfish", "crane (2)", "maillot"]
     assert sorted(loaded["label"]) == [0, 1, 2]
 

@@ -179,7 +179,8 @@ def test_webdataset_export_reads_back_in_webdataset(shards):
 def test_hf_export_reads_back_in_datasets_with_unique_names(shards):
     datasets = pytest.importorskip("datasets")
     dfkd("export", shards / "sparse", "--to", "hf", shards / "hf", "-q")
-    table = datasets.load_from_disk(str(shards / "hf"))
+    cache = str(shards / "hf-cache")
+    table = datasets.load_dataset(str(shards / "hf"), split="train", cache_dir=cache)
     names = table.features["label"].names
     assert names[134] == "crane (134)" and names[517] == "crane (517)" and names[1].startswith("goldfish")
     stored = _stored(shards / "sparse")
@@ -188,7 +189,8 @@ def test_hf_export_reads_back_in_datasets_with_unique_names(shards):
         image, label = stored[row["sample_id"]]
         assert np.array_equal(np.asarray(row["image"]), image) and row["label"] == label
     dfkd("export", shards / "tv", "--to", "hf", shards / "tv-hf", "-q")
-    assert datasets.load_from_disk(str(shards / "tv-hf")).features["label"].names[1] == "goldfish"
+    tv = datasets.load_dataset(str(shards / "tv-hf"), split="train", cache_dir=cache)
+    assert tv.features["label"].names[1] == "goldfish"
 
 
 def test_evaluate_fidelity_diversity_and_accuracy_on_wnid_folders(shards, backbone):
