@@ -18,7 +18,7 @@ from dfkd.recipe_loader import build
 Examples:
   dfkd export shards/ --to imagefolder digits-png/
   dfkd export shards/ --to webdataset digits-wds/ --maxcount 5000 --image-format jpg
-  dfkd export shards/ --to hf digits-hf/ [--hf-format parquet]
+  dfkd export shards/ --to hf digits-hf/
 
 The shards are verified against their digests first. OUT must be new or empty; the export is
 written into a private .OUT.partial-XXXX folder beside it and renamed to OUT when complete (a failed
@@ -33,10 +33,10 @@ webdataset: OUT/train-NNNNNN.tar with at most --maxcount samples and about
   --shard-size bytes each; per sample <id>.png|jpg, <id>.cls, <id>.logits.npy (float16), <id>.json
   (sample_id, label, resolution); OUT/_info.json describes split "train" for timm
   (create_dataset("wds/NAME", root=OUT, split="train")); written by webdataset.ShardWriter.
-hf (pip install "dfkd[hf]"): a datasets.Dataset (image, label: the class id, a ClassLabel with the
-  class names; a name several classes share gets its id, "crane (134)"), sample_id, logits: float32 when stored), saved with save_to_disk (--hf-format arrow: read it with
-  datasets.load_from_disk(OUT)) or as OUT/data/train-00000-of-00001.parquet (--hf-format parquet:
-  datasets.load_dataset("parquet", data_files=...) or load_dataset(OUT)).
+hf (pip install "dfkd[hf]"): the Hugging Face Hub's layout: OUT/data/train-NNNNN-of-NNNNN.parquet
+  (about --hf-shard-size bytes each; image, label: the class id, a ClassLabel with the class names, a
+  name several classes share gets its id, "crane (134)"; sample_id; logits: float32 when stored) and
+  the card's YAML configs/dataset_info: datasets.load_dataset(OUT), timm's hfds/OUT, hf upload.
 """,
 )
 @shards_argument
