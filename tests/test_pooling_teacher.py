@@ -42,7 +42,7 @@ def test_a_stage_below_the_teachers_smallest_input_shows_it_upsampled(pooling_te
     args = ["synthesize", "--teacher", pooling_teacher, *SMALL, "--resolutions", "16,32", "--out", str(out)]
     result = CliRunner().invoke(main, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["images"] == 4 and "at least 32 px" in result.stderr
+    assert json.loads(result.stdout)["images"] == 4 and "upsampled (bilinear) to 32 px" in result.stderr
     config = json.loads((out / "manifest.json").read_text())["config"]
     assert config["teacher_min_input"] == 32 and config["schedule"]["resolutions"] == [16, 32]
     again = CliRunner().invoke(main, args)
@@ -54,7 +54,7 @@ def test_a_final_resolution_below_it_is_refused_before_anything_is_written(pooli
     args = ["synthesize", "--teacher", pooling_teacher, *SMALL, "--resolutions", "8,16", "--out", str(out)]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
-    assert "at least 32 px" in result.stderr and "final resolution 16 px" in result.stderr
+    assert "at 32 px" in result.stderr and "final resolution 16 px" in result.stderr
     assert not out.exists()
 
 

@@ -72,7 +72,7 @@ def invert_batch(
         step=compiled_inversion_step(compile),
         compile=compile,
         student=_competing_student(teacher, competitor, weights, device),
-        min_input=teacher.min_input or 0,
+        input_sizes=dict(teacher.stage_inputs),
     )
     final = schedule.resolutions[-1]
     start = (final if schedule.multires == "pool" else schedule.resolutions[0]) // schedule.lowres

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -30,7 +30,8 @@ class IterationStep:
     step: Optional[Callable]
     compile: bool | str
     student: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
-    min_input: int = 0  # the teacher's smallest input: a smaller view is shown to it upsampled (bilinear)
+    # a view size the teacher fails on -> the size it is shown at, upsampled (bilinear); other views as they are
+    input_sizes: dict[int, int] = field(default_factory=dict)
 
     def __call__(self, augmented: torch.Tensor) -> dict[str, torch.Tensor]:
         arguments = (
@@ -42,7 +43,7 @@ class IterationStep:
             self.weights,
             self.autocast_dtype,
             self.student,
-            self.min_input,
+            self.input_sizes.get(augmented.shape[-1], 0),
         )
         if self.step is not None:
             try:

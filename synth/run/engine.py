@@ -38,7 +38,7 @@ from synth.run.units import Unit, UnitPlan, parse_classes, plan_units, unit_gene
 from synth.shards import format as shard_io
 from synth.shards.verify import load_verified
 from synth.shards.writer import write_shard
-from synth.teachers.input_size import fit_resolutions
+from synth.teachers.input_size import fit_resolutions, input_note
 from synth.teachers.sources import load_teacher
 from synth.teachers.teacher import Teacher
 
@@ -63,13 +63,9 @@ def synthesize(
     config = replace(config, threads=use_threads(config.threads, ranks.local_world_size, recorded, agree=ranks))
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
         run = _prepare_run(config, out, ranks)
-    if run.teacher.min_input and ranks.rank == 0:
-        below = [r for r in config.schedule.resolutions if r < run.teacher.min_input]
-        progress.message(
-            f"note: the teacher takes inputs of at least {run.teacher.min_input} px; the stage(s) at "
-            f"{', '.join(map(str, below))} px show it their view upsampled (bilinear) to {run.teacher.min_input} px "
-            "(recorded as teacher_min_input)"
-        )
+    note = input_note(run.teacher, config.schedule.resolutions)
+    if note and ranks.rank == 0:
+        progress.message(note)
     if ranks.distributed:  # e.g. another node's teacher file, or --threads 0 on machines with other core counts
         identities = ranks.all_gather(run.identity)
         with ranks.together():

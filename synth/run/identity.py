@@ -17,11 +17,13 @@ def identity(
     config: SynthesisConfig, teacher: Teacher, classes: list[int], competitor: Optional[Competitor] = None
 ) -> dict[str, Any]:
     """What changes the images: teacher and weights, classes, batch layout, schedule, losses, seed, threads (as
-    synthesize() resolved them), the competing student's file and sha256 when there is one, and the teacher's
-    smallest input when a stage is below it (synth.teachers.teacher.fit_resolutions)."""
+    synthesize() resolved them), the competing student's file and sha256 when there is one, and for each stage the
+    teacher fails on the size it is shown at (synth.teachers.input_size.fit_resolutions)."""
     extra = {"student": competitor.describe()} if competitor is not None else {}
     extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
     extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})
+    if teacher.stage_inputs and not teacher.min_input:  # no one size serves: stage -> size, as strings for JSON
+        extra["teacher_input_sizes"] = {str(stage): size for stage, size in sorted(teacher.stage_inputs.items())}
     return json.loads(
         json.dumps(
             {

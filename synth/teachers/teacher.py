@@ -45,7 +45,8 @@ class Teacher:
     bn_layers: list[nn.Module] = field(default_factory=list)
     grayscale: bool = False  # the teacher saw grayscale images (R = G = B): synthesis optimises one channel
     head: Optional[nn.Module] = None
-    min_input: Optional[int] = None  # set by fit_resolutions when a stage is below what the teacher's pooling takes
+    min_input: Optional[int] = None  # one size every stage below it is shown at (synth.teachers.input_size)
+    stage_inputs: dict[int, int] = field(default_factory=dict)  # a stage it fails on -> the size it is shown at
 
     @property
     def embedding_module(self) -> nn.Module:
