@@ -24,7 +24,8 @@ def draw_folder_grid(
     names: Optional[Sequence[str]] = None,
 ) -> Image.Image:
     """The first k images of each class of a real image folder (`<root>/<class id>/<image>`), drawn at size x size
-    px in the layout of `draw_class_grid`, so the two grids compare row by row."""
+    px in the layout of `draw_class_grid` (give it the same cell size, `display_cell` of the shards' resolution), so
+    the two grids compare row by row."""
     dataset = open_image_folder(folder, num_classes)
     targets = np.asarray(dataset.targets)
     rows = []

@@ -7,14 +7,20 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from synth.common.errors import UserError
 from synth.shards.pictures import figure_png, write_png
+from synth.shards.synthesis_plot import integer_axis
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 CURVES = "curves.png"
 METRICS = "metrics.jsonl"
 TERMS = ("loss", "cls", "dist", "hid")  # the total and its terms, as train_one_epoch records them
+TOLERANCE = 1e-3  # the weighted terms add up to the recorded total within this share of the largest total
 DRAW_SHARE = 20  # during a run, redraw only after 20x the last draw's time: plotting stays under ~5 % of the run
 
 
@@ -32,37 +38,94 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return [records[epoch] for epoch in sorted(records)]
 
 
+def loss_terms(records: list[dict]) -> Optional[dict[str, list[float]]]:
+    """The weighted terms that add up to each epoch's total loss: cls and dist (head weights 1) and hid times a_hid,
+    read off the records (total - cls - dist = a_hid x hid); None when the records do not fit that (other head
+    weights), and the plot shows the raw terms."""
+    cls, dist, hid = ([r.get(name, 0.0) for r in records] for name in TERMS[1:])
+    rest = [r["loss"] - c - d for r, c, d in zip(records, cls, dist)]
+    ratios = sorted(x / h for x, h in zip(rest, hid) if h > 0)
+    a_hid = float(f"{ratios[len(ratios) // 2]:.3g}") if ratios else 0.0
+    scale = max(abs(r["loss"]) for r in records) or 1.0
+    if any(abs(x - a_hid * h) > TOLERANCE * scale for x, h in zip(rest, hid)):
+        return None
+    terms = {"cls: class head": cls, "dist: distillation head": dist}
+    if a_hid and any(hid):
+        terms[f"hid x {a_hid:g}: hidden-layer MSE"] = [a_hid * h for h in hid]
+    return {label: values for label, values in terms.items() if any(values)}
+
+
 def draw_curves(records: list[dict], title: str) -> bytes:
-    """Training loss by term, learning rate and (when measured) real-data top-1 per epoch, the stage boundary
-    marked: PNG bytes."""
+    """`curves_figure` as PNG bytes."""
+    return figure_png(curves_figure(records, title))
+
+
+def curves_figure(records: list[dict], title: str) -> Figure:
+    """Training loss as weighted terms stacked to the total, learning rate and (when measured) real-data top-1 per
+    epoch on an axis fitted to it, the stage boundary marked."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     validated = [r for r in records if r.get("val_top1") is not None]
-    figure = Figure(figsize=(12 if validated else 8, 3.4), dpi=80)
-    axes = figure.subplots(1, 3 if validated else 2)
+    figure = Figure(figsize=(14 if validated else 10, 3.8), dpi=80, layout="constrained")
+    axes = figure.subplots(1, 3 if validated else 2, width_ratios=(1.6, 1, 1) if validated else (1.6, 1))
     epochs = [r["epoch"] for r in records]
-    for term in TERMS:
-        values = [r.get(term, 0.0) for r in records]
-        if any(values):
-            axes[0].plot(epochs, values, "o-", markersize=2, label=term, linewidth=2 if term == "loss" else 1)
-    axes[0].set(title="training loss by term", xlabel="epoch")
-    axes[0].legend(fontsize="small")
+    _loss_panel(axes[0], records, epochs)
     axes[1].plot(epochs, [r["lr"] for r in records], "o-", markersize=2)
-    axes[1].set(title="learning rate", xlabel="epoch")
+    axes[1].set(title="learning rate", ylabel="at the epoch's end")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if validated:
-        axes[2].plot([r["epoch"] for r in validated], [r["val_top1"] for r in validated], "o-", markersize=4)
-        axes[2].set(title="real-data top-1 (--val-data)", xlabel="epoch", ylim=(-0.02, 1.02))
-    for ax in axes:
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _accuracy_panel(axes[2], validated)
     boundary = next((r["epoch"] for r in records if r.get("stage") == 2), None)
-    for ax in axes if boundary is not None else ():
-        ax.axvline(boundary - 0.5, color="gray", linestyle="--", linewidth=1)
-        ax.text(boundary - 0.5, 1, " stage 2", transform=ax.get_xaxis_transform(), va="top", fontsize="small")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        integer_axis(ax, epochs)
+        if boundary is not None:
+            ax.axvline(boundary - 0.5, color="gray", linestyle="--", linewidth=1)
+            ax.text(boundary - 0.5, 1, " stage 2", transform=ax.get_xaxis_transform(), va="top", fontsize="small")
     figure.suptitle(title)
-    figure.tight_layout()
-    return figure_png(figure)
+    return figure
+
+
+def _loss_panel(ax: Axes, records: list[dict], epochs: list[int]) -> None:
+    """The weighted terms as stacked bars with the total on top (the raw terms as lines when the weights do not
+    show), the legend beside the axes."""
+    total = [r["loss"] for r in records]
+    terms = loss_terms(records)
+    if terms is None:
+        for term in TERMS[1:]:
+            ax.plot(epochs, [r.get(term, 0.0) for r in records], "o-", markersize=2, linewidth=1, label=term)
+        ax.plot(epochs, total, "k.-", linewidth=2, label="total (weighted sum)")
+        ax.set(title="training loss by term (unweighted)")
+    else:
+        width, bottom = (0.8 if len(epochs) <= 30 else 1.0), [0.0] * len(epochs)
+        for label, values in terms.items():
+            ax.bar(epochs, values, width, bottom=bottom, linewidth=0, label=label)
+            bottom = [b + v for b, v in zip(bottom, values)]
+        ax.plot(epochs, total, "k.-", linewidth=1, markersize=3, label="total (the sum)")
+        ax.set(title="training loss: weighted terms stacked to the total")
+    ax.set_ylabel("loss per image\n(KL or CE in nats; hid: MSE)")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _accuracy_panel(ax: Axes, validated: list[dict]) -> None:
+    """Real-data top-1 at the validation epochs, each point labelled, on an axis fitted to the values."""
+    epochs, top1 = [r["epoch"] for r in validated], [r["val_top1"] for r in validated]
+    ax.plot(epochs, top1, "o-", markersize=4)
+    for epoch, value in zip(epochs, top1):
+        ax.annotate(f"{value:.3f}", (epoch, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_ylim(*accuracy_limits(top1))
+    ax.set(title="real-data top-1 (--val-data)", ylabel="top-1 (axis fitted to the values)")
+
+
+def accuracy_limits(values: list[float]) -> tuple[float, float]:
+    """Y limits around accuracies in [0, 1]: their range with room for the labels, at least 0.02 tall, inside
+    [0, 1] but for the room above a 1.0."""
+    low, high = min(values), max(values)
+    pad = max(0.15 * (high - low), 0.01)
+    low, high = max(0.0, low - pad), min(1.0, high + pad)
+    if high - low < 0.02:
+        low, high = (high - 0.02, high) if high >= 1.0 else (low, low + 0.02)
+    return low, high + 0.3 * pad
 
 
 def write_curves(run_dir: str | Path, message: Optional[Callable[[str], None]] = None) -> Optional[Path]:
@@ -71,7 +134,7 @@ def write_curves(run_dir: str | Path, message: Optional[Callable[[str], None]] =
     records = read_metrics(run_dir)
     if not records:
         return None
-    title = f"distillation {run_dir.resolve().name}: {len(records)} epochs"
+    title = f"distillation {run_dir.resolve().name}: {len(records)} epoch{'s' if len(records) != 1 else ''}"
     write_png(run_dir / CURVES, draw_curves(records, title), message)
     return run_dir / CURVES
 

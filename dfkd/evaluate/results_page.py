@@ -14,7 +14,7 @@ from PIL import Image
 from dfkd.evaluate.grid import draw_folder_grid
 from dfkd.evaluate.plots import draw_bars
 from synth.shards.format import ShardDataset
-from synth.shards.pictures import png_bytes, write_png
+from synth.shards.pictures import display_cell, png_bytes, write_png
 
 PAGE = "results.md"
 BARS = "accuracy.png"
@@ -76,9 +76,10 @@ def write_results_page(
 
 
 def _real_grid(shards: str | Path, real_test: str | Path) -> Image.Image:
-    """Real held-out images of the shards' classes, in the layout and size of the synthesized grid."""
+    """Real held-out images of the shards' classes, in the layout and cell size of the synthesized grid
+    (synth.shards.pictures.display_cell)."""
     dataset = ShardDataset(shards)
     classes, resolution = np.unique(dataset.labels).tolist(), dataset.resolution
     names, num_classes = dataset.class_names, dataset.num_classes
     dataset.close()
-    return draw_folder_grid(real_test, classes, PER_CLASS, resolution, num_classes, names)
+    return draw_folder_grid(real_test, classes, PER_CLASS, display_cell(resolution), num_classes, names)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence
@@ -18,12 +19,16 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from synth.shards.format import ShardDataset
+from synth.shards.manifest import read_manifest
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PADDING = 2
-LABEL_WIDTH = 128
+LABEL_WIDTH = 128  # the widest label column; a narrower one fits the longest label
+LABEL_MARGIN = 4  # px left and right of a label
+MIN_CELL = 64  # grids enlarge smaller images to at least this many px
+BACKGROUND = (96, 96, 96)  # gray between and behind the cells: a black or white image shows as a square
 SOFTWARE = "dfkd"  # the PNG text chunk that marks a picture as dfkd's own
 PREVIEW = "preview.png"
 SYNTHESIS_PLOT = "synthesis.png"
@@ -39,25 +44,54 @@ def class_label(c: int, names: Optional[Sequence[str]]) -> str:
     return f"{c} {name}" if name and name != str(c) else str(c)
 
 
+def display_cell(resolution: int) -> int:
+    """The cell size a grid draws images of `resolution` px at: the smallest whole multiple of it that is at least
+    MIN_CELL px (nearest-neighbour upscaling keeps every pixel a sharp square), or the resolution itself."""
+    return resolution * -(-MIN_CELL // resolution) if 0 < resolution < MIN_CELL else resolution
+
+
+def label_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """PIL's default font at about a fifth of the cell size (11-16 px; the bitmap font where FreeType is missing)."""
+    try:
+        return ImageFont.load_default(size=max(11, min(16, size // 5)))
+    except (ImportError, TypeError, ValueError):
+        return ImageFont.load_default()
+
+
 def grid_image(rows: Sequence[Row], per_class: int, size: int) -> Image.Image:
-    """One row per (label, images): its first `per_class` images at size x size px (black cells when fewer), the
-    label in a 128-px column: (128 + k*(size+2) + 2) x (rows*(size+2) + 2) px."""
-    canvas = Image.new(
-        "RGB", (LABEL_WIDTH + per_class * (size + PADDING) + PADDING, len(rows) * (size + PADDING) + PADDING)
-    )
-    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
-    for row, (text, images) in enumerate(rows):
+    """One row per (label, images): its first `per_class` images at size x size px (smaller ones enlarged pixel by
+    pixel, larger ones filtered down) on gray, so a black image shows as a black square and a missing one as gray;
+    the labels in a column as wide as the longest (at most 128 px): (column + k*(size+2) + 2) x (rows*(size+2) + 2)
+    px."""
+    draw, font = ImageDraw.Draw(Image.new("RGB", (1, 1))), label_font(size)
+    texts = [_fit(draw, text, font) for text, _ in rows]
+    longest = max([draw.textlength(text, font=font) for text in texts] + [0])
+    column = min(LABEL_WIDTH, math.ceil(longest) + 2 * LABEL_MARGIN)
+    width, height = column + per_class * (size + PADDING) + PADDING, len(rows) * (size + PADDING) + PADDING
+    canvas = Image.new("RGB", (width, height), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for row, (text, (_, images)) in enumerate(zip(texts, rows)):
         top = PADDING + row * (size + PADDING)
         for col, image in enumerate(images[:per_class]):
-            cell = Image.fromarray(image).convert("RGB")
-            if cell.size != (size, size):
-                cell = cell.resize((size, size), Image.LANCZOS)
-            canvas.paste(cell, (LABEL_WIDTH + PADDING + col * (size + PADDING), top))
-        while len(text) > 1 and draw.textlength(text, font=font) > LABEL_WIDTH - 2 * PADDING:
-            text = text[:-1]
-        height = draw.textbbox((0, 0), text, font=font)[3]
-        draw.text((PADDING, top + max(0, (size - height) // 2)), text, fill="white", font=font)
+            canvas.paste(_cell(image, size), (column + PADDING + col * (size + PADDING), top))
+        box = draw.textbbox((0, 0), text, font=font)
+        draw.text((LABEL_MARGIN, top + (size - box[3] - box[1]) // 2), text, fill="white", font=font)
     return canvas
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font) -> str:
+    """`text` shortened until it fits the widest label column."""
+    while len(text) > 1 and draw.textlength(text, font=font) > LABEL_WIDTH - 2 * LABEL_MARGIN:
+        text = text[:-1]
+    return text
+
+
+def _cell(image: np.ndarray, size: int) -> Image.Image:
+    """One HWC uint8 image as a size x size RGB cell: enlarged with nearest-neighbour, reduced with Lanczos."""
+    cell = Image.fromarray(image).convert("RGB")
+    if cell.size != (size, size):
+        cell = cell.resize((size, size), Image.NEAREST if max(cell.size) < size else Image.LANCZOS)
+    return cell
 
 
 def draw_class_grid(
@@ -67,7 +101,7 @@ def draw_class_grid(
     cell: Optional[int] = None,
 ) -> Image.Image:
     """Grid of the first k images per class of a shard set (all classes present unless `classes`), each image drawn
-    at `cell` px (default: the set's resolution)."""
+    at `cell` px (default: `display_cell` of the set's resolution, 64 px for 32-px images)."""
     dataset = ShardDataset(shards)
     try:
         classes = np.unique(dataset.labels).tolist() if classes is None else list(classes)
@@ -80,7 +114,7 @@ def draw_class_grid(
         ]
     finally:
         dataset.close()
-    return grid_image(rows, per_class, cell or dataset.resolution)
+    return grid_image(rows, per_class, cell or display_cell(dataset.resolution))
 
 
 def preview_classes(present: Sequence[int], limit: int = PREVIEW_CLASSES) -> list[int]:
@@ -92,11 +126,14 @@ def preview_classes(present: Sequence[int], limit: int = PREVIEW_CLASSES) -> lis
 
 
 def draw_preview(shards: str | Path) -> Image.Image:
-    """The card's preview of a shard set: 8 images of each of at most 10 classes, at most 96 px each."""
+    """The card's preview of a shard set: 8 images of each of at most 10 classes, reduced to 96 px when larger,
+    enlarged to at least 64 px when smaller."""
     dataset = ShardDataset(shards)
     present, resolution = np.unique(dataset.labels).tolist(), dataset.resolution
     dataset.close()
-    return draw_class_grid(shards, PREVIEW_PER_CLASS, preview_classes(present), min(resolution, PREVIEW_CELL))
+    return draw_class_grid(
+        shards, PREVIEW_PER_CLASS, preview_classes(present), display_cell(min(resolution, PREVIEW_CELL))
+    )
 
 
 def write_preview(root: str | Path, message: Optional[Callable[[str], None]] = None) -> bool:
@@ -168,27 +205,13 @@ def read_unit_log(root: str | Path) -> list[dict]:
 
 
 def write_synthesis_plot(root: str | Path, message: Optional[Callable[[str], None]] = None) -> bool:
-    """ROOT/synthesis.png from the unit log: teacher fidelity and the final loss terms per unit; True when written
-    (nothing without a unit log)."""
+    """ROOT/synthesis.png from the unit log and the manifest's config: teacher fidelity and the weighted loss terms
+    per unit (synth.shards.synthesis_plot); True when written (nothing without a unit log)."""
+    from synth.shards.synthesis_plot import draw_synthesis  # imports matplotlib
+
     records = read_unit_log(root)
     if not records:
         return False
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    figure = Figure(figsize=(10, 3.6), dpi=80)
-    fidelity, losses = figure.subplots(1, 2)
-    units = [r["unit"] for r in records]
-    fidelity.plot(units, [r["fidelity"] for r in records], "o-", markersize=3)
-    fidelity.set(title="teacher fidelity per unit", xlabel="unit", ylabel="top-1 = label", ylim=(-0.05, 1.05))
-    for name in records[0]["losses"]:
-        values = [r["losses"].get(name, np.nan) for r in records]
-        if np.nanmax(values) > 0:
-            losses.plot(units, values, label=name, linewidth=2 if name == "total" else 1)
-    losses.set(title="loss terms at each unit's last iteration", xlabel="unit", yscale="log")
-    losses.legend(fontsize="small")
-    for ax in (fidelity, losses):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    figure.suptitle(f"synthesis of {Path(root).resolve().name}: {len(records)} units")
-    figure.tight_layout()
+    config = (read_manifest(root) or {}).get("config") or {}
+    figure = draw_synthesis(records, config, f"synthesis of {Path(root).resolve().name}: {len(records)} units")
     return write_png(Path(root) / SYNTHESIS_PLOT, figure_png(figure), message)
