@@ -302,6 +302,7 @@ def test_hf_export_is_read_by_timm_hfds(source, tmp_path: Path, hf) -> None:
         image, target = dataset[i]
         sid = dataset.reader.dataset[i]["sample_id"]
         assert np.array_equal(np.asarray(image), samples[sid][0]) and target == samples[sid][1]
+        assert dataset.filename(i) == f"{sid:08d}.png"  # as the other exports name the image
     loader = create_loader(
         dataset,
         input_size=(3, 8, 8),
@@ -331,6 +332,15 @@ def test_hf_card_yaml_names_the_configs_and_features(source, tmp_path: Path, hf)
     assert info["download_size"] == sum(p.stat().st_size for p in (out / "data").iterdir())
     card = huggingface_hub.DatasetCard.load(out / CARD)  # what the Hub reads on upload
     assert card.data.configs == front["configs"] and card.data.license == "other"
+
+
+def test_hf_export_of_a_set_whose_card_yaml_does_not_parse_is_one_line(source, tmp_path: Path, hf) -> None:
+    shards, _ = source
+    (shards / CARD).write_text("---\nlicense: [unclosed\n---\nmy notes\n")
+    result = _run([str(shards), "--to", "hf", str(tmp_path / "hf"), "-q"])
+    assert result.exit_code == 2 and len(result.stderr.splitlines()) == 1
+    assert str(shards / CARD) in result.stderr and "does not parse" in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["set"]
 
 
 def test_hf_card_front_matter_merge(tmp_path: Path) -> None:

@@ -189,26 +189,30 @@ def _hf_schema(datasets: Any, names: list[str], with_logits: bool) -> Any:
 
 def _hf(dataset: ShardDataset, tmp: Path, progress: Progress, config: ExportConfig) -> dict[str, Any]:
     """The Hugging Face Hub's layout (`dfkd.export.hub`): rows streamed into `data/train-NNNNN-of-NNNNN.parquet` of
-    about `hf_shard_size` bytes each, and the YAML that names them and their features added to the card."""
+    about `hf_shard_size` bytes each, and the YAML that names them and their features added to the card (copied into
+    `tmp` before the writer runs; checked first, so a card whose YAML does not parse fails before any row)."""
     datasets = _require("datasets", "hf")
+    readme, where = tmp / CARD, f"the dataset card {Path(dataset.paths[0]).parent / CARD}"
+    text = readme.read_text() if readme.is_file() else ""
+    hub.merge_front_matter(text, {}, where)
     names = unique_names(dataset.class_names or [str(c) for c in range(dataset.num_classes)])
     with_logits = has_logits(dataset)
     shards = hub.ParquetShards(tmp, _hf_schema(datasets, names, with_logits), config.hf_shard_size)
     for sample in iter_samples(dataset, with_logits):
         image = encode_image(sample.image, "png", 100)
-        row = {"image": {"bytes": image, "path": None}, "label": sample.label, "sample_id": sample.sample_id}
+        row = {
+            "image": {"bytes": image, "path": f"{sample.sample_id:08d}.png"},  # the name the other exports use
+            "label": sample.label,
+            "sample_id": sample.sample_id,
+        }
         if with_logits:
             row["logits"] = sample.logits.astype(np.float32).tolist()
         shards.write(row, len(image) + (4 * len(sample.logits) if with_logits else 0))
         progress.advance(1, {})
     files = shards.close()
-    metadata = hub.hub_metadata(
-        hub.features_yaml(names, with_logits), [tmp / f for f in files], shards.num_rows, shards.num_bytes
-    )
-    readme = tmp / CARD
-    source = Path(dataset.paths[0]).parent / CARD
-    text = readme.read_text() if readme.is_file() else ""
-    readme.write_text(hub.merge_front_matter(text, metadata, f"the dataset card {source}"))
+    features = hub.features_yaml(names, with_logits)
+    metadata = hub.hub_metadata(features, [tmp / f for f in files], shards.num_rows, shards.num_bytes)
+    readme.write_text(hub.merge_front_matter(text, metadata, where))
     return {"parquet_files": len(files), "logits": with_logits}
 
 
