@@ -10,12 +10,16 @@ from synth.common.errors import UserError
 from synth.common.settings import (
     check_choices,
     check_device,
+    check_teacher_options,
     device_setting,
     setting,
+    teacher_kwargs_setting,
     teacher_setting,
     teacher_weights_setting,
     threads_setting,
+    trust_pickle_setting,
 )
+from synth.teachers.preprocessing import Preprocessing
 
 BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.inversion.terms.BNStatisticsLoss)
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shards.writer)
@@ -125,6 +129,11 @@ class SynthesisConfig:
 
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()
+    teacher_kwargs: Optional[Union[str, dict]] = teacher_kwargs_setting()
+    trust_pickle: bool = trust_pickle_setting()
+    preprocessing: Preprocessing = setting(
+        factory=Preprocessing, help="The teacher's input normalisation, size and class names, where you state them."
+    )
     classes: Union[str, list[int]] = setting("all", help="Classes to synthesize: all, 0-99, or 1,5,7-9.", flag=True)
     per_class: int = setting(8, help="Images per class in total (a multiple of --images-per-class).", flag=True)
     classes_per_batch: int = setting(8, help="Classes in one batch (>= 2; divides the number of classes).", flag=True)
@@ -151,6 +160,7 @@ class SynthesisConfig:
         """Check settings that need no teacher."""
         if not self.teacher:
             raise UserError("no teacher given: pass --teacher timm:<name>, torchvision:<name> or a teacher file")
+        check_teacher_options(self)
         for name in ("classes_per_batch", "images_per_class"):
             if getattr(self, name) < 2:
                 raise UserError(

@@ -36,6 +36,16 @@ def _class_label(result: dict, c: int) -> str:
 
 
 run_options = ("device", "batch_size", "workers", "threads")
+# how to build the teacher, besides its spec (synth.teachers.sources.TeacherOptions)
+TEACHER_SETTINGS = (
+    "teacher_weights",
+    "teacher_kwargs",
+    "trust_pickle",
+    "preprocessing.mean",
+    "preprocessing.std",
+    "preprocessing.input_size",
+    "preprocessing.class_names",
+)
 shards_argument = click.argument("shards", type=click.Path(file_okay=False))
 verify_option = click.option(
     "--verify/--no-verify",
@@ -94,7 +104,7 @@ Without --teacher, the teacher recorded in the shards is loaded.
 @shards_argument
 @config_options(
     EvaluateConfig,
-    only=("teacher", "teacher_weights", *run_options),
+    only=("teacher", *TEACHER_SETTINGS, *run_options),
     help={"teacher": "timm:<name>[.<tag>], torchvision:<name>, or a teacher file. [default: the shards']"},
 )
 @verify_option
@@ -106,22 +116,36 @@ def fidelity_command(
     from dfkd.evaluate.fidelity import measure_fidelity
     from synth.shards.format import ShardDataset
     from synth.shards.verify import check_integrity
-    from synth.teachers.sources import load_teacher
+    from synth.teachers.sources import load_teacher, teacher_options, with_recorded_preprocessing
+    from synth.teachers.user_code import is_code_spec
 
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
     check_integrity(shards, verify_shards, warn=lambda text: click.echo(text, err=True))
-    spec = cfg.teacher or ShardDataset(shards).teacher.get("spec")
+    record = ShardDataset(shards).teacher
+    spec = cfg.teacher or record.get("spec")
     if not spec:
         raise UserError(f"the shards in '{shards}' name no teacher; pass --teacher TEACHER")
-    if not cfg.teacher and not spec.startswith(("timm:", "torchvision:")) and not Path(spec).is_file():
+    location = spec.rpartition(":")[0] if is_code_spec(spec) else spec
+    if not cfg.teacher and not spec.startswith(("timm:", "torchvision:")) and not _findable(location):
         raise UserError(
-            f"the teacher file recorded in the shards, '{spec}', cannot be found; pass its path with --teacher FILE"
+            f"the teacher file recorded in the shards, '{location}', cannot be found; pass the teacher with --teacher"
         )
-    teacher = load_teacher(spec, cfg.teacher_weights)
+    teacher = load_teacher(spec, options=with_recorded_preprocessing(spec, teacher_options(cfg), record))
+    for note in teacher.notes:
+        reporter.message(note)
     result = measure_fidelity(shards, teacher, cfg, reporter.progress("fidelity"))
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
+
+
+def _findable(location: str) -> bool:
+    """A recorded teacher file, or the .py file / importable module of a recorded code spec, is here."""
+    if location.endswith(".py") or Path(location).is_file():
+        return Path(location).is_file()
+    import importlib.util
+
+    return "/" not in location and importlib.util.find_spec(location.split(".")[0]) is not None
 
 
 @evaluate_group.command(
@@ -138,14 +162,14 @@ the model's mean/std (the student's from student.json next to the checkpoint).
 )
 @config_options(
     EvaluateConfig,
-    only=("student", "teacher", "teacher_weights", "data", "class_map", "crop_pct", *run_options),
+    only=("student", "teacher", *TEACHER_SETTINGS, "data", "class_map", "crop_pct", *run_options),
     help={"teacher": "Also score this teacher (reference line)."},
 )
 @common_options
 def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
     from dfkd.evaluate.accuracy import load_student, measure_accuracy, teacher_classifier
-    from synth.teachers.sources import load_teacher
+    from synth.teachers.sources import load_teacher, teacher_options
 
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
@@ -155,7 +179,10 @@ def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, *
     if cfg.student:
         models["student"] = load_student(cfg.student)
     if cfg.teacher:
-        models["teacher"] = teacher_classifier(load_teacher(cfg.teacher, cfg.teacher_weights))
+        teacher = load_teacher(cfg.teacher, options=teacher_options(cfg))
+        for note in teacher.notes:
+            reporter.message(note)
+        models["teacher"] = teacher_classifier(teacher)
     result = {"data": cfg.data}
     for role, classifier in models.items():
         result[role] = measure_accuracy(classifier, cfg.data, cfg, reporter.progress(role))

@@ -32,6 +32,17 @@ def config_options(
     return decorate
 
 
+def flagged_settings(cls: type) -> list[tuple[str, str]]:
+    """(dotted name, flag) of every setting of `cls` that has a command-line flag (`losses.bn`, `--a-bn`)."""
+    return [(name, _flag(f)) for name, f, _ in _flagged(cls)]
+
+
+def _flag(f: dataclasses.Field) -> str:
+    """A setting's flag: its declared flag string, else --<name-with-dashes>."""
+    flag = f.metadata["flag"]
+    return flag if isinstance(flag, str) else "--" + f.name.replace("_", "-")
+
+
 def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
     """The generated options the user gave, as dotted-key overrides of a recipe (`losses.bn`: 0.1)."""
     return {
@@ -88,7 +99,7 @@ def _flagged(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Fie
 
 def _option(name: str, f: dataclasses.Field, kind: Any, help_text: Optional[str]) -> Callable[[Callable], Callable]:
     meta = f.metadata
-    flag = meta["flag"] if isinstance(meta["flag"], str) else "--" + f.name.replace("_", "-")
+    flag = _flag(f)
     text = help_text or meta["help"]
     default = meta["default_text"] or (None if f.default in (None, dataclasses.MISSING) else format_default(f.default))
     if default is not None and not (kind is bool and "/" not in flag):  # an on-only flag needs no default

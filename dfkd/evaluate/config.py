@@ -9,12 +9,16 @@ from typing import Optional, Union
 from synth.common.errors import UserError
 from synth.common.settings import (
     check_device,
+    check_teacher_options,
     device_setting,
     setting,
+    teacher_kwargs_setting,
     teacher_setting,
     teacher_weights_setting,
     threads_setting,
+    trust_pickle_setting,
 )
+from synth.teachers.preprocessing import Preprocessing
 
 MAX_GRID_PER_CLASS = 256
 
@@ -32,6 +36,11 @@ class EvaluateConfig:
     lpips_backbone: Optional[str] = setting(None, help="torchvision AlexNet state_dict file.", flag=True, path="file")
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()
+    teacher_kwargs: Optional[Union[str, dict]] = teacher_kwargs_setting()
+    trust_pickle: bool = trust_pickle_setting()
+    preprocessing: Preprocessing = setting(
+        factory=Preprocessing, help="The teacher's input normalisation, size and class names, where you state them."
+    )
     student: Optional[str] = setting(
         None, help="Student state_dict (student.pth + student.json).", flag=True, path="file"
     )
@@ -52,6 +61,7 @@ class EvaluateConfig:
 
     def validate(self) -> None:
         """Refuse values no command could use."""
+        check_teacher_options(self)
         if self.pairs != "all" and not (isinstance(self.pairs, int) and self.pairs > 0):
             raise UserError(f"pairs '{self.pairs}' must be 'all' or a positive number of pairs per class")
         for name, least in (("batch_size", 1), ("per_class_grid", 1), ("workers", 0), ("threads", 0)):

@@ -63,9 +63,44 @@ def check_choices(config: Any, where: str = "") -> None:
             raise UserError(f"{name} '{value}' is not one of {', '.join(choices)}")
 
 
-def teacher_setting(help: str = "timm:<name>[.<tag>], torchvision:<name>, or a file from `dfkd train-teacher`.") -> Any:
+def teacher_setting(
+    help: str = "timm:<name>[.<tag>], torchvision:<name>, your own network as module:factory or file.py:factory "
+    "(this imports and runs that code), or a teacher file (`dfkd train-teacher`, `dfkd import-teacher`).",
+) -> Any:
     """The teacher spec, as every command that runs a teacher declares it."""
     return setting(None, help=help, flag=True)
+
+
+def teacher_kwargs_setting() -> Any:
+    """Keyword arguments of the teacher's builder (a JSON object on the command line, a mapping in a recipe)."""
+    return setting(
+        None,
+        flag=True,
+        default_text="none",
+        help="Keyword arguments for the teacher's factory or timm.create_model, as a JSON object, e.g. "
+        "'{\"num_classes\": 10}'.",
+    )
+
+
+def student_kwargs_setting() -> Any:
+    """Keyword arguments of the factory of a student from the user's code (a JSON object, or a recipe mapping)."""
+    return setting(
+        None,
+        flag=True,
+        default_text="none",
+        help="Keyword arguments for your own student's factory (module:factory or file.py:factory), as a JSON "
+        "object, e.g. '{\"width\": 2}'; num_classes is passed when the factory takes it.",
+    )
+
+
+def trust_pickle_setting() -> Any:
+    """Whether a whole pickled model may be loaded (unpickling runs code from the file)."""
+    return setting(
+        False,
+        flag=True,
+        help="Load a teacher saved whole with torch.save(model): unpickling runs code from the file, so only for "
+        "files you trust.",
+    )
 
 
 def teacher_weights_setting() -> Any:
@@ -90,3 +125,13 @@ def check_device(name: str) -> None:
     """Refuse a device name other than auto, cpu, cuda or cuda:N."""
     if name not in ("auto", "cpu", "cuda") and not name.startswith("cuda:"):
         raise UserError(f"device '{name}' is not one of auto, cpu, cuda, cuda:N")
+
+
+def check_teacher_options(config: Any) -> None:
+    """The teacher options that need no teacher: teacher_kwargs is a JSON object, the preprocessing is well formed."""
+    from synth.teachers.user_code import parse_kwargs
+
+    parse_kwargs(config.teacher_kwargs, "teacher_kwargs")
+    preprocessing = getattr(config, "preprocessing", None)
+    if preprocessing is not None:
+        preprocessing.validate()

@@ -22,6 +22,8 @@ def identity(
     extra = {"student": competitor.describe()} if competitor is not None else {}
     extra.update({"teacher_grayscale": True} if teacher.grayscale else {})
     extra.update({"teacher_min_input": teacher.min_input} if teacher.min_input else {})
+    extra.update({"teacher_preprocessing": config.preprocessing.recorded()} if config.preprocessing.given else {})
+    extra.update({"teacher_source": teacher.source} if teacher.source else {})
     if teacher.stage_inputs and not teacher.min_input:  # no one size serves: stage -> size, as strings for JSON
         extra["teacher_input_sizes"] = {str(stage): size for stage, size in sorted(teacher.stage_inputs.items())}
     return json.loads(

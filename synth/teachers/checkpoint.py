@@ -1,5 +1,8 @@
-"""dfkd teacher files (written by `dfkd train-teacher`): a timm architecture and its kwargs, the weights, the
-normalisation, the input size, class names and whether the teacher saw grayscale images."""
+"""dfkd teacher files (written by `dfkd train-teacher` and `dfkd import-teacher`; docs/teachers.md): the architecture
+(a timm name, or the user's `module:factory` / `file.py:factory` with the sha256 of its code) and its keyword arguments,
+the weights, the normalisation, the input size, class names and whether the teacher saw grayscale images. Read with
+`torch.load(weights_only=True)`: data, never pickled code (a file naming user code imports that code, as the spec
+would)."""
 
 from __future__ import annotations
 
@@ -12,11 +15,11 @@ import torch.nn as nn
 
 from synth.common.errors import UserError, first_line
 from synth.teachers import small_cnn  # noqa: F401  (registers the small BN CNN teachers with timm)
-from synth.teachers.teacher import Teacher, find_classifier_name, require_bn_layers, teacher_from_model
+from synth.teachers.teacher import Teacher, find_classifier_name, require_bn_layers
 from synth.teachers.weights import load_weights_strict, read_state_dict
 
 TEACHER_FILE_FORMAT = "dfkd-teacher"
-TEACHER_FILE_VERSION = 1
+TEACHER_FILE_VERSION = 2  # 2: architectures from user code (code_sha256), one-channel networks (input_channels)
 
 
 def save_teacher_file(
@@ -30,20 +33,29 @@ def save_teacher_file(
     class_names: Optional[list[str]] = None,
     extra: Optional[dict] = None,
     grayscale: bool = False,
+    code_sha256: Optional[str] = None,
 ) -> None:
-    """Write a teacher file: architecture (a timm name and kwargs), weights, normalisation, class names."""
+    """Write a teacher file: architecture (a timm name, or a user code spec with `code_sha256`) and kwargs, weights
+    (of the network itself: a GrayInput wrapper is taken off), normalisation (one value per channel the network
+    takes), class names. Version 1 where a version-1 reader can read it, else 2."""
+    from synth.teachers.channels import GrayInput
+
+    channels = 1 if isinstance(model, GrayInput) else 3
+    model = model.net if isinstance(model, GrayInput) else model
     payload = {
         "format": TEACHER_FILE_FORMAT,
-        "format_version": TEACHER_FILE_VERSION,
+        "format_version": 1 if code_sha256 is None and channels == 3 else TEACHER_FILE_VERSION,
         "arch": arch,
         "arch_kwargs": dict(arch_kwargs),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "mean": [float(v) for v in mean],
-        "std": [float(v) for v in std],
+        "mean": [float(v) for v in mean][:channels],
+        "std": [float(v) for v in std][:channels],
         "input_size": int(input_size),
         "class_names": list(class_names) if class_names else None,
         "grayscale": bool(grayscale),
         "extra": dict(extra or {}),
+        **({"code_sha256": code_sha256} if code_sha256 is not None else {}),
+        **({"input_channels": 1} if channels == 1 else {}),
     }
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
@@ -51,37 +63,65 @@ def save_teacher_file(
     os.replace(tmp, path)
 
 
-def load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
-    """The teacher a teacher file describes (its weights, or those of the `weights` file when given)."""
-    import timm
+def teacher_file_kind(path: str) -> str:
+    """What a file given as a teacher holds: "teacher" (a dfkd teacher file), "pickle" (a whole pickled model,
+    which weights_only loading refuses) or "weights" (tensors: a state_dict, or a dict holding one)."""
+    if Path(path).suffix == ".safetensors":
+        return "weights"
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
+            return "pickle"
+        raise UserError(f"cannot read teacher file '{path}': {first_line(exc)}") from None
+    if isinstance(payload, dict) and payload.get("format") == TEACHER_FILE_FORMAT:
+        return "teacher"
+    if isinstance(payload, dict) and payload.get("format") is None:
+        return "weights"
+    raise UserError(f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher` or `dfkd import-teacher`)")
 
+
+def read_pickled_model(path: str) -> nn.Module:
+    """A whole pickled model (torch.save(model)); unpickling runs code, so callers ask the user first."""
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - e.g. its class cannot be imported here
+        raise UserError(f"cannot unpickle '{path}': {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(model, nn.Module):
+        raise UserError(f"'{path}' unpickles to {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def read_teacher_payload(path: str) -> dict:
+    """The content of a dfkd teacher file, its format and version checked."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         raise UserError(f"cannot read teacher file '{path}': {first_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != TEACHER_FILE_FORMAT:
-        raise UserError(f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher`)")
+        raise UserError(
+            f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher` or `dfkd import-teacher`)"
+        )
     version = payload.get("format_version", 0)
     if not isinstance(version, int) or version > TEACHER_FILE_VERSION:
         raise UserError(
             f"teacher file '{path}' has format_version {version!r}; "
             f"this dfkd reads up to {TEACHER_FILE_VERSION}, upgrade dfkd"
         )
+    return payload
+
+
+def load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
+    """The teacher a teacher file describes (its weights, or those of the `weights` file when given)."""
+    from synth.teachers.channels import wrap_model
+
+    payload = read_teacher_payload(path)
     _check_teacher_payload(path, payload, weights is not None)
-    arch = payload["arch"].removeprefix("timm:")
-    if not timm.is_model(arch):
-        raise UserError(f"teacher file '{path}' names unknown timm architecture '{arch}'")
-    try:
-        model = timm.create_model(arch, pretrained=False, **payload["arch_kwargs"])
-    except Exception as exc:  # noqa: BLE001 - arch_kwargs the architecture does not take
-        raise UserError(
-            f"teacher file '{path}': cannot build {arch} with arch_kwargs {payload['arch_kwargs']} "
-            f"({type(exc).__name__})"
-        ) from None
+    model, head_name, notes = _build_architecture(path, payload)
     require_bn_layers(model, path)
     state_dict = read_state_dict(weights) if weights else payload["state_dict"]
     load_weights_strict(model, state_dict, weights or path, path)
-    teacher = teacher_from_model(
+    teacher = wrap_model(
         model,
         path,
         payload["mean"],
@@ -89,9 +129,58 @@ def load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
         payload["input_size"],
         find_classifier_name(model),
         payload.get("class_names"),
+        head_name,
     )
-    teacher.grayscale = bool(payload.get("grayscale", False))
+    teacher.grayscale = teacher.grayscale or bool(payload.get("grayscale", False))
+    if "code_sha256" in payload:
+        teacher.source = {
+            "kind": "code",
+            "arch": payload["arch"],
+            "kwargs": payload["arch_kwargs"],
+            "code_sha256": payload["code_sha256"],
+        }
+    mean = [round(v, 4) for v in payload["mean"]]
+    std = [round(v, 4) for v in payload["std"]]
+    teacher.notes = [
+        *notes,
+        f"teacher preprocessing: mean {mean}, std {std}, {payload['input_size']} px (from the teacher file)",
+    ]
     return teacher
+
+
+def _build_architecture(path: str, payload: dict) -> tuple[nn.Module, Optional[str], list[str]]:
+    """(the file's architecture with random weights, the name of its head when not its classifier, notes): a timm
+    or torchvision model, or the user code it names (whose sha256 is compared with the recorded one: a difference
+    is noted, the weights must still fit)."""
+    import timm
+
+    from synth.teachers.user_code import build_from_code, code_sha256, is_code_spec, parse_code_spec
+
+    arch, kwargs = payload["arch"], payload["arch_kwargs"]
+    if is_code_spec(arch):
+        code = parse_code_spec(arch)
+        notes = []
+        now = code_sha256(code)
+        if payload.get("code_sha256") and now != payload["code_sha256"]:
+            notes.append(
+                f"note: the code of {arch} changed since '{path}' was written (sha256 {now[:12]}, recorded "
+                f"{payload['code_sha256'][:12]}); its weights still have to fit"
+            )
+        return build_from_code(code, kwargs), None, notes
+    if arch.startswith("torchvision:"):
+        from synth.teachers.sources import build_torchvision, torchvision_head_name
+
+        model = build_torchvision(arch.removeprefix("torchvision:"), kwargs.get("num_classes"))
+        return model, torchvision_head_name(model, find_classifier_name(model)), []
+    arch = arch.removeprefix("timm:")
+    if not timm.is_model(arch):
+        raise UserError(f"teacher file '{path}' names unknown timm architecture '{arch}'")
+    try:
+        return timm.create_model(arch, pretrained=False, **kwargs), None, []
+    except Exception as exc:  # noqa: BLE001 - arch_kwargs the architecture does not take
+        raise UserError(
+            f"teacher file '{path}': cannot build {arch} with arch_kwargs {kwargs} ({type(exc).__name__})"
+        ) from None
 
 
 def _check_teacher_payload(path: str, payload: dict, own_weights: bool) -> None:
@@ -103,7 +192,7 @@ def _check_teacher_payload(path: str, payload: dict, own_weights: bool) -> None:
         )
 
     if not isinstance(payload.get("arch"), str):
-        raise bad("arch", "a timm architecture name")
+        raise bad("arch", "a timm architecture name, module:factory or file.py:factory")
     if not isinstance(payload.get("arch_kwargs", {}), dict):
         raise bad("arch_kwargs", "a mapping of keyword arguments")
     payload.setdefault("arch_kwargs", {})
@@ -114,10 +203,10 @@ def _check_teacher_payload(path: str, payload: dict, own_weights: bool) -> None:
         value = payload.get(key)
         if not (
             isinstance(value, (list, tuple))
-            and len(value) == 3
+            and len(value) in (1, 3)
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
         ):
-            raise bad(key, "three numbers")
+            raise bad(key, "one number per input channel (1 or 3)")
     size = payload.get("input_size")
     if isinstance(size, bool) or not isinstance(size, int) or size < 1:
         raise bad("input_size", "a positive whole number of pixels")

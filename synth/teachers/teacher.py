@@ -47,6 +47,9 @@ class Teacher:
     head: Optional[nn.Module] = None
     min_input: Optional[int] = None  # one size every stage below it is shown at (synth.teachers.input_size)
     stage_inputs: dict[int, int] = field(default_factory=dict)  # a stage it fails on -> the size it is shown at
+    input_channels: int = 3  # 1: the network takes one channel (synth.teachers.channels.GrayInput feeds it)
+    source: dict[str, Any] = field(default_factory=dict)  # how it was built: kwargs, code sha256 (recorded)
+    notes: list[str] = field(default_factory=list)  # one line each: where its preprocessing came from
 
     @property
     def embedding_module(self) -> nn.Module:
@@ -91,6 +94,8 @@ class Teacher:
             "weights_sha256": self.weights_sha256,
             "bn_layers": len(self.bn_layers),
             **({"grayscale": True} if self.grayscale else {}),
+            **({"input_channels": self.input_channels} if self.input_channels != 3 else {}),
+            **self.source,
         }
 
 
