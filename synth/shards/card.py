@@ -19,6 +19,15 @@ from synth.shards.manifest import read_manifest
 from synth.shards.pictures import PREVIEW, PREVIEW_CLASSES, PREVIEW_PER_CLASS, replace_own_file
 
 CARD = "README.md"
+TERM_TEXT = {  # loss weights (synth.config.LossWeights) -> the term in a sentence, in the objective's order
+    "ce": "cross-entropy to the target class",
+    "bn": "BN-statistics matching",
+    "tv": "total-variation",
+    "l2": "L2",
+    "ep": "intra-divergence",
+    "triplet": "triplet",
+    "adi": "competition",
+}
 MARKER = "<!-- dataset card written by dfkd from manifest.json and the shards; it is rewritten when they change -->"
 
 
@@ -79,7 +88,7 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     spec = teacher.get("spec", "unknown")
     name = root.resolve().name
     lines = (
-        _header(name, spec, stats)
+        _header(name, spec, stats, config, teacher)
         + _preview()
         + _teacher_and_config(spec, teacher, config, stats)
         + _counts(root, manifest, stats)
@@ -91,7 +100,7 @@ def render(root: str | Path, manifest: Optional[dict] = None) -> str:
     return "\n".join(lines)
 
 
-def _header(name: str, spec: str, stats: dict[str, Any]) -> list[str]:
+def _header(name: str, spec: str, stats: dict[str, Any], config: dict, teacher: dict) -> list[str]:
     """The Hugging Face metadata block, the title and what the set is."""
     return [
         "---",
@@ -116,14 +125,63 @@ def _header(name: str, spec: str, stats: dict[str, Any]) -> list[str]:
         "",
         "## What it is",
         "",
-        f"{stats['images']} labelled {stats['resolution']}x{stats['resolution']} RGB images of "
-        f"{len(stats['counts'])} of the teacher's {stats['num_classes']} classes, synthesized by "
-        "dfkd (multi-resolution DeepInversion with DF-DearKD's intra-divergence and triplet "
-        "losses) from the teacher alone, without its training data. Each image's label is the class it was "
-        "optimised for; the teacher's logits are stored with it when the synthesis kept them. Use it to distil "
+        f"{stats['images']} labelled {stats['resolution']}x{stats['resolution']} {describe_pixels(config, teacher)} "
+        f"of {len(stats['counts'])} of the teacher's {stats['num_classes']} classes, synthesized by dfkd from the "
+        f"teacher alone, without its training data: {describe_method(config)}. Each image's label is the class it "
+        "was optimised for; the teacher's logits are stored with it when the synthesis kept them. Use it to distil "
         "students from the teacher (data-free knowledge distillation).",
         "",
     ]
+
+
+def describe_pixels(config: dict, teacher: dict) -> str:
+    """What the stored pixels are: RGB, or grayscale stored as three equal channels (a grayscale teacher, one that
+    reads one input channel)."""
+    if teacher.get("input_channels") == 1:
+        return "grayscale images (stored as 3 equal RGB channels, R = G = B; the teacher reads one channel)"
+    if config.get("teacher_grayscale") or teacher.get("grayscale"):
+        return "grayscale images (stored as 3 equal RGB channels, R = G = B)"
+    return "RGB images"
+
+
+def describe_method(config: dict) -> str:
+    """How the set was synthesized, from its recorded config: the resolution stages and the loss terms that were
+    on (weight > 0; the competition only with a student); the weights themselves are in the config below."""
+    schedule, losses = config.get("schedule") or {}, config.get("losses") or {}
+    stages = [
+        f"{i} iterations at {r} px" for r, i in zip(schedule.get("resolutions", ()), schedule.get("iterations", ()))
+    ]
+    method = ("multi-resolution " if len(stages) > 1 else "") + "DeepInversion"
+    method += f" ({', then '.join(stages)})" if stages else ""
+    lowres = schedule.get("lowres", 1)
+    method += (
+        f", each image optimised at 1/{lowres} of the resolution and shown to the teacher upsampled,"
+        if lowres != 1
+        else ""
+    )
+    on = [name for name in TERM_TEXT if _on(losses.get(name))]
+    terms = [TERM_TEXT[name] for name in on if name in ("ce", "bn")]
+    for names, before, one, several in (
+        (("tv", "l2"), "the ", " prior", " priors"),
+        (("ep", "triplet"), "DF-DearKD's ", " loss", " losses"),
+    ):
+        group = [TERM_TEXT[name] for name in on if name in names]
+        if group:
+            terms.append(before + " and ".join(group) + (several if len(group) > 1 else one))
+    student = config.get("student")
+    if "adi" in on and isinstance(student, dict):
+        terms.append(f"Adaptive DeepInversion's competition with the student `{student.get('file', 'unknown')}`")
+    return f"{method} minimising {_and(terms)}" if terms else method.rstrip(",")
+
+
+def _and(items: list[str]) -> str:
+    """Items joined as in a sentence: a, b and c."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _on(weight: Any) -> bool:
+    """A loss weight that switches its term on."""
+    return isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0
 
 
 def _preview() -> list[str]:
