@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Union
 
-import torch
-
 from synth.common.errors import UserError, first_line
 from synth.common.settings import (
     check_teacher_options,
@@ -96,6 +94,8 @@ def import_teacher(config: ImportConfig, out: str | Path) -> dict[str, Any]:
 
 def _dry_forward(teacher) -> None:
     """Two blank images at the teacher's input size must give (2, num_classes) logits."""
+    import torch
+
     size = teacher.input_size
     try:
         with torch.no_grad():

@@ -1,0 +1,242 @@
+"""ZSKD's Fashion-MNIST setting, like for like: a LeNet-5 teacher and a LeNet-5-Half student, both the user's own classes
+(bench/zskd_models.py, given to dfkd as `file.py:factory` specs), the student distilled from dfkd shards only.
+
+    python bench/zskd.py [--out bench-zskd] [--threads 1] [--rows half2k,half5k,nano2k]
+
+The steps are what a user with their own network runs, through the command line: train the LeNet-5 on the 60,000
+real training images with their own code (here: this script, 1 x 32 x 32, Fashion-MNIST mean/std, flips and 2-px
+shifts), `dfkd import-teacher` it, `dfkd synthesize --config fashion` from it, `dfkd distill` the student on the shards
+alone, `dfkd evaluate accuracy` on the official 10,000 test images. Every step resumes (its output is kept); each
+row's result is written to OUT/rows/<row>.json with the CPU seconds of its steps. Rows:
+
+  half2k, half5k, half10k   LeNet-5-Half on 2,000 / 5,000 / 10,000 DeepInversion images (the `fashion` recipe's
+                            synthesis and distillation, student replaced)
+  half5k-seed1              half5k's distillation with seed 1
+  nano2k                    the recipe's DearKD nano student on the same teacher's 2,000 images
+
+Published (ZSKD, Table: Fashion-MNIST): LeNet-5 teacher 0.9084, LeNet-5-Half by ZSKD 0.7962 (0.876 x) from 48,000
+data impressions; KegNet (Yoo et al., NeurIPS 2019): 0.8523 from a ResNet-14 teacher at 0.9250 (0.921 x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from zskd_models import LeNet5  # noqa: E402  (the user's own network, beside this script)
+
+MODELS = Path(__file__).resolve().parent / "zskd_models.py"
+TEACHER_SPEC = f"{MODELS}:LeNet5"
+HALF_SPEC = f"{MODELS}:lenet5_half"
+SETS = {"di2k": 200, "di5k": 500, "di10k": 1000}  # images per class
+ROWS = {
+    "half2k": ("di2k", HALF_SPEC, 0),
+    "half5k": ("di5k", HALF_SPEC, 0),
+    "half5k-seed1": ("di5k", HALF_SPEC, 1),
+    "half10k": ("di10k", HALF_SPEC, 0),
+    "nano2k": ("di2k", None, 0),
+}
+PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)
+from 48,000 data impressions; KegNet (Yoo et al., NeurIPS 2019): ResNet-14 teacher 0.9250 -> 0.8523 (0.921 x)."""
+
+
+def cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its finished children."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def dfkd(*args: str) -> dict:
+    """Run one dfkd command with --json; its JSON result."""
+    done = subprocess.run([sys.executable, "-m", "dfkd", *args, "--json"], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"dfkd {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
+    return json.loads(done.stdout)
+
+
+def train_teacher(out: Path, threads: int, epochs: int = 15) -> float:
+    """The user's own training of LeNet-5 on the 60,000 real training images (1 x 32 x 32); its test top-1."""
+    from dfkd.data.fashion_mnist import load_fashion_mnist
+    from synth.teachers.preprocessing import PRESETS
+
+    weights = out / "lenet5.pth"
+    info = out / "lenet5.json"
+    if info.is_file():
+        return json.loads(info.read_text())["test_top1"]
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    data = load_fashion_mnist(size=32)
+    (mean,), (std,) = PRESETS["fashion-mnist"]
+
+    def tensors(part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.from_numpy(data[f"{part}_images"][..., 0]).float().div(255).sub(mean).div(std).unsqueeze(1)
+        return x, torch.from_numpy(data[f"{part}_labels"])
+
+    (x, y), (xt, yt) = tensors("train"), tensors("test")
+    model = LeNet5()
+    steps = epochs * (len(x) // 128)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4, nesterov=True)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.05, total_steps=steps, pct_start=0.15)
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(x))
+        for i in range(len(x) // 128):
+            batch = order[i * 128 : (i + 1) * 128]
+            images = _shift_flip(x[batch])
+            loss = F.cross_entropy(model(images), y[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        top1 = _top1(model, xt, yt)
+        print(f"teacher epoch {epoch + 1}/{epochs}: test top-1 {top1:.4f}", file=sys.stderr)
+    torch.save(model.state_dict(), weights)
+    info.write_text(json.dumps({"test_top1": top1, "epochs": epochs}) + "\n")
+    return top1
+
+
+def _shift_flip(images: torch.Tensor) -> torch.Tensor:
+    """Random 2-px shifts (zero padding) and horizontal flips."""
+    padded = F.pad(images, (2, 2, 2, 2))
+    dx, dy = np.random.randint(0, 5, 2)
+    out = padded[..., dy : dy + 32, dx : dx + 32]
+    flip = torch.rand(len(out)) < 0.5
+    out[flip] = out[flip].flip(-1)
+    return out
+
+
+@torch.no_grad()
+def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    model.eval()
+    return float(
+        sum((model(x[i : i + 1000]).argmax(1) == y[i : i + 1000]).sum() for i in range(0, len(x), 1000)) / len(x)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-zskd")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the recipe's)")
+    args = parser.parse_args()
+    out = Path(args.out)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    threads = str(args.threads)
+    started = cpu_seconds()
+    teacher_top1 = train_teacher(out, args.threads)
+    teacher_file = out / "lenet5-teacher.pt"
+    if not teacher_file.is_file():
+        dfkd(
+            "import-teacher",
+            "--teacher",
+            TEACHER_SPEC,
+            "--teacher-weights",
+            str(out / "lenet5.pth"),
+            "--mean",
+            "fashion-mnist",
+            "--std",
+            "fashion-mnist",
+            "--input-size",
+            "32",
+            "--out",
+            str(teacher_file),
+        )
+    print(f"teacher: LeNet-5 test top-1 {teacher_top1:.4f} ({cpu_seconds() - started:.0f} CPU s)", file=sys.stderr)
+    real_test = out / "real-test"
+    if not real_test.is_dir():
+        dfkd("real-images", "--dataset", "fashion-mnist", "--out", str(real_test))
+    for row in args.rows.split(","):
+        result_file = out / "rows" / f"{row}.json"
+        if result_file.is_file():
+            continue
+        set_name, student, seed = ROWS[row]
+        shards = out / "sets" / set_name
+        before = cpu_seconds()
+        dfkd(
+            "synthesize",
+            "--config",
+            "fashion",
+            "--teacher",
+            str(teacher_file),
+            "--out",
+            str(shards),
+            "--per-class",
+            str(SETS[set_name]),
+            "--threads",
+            threads,
+        )
+        synthesis = cpu_seconds() - before
+        run = out / "runs" / row
+        before, wall = cpu_seconds(), time.time()
+        extra = ["--student", student] if student else []
+        extra += ["--epochs", str(args.epochs)] if args.epochs else []
+        summary = dfkd(
+            "distill",
+            "--config",
+            "fashion",
+            "--shards",
+            str(shards),
+            "--teacher",
+            str(teacher_file),
+            "--out",
+            str(run),
+            "--seed",
+            str(seed),
+            "--threads",
+            threads,
+            *extra,
+        )
+        distillation = cpu_seconds() - before
+        accuracy = dfkd(
+            "evaluate",
+            "accuracy",
+            "--student",
+            str(run / "student.pth"),
+            "--data",
+            str(real_test),
+            "--threads",
+            threads,
+        )
+        result = {
+            "row": row,
+            "set": set_name,
+            "student": student or "dearkd_nano_patch4_32",
+            "seed": seed,
+            "images": summary["images"],
+            "epochs": summary["epochs"],
+            "top1": accuracy["student"]["top1"],
+            "teacher_top1": teacher_top1,
+            "ratio": accuracy["student"]["top1"] / teacher_top1,
+            "synthesis_cpu_s": round(synthesis),
+            "distill_cpu_s": round(distillation),
+            "distill_wall_s": round(time.time() - wall),
+        }
+        result_file.write_text(json.dumps(result) + "\n")
+        print(json.dumps(result), file=sys.stderr)
+    print("| row | images | epochs | top-1 | / teacher | synthesis CPU s (set) | distillation CPU s |")
+    print("|---|---|---|---|---|---|---|")
+    for row in ROWS:
+        path = out / "rows" / f"{row}.json"
+        if path.is_file():
+            r = json.loads(path.read_text())
+            print(
+                f"| {row} | {r['images']} | {r['epochs']} | {r['top1']:.4f} | {r['ratio']:.3f} | "
+                f"{r['synthesis_cpu_s']} | {r['distill_cpu_s']} |"
+            )
+    print(f"\nteacher LeNet-5: {teacher_top1:.4f}\n{PUBLISHED}")
+
+
+if __name__ == "__main__":
+    main()
