@@ -26,6 +26,7 @@ from dfkd.distill.inputs.loaders import make_loader, set_transform
 from dfkd.distill.output import Output
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
+from synth.common import output_lock
 from synth.common.distributed import Ranks
 from synth.common.errors import UserError
 from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
@@ -45,6 +46,19 @@ def train_student(
     every rank returns the summary, rank 0 alone writes files (and should alone report).
     """
     progress, ranks, started = progress or Progress(), ranks or Ranks(), time.time()
+    with output_lock.held(out, ranks, progress.message):  # one run per directory: rank 0 holds it for every rank
+        return _train(config, out, progress, on_epoch, ranks, started)
+
+
+def _train(
+    config: DistillConfig,
+    out: str | Path,
+    progress: Progress,
+    on_epoch: Optional[Callable[[dict], None]],
+    ranks: Ranks,
+    started: float,
+) -> dict[str, Any]:
+    """`train_student` once the output directory is this run's alone."""
     with ranks.together():  # every rank checks the settings, reads the checkpoint and builds the run
         device, output, saved = _open(config, out, progress, ranks)
         run, start, updates = _start(config, device, saved, progress, ranks)

@@ -22,6 +22,7 @@ import numpy as np
 from dfkd.export.config import FORMATS, ExportConfig
 from dfkd.export.formats import CHECKS, WRITERS
 from dfkd.export.source import verified_source
+from synth.common import output_lock
 from synth.common.errors import UserError
 from synth.common.runtime import Progress
 from synth.shards import card, pictures
@@ -87,17 +88,18 @@ def export_shards(
     if writer_check:
         writer_check(config)
     progress = progress or Progress()
-    dataset = verified_source(shards)
-    try:
-        with atomic_output(out) as tmp:
-            copy_card(shards, tmp, with_preview=fmt != "imagefolder")  # first: a writer may add to the card
-            progress.start(len(dataset))
-            try:
-                result = writer(dataset, tmp, progress, config)
-            finally:
-                progress.close()
-    finally:
-        dataset.close()
+    with output_lock.held(out, message=progress.message, beside=True):  # one export per OUT; OUT holds no lock file
+        dataset = verified_source(shards)
+        try:
+            with atomic_output(out) as tmp:
+                copy_card(shards, tmp, with_preview=fmt != "imagefolder")  # first: a writer may add to the card
+                progress.start(len(dataset))
+                try:
+                    result = writer(dataset, tmp, progress, config)
+                finally:
+                    progress.close()
+        finally:
+            dataset.close()
     classes = np.unique(dataset.labels).tolist()
     return {"out": str(out), "format": fmt, "images": len(dataset), "classes": len(classes), **result}
 

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from synth.common import output_lock
 from synth.common.distributed import Ranks
 from synth.common.errors import UserError
 from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
@@ -58,6 +59,13 @@ def synthesize(
     config = replace(config, teacher=absolute_teacher_spec(config.teacher))
     with ranks.together():
         config.validate()
+    with output_lock.held(out, ranks, progress.message):  # one run per directory: rank 0 holds it for every rank
+        return _synthesize(config, out, progress, ranks, started)
+
+
+def _synthesize(config: SynthesisConfig, out: Path, progress: Progress, ranks: Ranks, started: float) -> dict[str, Any]:
+    """`synthesize` once the config is valid and the output directory is this run's alone."""
+    with ranks.together():
         recorded = _recorded_threads(out)
     # on every rank, whatever OMP_NUM_THREADS says; the ranks agree on one count, recorded in the config
     config = replace(config, threads=use_threads(config.threads, ranks.local_world_size, recorded, agree=ranks))

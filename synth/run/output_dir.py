@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from synth.common import output_lock
 from synth.common.errors import UserError
 from synth.shards import card, pictures
 from synth.shards import format as shard_io
@@ -164,7 +165,7 @@ def _write_manifest_if_changed(out: Path, old: dict, new: dict) -> None:
 
 def _only_dfkd_files(out: Path) -> bool:
     """True when a directory holds nothing but what dfkd synthesize writes (logs, its temporary files, its
-    dataset card and pictures)."""
+    dataset card and pictures, its lock)."""
     for entry in out.iterdir():
         if entry.name == "logs" and entry.is_dir():
             if not all(LOG_PATTERN.fullmatch(log.name) for log in entry.iterdir()):
@@ -175,6 +176,8 @@ def _only_dfkd_files(out: Path) -> bool:
         elif entry.name in pictures.PICTURES and entry.is_file():
             if not pictures.is_dfkd_png(entry):
                 return False
+        elif entry.name == output_lock.LOCK_NAME and entry.is_file():
+            continue  # this run's lock (synth.common.output_lock), or one a killed run left
         elif not shard_io.TMP_PATTERN.match(entry.name):
             return False
     return True
