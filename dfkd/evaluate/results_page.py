@@ -67,7 +67,7 @@ def write_results_page(
         "",
         "## The student's training",
         "",
-        f"![training loss by term, learning rate and real-data top-1 per epoch]({link(curves)})",
+        f"![training loss as weighted terms stacked to the total, learning rate and real-data top-1 per epoch]({link(curves)})",
         "",
     ]
     page = out / PAGE
