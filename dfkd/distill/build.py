@@ -19,13 +19,14 @@ from dfkd.distill.config import DistillConfig
 from dfkd.distill.distiller import Distiller
 from dfkd.distill.inputs.batch import BatchPrep
 from dfkd.distill.inputs.decode import decode, folder_transform
-from dfkd.distill.inputs.loaders import open_shards, set_transform, subset
+from dfkd.distill.inputs.loaders import open_shards, set_transform, shard_roots, subset
 from dfkd.distill.losses import DistillationLoss
+from dfkd.distill.own_student import OwnStudent, build_own_student, is_own, own_input
 from dfkd.distill.taps import BlockTaps, TeacherTaps, default_block, default_stage, parse_pairs, teacher_stages
 from dfkd.models import Aligner  # importing dfkd.models registers the DearKD students with timm
 from synth.common.errors import UserError
 from synth.common.runtime import Progress
-from synth.teachers.sources import load_teacher
+from synth.teachers.sources import load_teacher, teacher_options, with_recorded_preprocessing
 from synth.teachers.teacher import Teacher
 
 
@@ -51,16 +52,24 @@ class Run:
     effective_batch: int
 
 
-def setup(config: DistillConfig, device: torch.device, progress: Optional[Progress] = None, world_size: int = 1) -> Run:
+def setup(
+    config: DistillConfig,
+    device: torch.device,
+    progress: Optional[Progress] = None,
+    world_size: int = 1,
+    preloaded: Optional[Teacher] = None,
+) -> Run:
     """Open the data, load the teacher, build student, aligners, loss, optimiser and schedule; check they fit.
     Each of `world_size` DDP processes takes config.batch_size images per step; lr and steps per epoch follow."""
     progress = progress or Progress()
     stored = config.loss.distillation == "stored"
-    teacher: Optional[Teacher] = None if stored else load_teacher(config.teacher, config.teacher_weights, device)
+    teacher = None if stored else preloaded or load_distillation_teacher(config, device)
+    if teacher is not None:
+        for note in teacher.notes:
+            progress.message(note)
     dataset, num_classes, resolution = open_data(config, teacher, progress)
-    student = build_student(config, num_classes).to(device)
-    size = student.patch_embed.img_size[0]
-    mean, std = tuple(student.pretrained_cfg["mean"]), tuple(student.pretrained_cfg["std"])
+    student, size, mean, std = make_student(config, num_classes, resolution, teacher, progress)
+    student = student.to(device)
     if resolution is not None and resolution != size:
         progress.message(f"resizing {resolution}-px shard images to the student's {size} px")
     if stored:
@@ -69,16 +78,8 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
             "so hidden-feature KD is off"
         )
     set_transform(dataset, folder_transform(size, config.augment.interpolation) if config.images else None)
-    effective_batch = config.batch_size * world_size
-    steps = len(dataset) // world_size // config.batch_size  # each rank's DistributedSampler share drops the tail
-    if steps == 0:
-        raise UserError(
-            f"batch size {config.batch_size} is larger than the {len(dataset)} training images"
-            if world_size == 1
-            else f"batch size {config.batch_size} per process x {world_size} "
-            f"processes is larger than the {len(dataset)} training images"
-        )
-    pairs, taps, block_taps, aligners = hidden_kd(config, teacher, student)
+    effective_batch, steps = config.batch_size * world_size, steps_per_epoch(config, len(dataset), world_size)
+    pairs, taps, block_taps, aligners = hidden_kd(config, teacher, student, size, progress)
     criterion = DistillationLoss(
         config.loss.distillation,
         taps,
@@ -108,6 +109,40 @@ def setup(config: DistillConfig, device: torch.device, progress: Optional[Progre
         Distiller(student, criterion, block_taps),
         effective_batch,
     )
+
+
+def steps_per_epoch(config: DistillConfig, images: int, world_size: int) -> int:
+    """Optimiser steps per epoch (each rank's DistributedSampler share drops the tail); refused when none."""
+    steps = images // world_size // config.batch_size
+    if steps == 0:
+        raise UserError(
+            f"batch size {config.batch_size} is larger than the {images} training images"
+            if world_size == 1
+            else f"batch size {config.batch_size} per process x {world_size} "
+            f"processes is larger than the {images} training images"
+        )
+    return steps
+
+
+def load_distillation_teacher(config: DistillConfig, device: torch.device) -> Teacher:
+    """The teacher of a distillation; a network dfkd cannot read preprocessing from (user code, a pickle) takes the
+    mean, std and input size its shards recorded."""
+    options = teacher_options(config)
+    if config.shards is not None:
+        options = with_recorded_preprocessing(config.teacher, options, shards_teacher_record(config.shards))
+    return load_teacher(config.teacher, device=device, options=options)
+
+
+def shards_teacher_record(shards: str) -> dict:
+    """The teacher description the (first) shard directory recorded; {} when it cannot be read (open_data then says
+    why)."""
+    from synth.shards.format import ShardDataset
+
+    roots = shard_roots(shards)
+    try:
+        return dict(ShardDataset(roots[0]).teacher) if roots else {}
+    except Exception:  # noqa: BLE001 - reported by open_data with its own message
+        return {}
 
 
 def open_data(
@@ -146,6 +181,26 @@ def check_shards_teacher(config: DistillConfig, made_by: dict, teacher: Teacher,
     progress.message(f"note: {difference}; distilling with the other teacher as --allow-other-teacher asks")
 
 
+def make_student(
+    config: DistillConfig, num_classes: int, resolution: Optional[int], teacher: Optional[Teacher], progress: Progress
+) -> tuple[nn.Module, int, tuple[float, ...], tuple[float, ...]]:
+    """The student with its input size, mean and std: a timm student's own; for one from the user's code, as
+    own_input says (one note line)."""
+    if not is_own(config):
+        student = build_student(config, num_classes)
+        cfg = student.pretrained_cfg
+        return student, student.patch_embed.img_size[0], tuple(cfg["mean"]), tuple(cfg["std"])
+    if teacher is not None:
+        stats = (teacher.mean, teacher.std, teacher.input_size)
+    else:  # stored distillation: what the shards' teacher recorded
+        record = shards_teacher_record(config.shards) if config.shards else {}
+        stats = (record.get("mean", (0.5,)), record.get("std", (0.5,)), record.get("input_size", 32))
+    size, mean, std, note = own_input(config, resolution, stats)
+    student = build_own_student(config, num_classes, size)
+    progress.message(note)
+    return student, size, mean, std
+
+
 def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
     """The timm student with class and distillation heads, distilled training on; its input size checked."""
     if not timm.is_model(config.student):
@@ -173,16 +228,26 @@ def build_student(config: DistillConfig, num_classes: int) -> nn.Module:
 
 
 def hidden_kd(
-    config: DistillConfig, teacher: Optional[Teacher], student: nn.Module
+    config: DistillConfig,
+    teacher: Optional[Teacher],
+    student: nn.Module,
+    size: int,
+    progress: Optional[Progress] = None,
 ) -> tuple[list[tuple[int, int]], Optional[TeacherTaps], Optional[BlockTaps], nn.ModuleList]:
     """The (student block, teacher stage) pairs of hidden-feature KD, the teacher's taps (None: no teacher runs),
-    the student's block taps and one aligner per pair; no pairs when hidden KD is off."""
+    the student's block taps and one aligner per pair; no pairs when hidden KD is off (always for a student from the
+    user's code: it has no DearKD block taps; one note line says so)."""
     pairs: list[tuple[int, int]] = []
     taps = block_taps = None
     aligners = nn.ModuleList()
     if teacher is not None:
-        stages = teacher_stages(teacher, student.patch_embed.img_size[0])
-        if config.hidden_kd:
+        stages = teacher_stages(teacher, size)
+        if config.hidden_kd and isinstance(student, OwnStudent):
+            (progress or Progress()).message(
+                f"note: hidden-layer KD is off: it needs a DearKD student's block taps, and {config.student} is your "
+                "own network (a_hid unused)"
+            )
+        elif config.hidden_kd:
             pairs = (
                 parse_pairs(config.loss.pairs, len(student.blocks), len(stages))
                 if config.loss.pairs
@@ -199,12 +264,13 @@ def hidden_kd(
 def make_optimizer(
     config: DistillConfig, student: nn.Module, aligners: nn.ModuleList, effective_batch: int, steps: int
 ) -> tuple[torch.optim.Optimizer, CosineLRScheduler]:
-    """timm's optimiser over the student and the aligners (no weight decay on biases, norms and the student's
+    """timm's optimiser over the student and the aligners (no weight decay on biases, norms and a timm student's
     no_weight_decay set), lr scaled to the effective batch; a per-step cosine schedule with linear warm-up."""
     weight_decay = config.optim.weight_decay
-    groups = param_groups_weight_decay(
-        student, weight_decay, no_weight_decay_list=student.no_weight_decay()
-    ) + param_groups_weight_decay(aligners, weight_decay)
+    skip = () if isinstance(student, OwnStudent) else student.no_weight_decay()
+    groups = param_groups_weight_decay(student, weight_decay, no_weight_decay_list=skip) + param_groups_weight_decay(
+        aligners, weight_decay
+    )
     optimizer = create_optimizer_v2(
         groups, config.optim.opt, lr=config.optim.lr * effective_batch / 512, weight_decay=weight_decay
     )

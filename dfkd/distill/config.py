@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 from synth.common.errors import UserError
 from synth.common.settings import (
     check_choices,
     check_device,
+    check_teacher_options,
     device_setting,
     setting,
+    student_kwargs_setting,
+    teacher_kwargs_setting,
     teacher_setting,
     teacher_weights_setting,
     threads_setting,
+    trust_pickle_setting,
 )
+from synth.teachers.preprocessing import STATS_TEXT
 
 INTERPOLATIONS = ("bicubic", "bilinear", "nearest")
 KINDS = ("function_matching", "hard", "soft", "stored")  # distillation types (dfkd.distill.losses)
@@ -118,6 +123,8 @@ class DistillConfig:
     )
     teacher: Optional[str] = teacher_setting()
     teacher_weights: Optional[str] = teacher_weights_setting()
+    teacher_kwargs: Optional[Union[str, dict]] = teacher_kwargs_setting()
+    trust_pickle: bool = trust_pickle_setting()
     allow_other_teacher: bool = setting(
         False,
         flag=True,
@@ -126,14 +133,26 @@ class DistillConfig:
     student: str = setting(
         "dearkd_tiny_patch16_224",
         flag=True,
-        help="timm student with a distillation head, e.g. dearkd_tiny_patch16_224 (see timm.list_models('dearkd*')).",
+        help="timm student with a distillation head, e.g. dearkd_tiny_patch16_224 (see timm.list_models('dearkd*')), "
+        "or your own network as module:factory or file.py:factory (this imports and runs that code; one head, 1 or 3 "
+        "input channels; hidden-layer KD is off for it).",
+    )
+    student_kwargs: Optional[Union[str, dict]] = student_kwargs_setting()
+    student_mean: Optional[Union[str, list[float]]] = setting(
+        None, flag=True, help=f"Your own student's input mean: {STATS_TEXT}.", default_text="the teacher's"
+    )
+    student_std: Optional[Union[str, list[float]]] = setting(
+        None, flag=True, help=f"Your own student's input std: {STATS_TEXT}.", default_text="the teacher's"
     )
     num_mhca: Optional[int] = setting(None, help="MHCA blocks of the student.", flag=True, default_text="the model's")
     locality_strength: Optional[float] = setting(
         None, help="MHCA local-init strength alpha (0: plain MHSA start).", flag=True
     )
     input_size: Optional[int] = setting(
-        None, help="Student input px, a multiple of its patch.", flag=True, default_text="the model's"
+        None,
+        help="Student input px, a multiple of its patch (your own student: any size it takes).",
+        flag=True,
+        default_text="the model's; your own student: the shards'",
     )
     drop_path: float = setting(0.1, help="Student stochastic depth rate.", flag=True)
     epochs: int = setting(300, help="Total epochs.", flag=True)
@@ -158,6 +177,8 @@ class DistillConfig:
         """Check settings that need no files."""
         if (self.shards is None) == (self.images is None):
             raise UserError("give exactly one training source: --shards DIR (synthesized) or --images DIR (real)")
+        check_teacher_options(self)
+        check_student_options(self)
         check_choices(self.loss, "loss")
         check_choices(self.augment, "augment")
         if self.augment.rand_augment:
@@ -223,6 +244,36 @@ class DistillConfig:
     def model_kwargs(self) -> dict:
         """timm.create_model keyword arguments that change the student's architecture (kept in student.json)."""
         return {k: v for k, v in {"num_mhca": self.num_mhca, "img_size": self.input_size}.items() if v is not None}
+
+
+def check_student_options(config: DistillConfig) -> None:
+    """The student options that need no files: a timm student takes no student_kwargs/mean/std, a student from the
+    user's code no DearKD settings nor --pairs (hidden-layer KD needs a DearKD student's block taps)."""
+    from synth.teachers.preprocessing import parse_stats
+    from synth.teachers.user_code import is_code_spec, parse_code_spec, parse_kwargs
+
+    kwargs = parse_kwargs(config.student_kwargs, "student_kwargs")
+    stats = parse_stats(config.student_mean, "student_mean", 0), parse_stats(config.student_std, "student_std", 1)
+    if not is_code_spec(config.student):
+        given = [n for n, v in (("student_kwargs", kwargs), ("student_mean", stats[0]), ("student_std", stats[1])) if v]
+        if given:
+            raise UserError(
+                f"{', '.join(given)} is for your own student (module:factory or file.py:factory), not timm's "
+                f"{config.student}"
+            )
+        return
+    parse_code_spec(config.student)
+    dearkd = [
+        n for n, v in (("num_mhca", config.num_mhca), ("locality_strength", config.locality_strength)) if v is not None
+    ]
+    if dearkd:
+        raise UserError(f"{', '.join(dearkd)} is for a DearKD student, not for your own {config.student}")
+    if config.loss.pairs:
+        raise UserError(
+            f"--pairs needs a DearKD student's block taps; hidden-layer KD is off for your own student {config.student}"
+        )
+    if config.input_size is not None and config.input_size < 4:
+        raise UserError(f"input_size must be at least 4 px, not {config.input_size}")
 
 
 def stage_of(epoch: int, config: DistillConfig) -> int:

@@ -11,6 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from dfkd.distill.config import distils
 from dfkd.distill.losses import DistillationLoss
+from dfkd.distill.own_student import OwnStudent
 from dfkd.distill.taps import BlockTaps
 from synth.common.distributed import Ranks
 
@@ -23,6 +24,8 @@ class Distiller(nn.Module):
     def __init__(self, student: nn.Module, criterion: DistillationLoss, block_taps: Optional[BlockTaps] = None):
         super().__init__()
         self.student, self.criterion, self.block_taps = student, criterion, block_taps
+        embed = getattr(student, "patch_embed", None)  # the patch grid the aligners fold tokens into (DearKD students)
+        self.grid_size = embed.grid_size if embed is not None else None
 
     def forward(
         self, inputs: torch.Tensor, target: torch.Tensor, stage: int, stored_probs: Optional[torch.Tensor] = None
@@ -30,7 +33,7 @@ class Distiller(nn.Module):
         """Total loss and its detached parts on one prepared batch."""
         outputs = self.student(inputs)
         tokens = self.block_taps.take() if self.block_taps is not None and distils(stage) else ()
-        return self.criterion(inputs, outputs, target, stage, tokens, self.student.patch_embed.grid_size, stored_probs)
+        return self.criterion(inputs, outputs, target, stage, tokens, self.grid_size, stored_probs)
 
 
 def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) -> nn.Module:
@@ -41,7 +44,10 @@ def for_stage(model: Distiller, stage: int, ranks: Ranks, device: torch.device) 
         p.requires_grad_(distils(stage))
     if not ranks.distributed:
         return model
-    # broadcast_buffers off: the students' buffers are constants (relative positions; no BN running statistics)
+    # broadcast_buffers off for the DearKD students: their buffers are constants (relative positions; no BN running
+    # statistics). A student from the user's code may have BN: every forward starts from rank 0's statistics.
     return DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False
+        model,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=isinstance(model.student, OwnStudent),
     )

@@ -24,9 +24,9 @@ from dfkd.distill.epoch import measure_top1, train_one_epoch
 from dfkd.distill.inputs.decode import decode, folder_transform
 from dfkd.distill.inputs.loaders import make_loader, set_transform
 from dfkd.distill.output import Output
+from dfkd.distill.own_student import OwnStudent, exported
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
-from synth.common import output_lock
 from synth.common.distributed import Ranks
 from synth.common.errors import UserError
 from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
@@ -46,19 +46,6 @@ def train_student(
     every rank returns the summary, rank 0 alone writes files (and should alone report).
     """
     progress, ranks, started = progress or Progress(), ranks or Ranks(), time.time()
-    with output_lock.held(out, ranks, progress.message):  # one run per directory: rank 0 holds it for every rank
-        return _train(config, out, progress, on_epoch, ranks, started)
-
-
-def _train(
-    config: DistillConfig,
-    out: str | Path,
-    progress: Progress,
-    on_epoch: Optional[Callable[[dict], None]],
-    ranks: Ranks,
-    started: float,
-) -> dict[str, Any]:
-    """`train_student` once the output directory is this run's alone."""
     with ranks.together():  # every rank checks the settings, reads the checkpoint and builds the run
         device, output, saved = _open(config, out, progress, ranks)
         run, start, updates = _start(config, device, saved, progress, ranks)
@@ -87,8 +74,9 @@ def _train(
     finally:
         progress.close()
     model = None
+    _same_buffers(run.student, ranks)
     hashes = _same_weights(run.student, ranks)
-    output.export_student(run.student, _student_info(config, run))
+    output.export_student(exported(run.student), _student_info(config, run))
     output.draw_curves(final=True)
     return _summary(config, out, output, run, record, val_top1, hashes, ranks.world_size, started)
 
@@ -134,7 +122,7 @@ def _val_loader(config: DistillConfig, run: Run, ranks: Ranks) -> Optional[DataL
     """This rank's share of the validation images (--val-data) at the student's input size; None without them."""
     if not config.val_data:
         return None
-    cfg = run.student.pretrained_cfg
+    cfg = getattr(run.student, "pretrained_cfg", {})  # a student from the user's code: bicubic, no centre crop
     val_set = open_image_folder(config.val_data, run.num_classes, class_map=config.class_map, loader=decode)
     set_transform(val_set, folder_transform(run.size, cfg.get("interpolation", "bicubic"), cfg.get("crop_pct", 1.0)))
     return make_loader(
@@ -164,15 +152,18 @@ def _train_loader(config: DistillConfig, run: Run, epoch: int, device: torch.dev
 
 
 def _student_info(config: DistillConfig, run: Run) -> dict[str, Any]:
-    """What student.json records beside the weights: the model, its input and the settings to rebuild it."""
+    """What student.json records beside the weights: the model, its input and the settings to rebuild it (for a
+    student from the user's code: its spec, student_kwargs and the sha256 of that code)."""
+    own = isinstance(run.student, OwnStudent)
+    model = run.student.record if own else {"model": config.student}
     return {
-        "model": config.student,
+        **model,
         "num_classes": run.num_classes,
         "input_size": run.size,
         "mean": list(run.mean),
         "std": list(run.std),
         "epochs": config.epochs,
-        "model_kwargs": config.model_kwargs(),
+        **({} if own else {"model_kwargs": config.model_kwargs()}),
     }
 
 
@@ -187,6 +178,14 @@ def _check_same_start(ranks: Ranks, start: int, out: str | Path) -> None:
                     f"the ranks see different checkpoints in '{out}' (epochs {seen}); --out must be a "
                     "directory every node shares"
                 )
+
+
+def _same_buffers(student: nn.Module, ranks: Ranks) -> None:
+    """Under DDP, rank 0's buffers on every rank for a student from the user's code (its BN statistics are
+    broadcast before each forward, then each rank's last batch updates them its own way)."""
+    if ranks.distributed and isinstance(student, OwnStudent):
+        for buffer in student.buffers():
+            torch.distributed.broadcast(buffer, src=0)
 
 
 def _same_weights(student: nn.Module, ranks: Ranks) -> list[str]:
