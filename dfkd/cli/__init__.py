@@ -12,6 +12,7 @@ from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
 from dfkd.cli.export import export_command
 from dfkd.cli.inspect import inspect_command
+from dfkd.cli.install_check import guard as check_install
 from dfkd.cli.real_images import real_images_command
 from dfkd.cli.synthesize import synthesize_command
 from dfkd.cli.train_teacher import train_teacher_command
@@ -63,6 +64,7 @@ def main() -> None:
     dfkd demo         all of it end to end on real digits or Fashion-MNIST, with a results page (results.md)
     """
     install_warning_filters()
+    check_install()  # torch and torchvision of one build: checked when torchvision is first imported
 
 
 for command in (
