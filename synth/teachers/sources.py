@@ -49,16 +49,18 @@ def teacher_options(config: Any) -> TeacherOptions:
 
 
 def with_recorded_preprocessing(spec: Union[str, nn.Module], options: TeacherOptions, record: dict) -> TeacherOptions:
-    """For a network dfkd cannot read preprocessing from (user code, a pickle, an in-memory module): the mean, std
-    and input size recorded with the shards it made (`record`: their teacher description), where not given."""
+    """For a network dfkd cannot read preprocessing from (user code, a pickle, an in-memory module): the mean, std,
+    input size and builder kwargs recorded with the shards it made (`record`: their teacher description), where not
+    given."""
     own = (
         isinstance(spec, nn.Module)
         or is_code_spec(spec)
         or (Path(spec).is_file() and teacher_file_kind(spec) == "pickle")
     )
     given = options.preprocessing
+    kwargs = options.kwargs or dict(record.get("kwargs") or {}) if own else options.kwargs
     if not own or not record or given.mean is not None or given.std is not None:
-        return options
+        return TeacherOptions(options.weights, kwargs, given, options.trust_pickle)
     channels = int(record.get("input_channels", 3))
     recorded = Preprocessing(
         mean=list(record["mean"][:channels]),
@@ -66,7 +68,7 @@ def with_recorded_preprocessing(spec: Union[str, nn.Module], options: TeacherOpt
         input_size=given.input_size or record.get("input_size"),
         class_names=given.class_names,
     )
-    return TeacherOptions(options.weights, options.kwargs, recorded, options.trust_pickle)
+    return TeacherOptions(options.weights, kwargs, recorded, options.trust_pickle)
 
 
 def load_teacher(
