@@ -18,6 +18,9 @@ states its own (di2k-e120 is the `fashion` recipe's student: 120 epochs). Rows:
   adi2k                1,000 DeepInversion images + 1,000 Adaptive DeepInversion images against di1k's student
   di1k, di5k, di10k    image-count scaling of DeepInversion images (di5k-seed1: distillation seed 1;
                        di5k-e120: 5,000 images for 120 epochs)
+  di2k-it100/it50/it25-e120, di2k-32only-e120, di2k-it50-lr05-e120
+                       the pixel engine's frontier at the recipe's 120 epochs: 100 / 50 / 25 iterations per stage
+                       instead of 200, one 32-px stage of 200 instead of 16 -> 32, and 50 + 50 at Adam lr 0.5
   real2k, real10k      the same student and recipe on 2,000 / 10,000 real training images
   real2k-e120          2,000 real images for 120 epochs: the reference at the recipe's settings
   real60k              on all 60,000 real training images
@@ -42,6 +45,12 @@ SETS = {
     "df2k-ep5": {**DF, "losses.ep": 5.0, "per_class": 200},
     "df2k-m03": {**DF, "losses.ep_margin": 0.3, "losses.triplet_margin": 0.3, "per_class": 200},
     "adi1k": {**DI, "per_class": 100, "seed": 1, "losses.adi": 1.0, "student_row": "di1k"},
+    # the pixel engine's frontier (issue: teacher passes per image): fewer iterations, one stage, the Adam rate
+    "di2k-it100": {**DI, "per_class": 200, "schedule.iterations": [100, 100]},
+    "di2k-it50": {**DI, "per_class": 200, "schedule.iterations": [50, 50]},
+    "di2k-it25": {**DI, "per_class": 200, "schedule.iterations": [25, 25]},
+    "di2k-32only": {**DI, "per_class": 200, "schedule.resolutions": [32], "schedule.iterations": [200]},
+    "di2k-it50-lr05": {**DI, "per_class": 200, "schedule.iterations": [50, 50], "schedule.lr": 0.5},
 }
 ROW_EPOCHS = 40  # the rows were measured at 40 epochs; those with other lengths say so in their overrides
 HEADLINE = ("di2k-e120", "di2k-e120-seed1")  # the recipe's rows: their mean and spread are printed under the table
@@ -65,6 +74,11 @@ ROWS = {
     "di5k-seed1": (["di5k"], {"seed": 1}, "the same, distillation seed 1"),
     "di5k-e120": (["di5k"], {"epochs": 120}, "DeepInversion 5k, 120 epochs"),
     "di10k": (["di10k"], {}, "DeepInversion 10k"),
+    "di2k-it100-e120": (["di2k-it100"], {"epochs": 120}, "DeepInversion 2k, 100 + 100 iterations, 120 epochs"),
+    "di2k-it50-e120": (["di2k-it50"], {"epochs": 120}, "DeepInversion 2k, 50 + 50 iterations, 120 epochs"),
+    "di2k-it25-e120": (["di2k-it25"], {"epochs": 120}, "DeepInversion 2k, 25 + 25 iterations, 120 epochs"),
+    "di2k-32only-e120": (["di2k-32only"], {"epochs": 120}, "DeepInversion 2k, one 32-px stage of 200, 120 epochs"),
+    "di2k-it50-lr05-e120": (["di2k-it50-lr05"], {"epochs": 120}, "DeepInversion 2k, 50 + 50 at Adam lr 0.5"),
     "real2k": ("real:2000", {}, "2,000 real training images (reference)"),
     "real2k-e120": ("real:2000", {"epochs": 120}, "2,000 real training images, 120 epochs"),
     "real10k": ("real:10000", {}, "10,000 real training images"),
