@@ -74,7 +74,7 @@ def curves_figure(records: list[dict], title: str) -> Figure:
     axes[1].set(title="learning rate", ylabel="at the epoch's end")
     axes[1].ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     if validated:
-        _accuracy_panel(axes[2], validated)
+        _accuracy_panel(axes[2], validated, records)
     boundary = next((r["epoch"] for r in records if r.get("stage") == 2), None)
     for ax in axes:
         ax.set_xlabel("epoch")
@@ -107,25 +107,34 @@ def _loss_panel(ax: Axes, records: list[dict], epochs: list[int]) -> None:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def _accuracy_panel(ax: Axes, validated: list[dict]) -> None:
-    """Real-data top-1 at the validation epochs, each point labelled, on an axis fitted to the values."""
+def _accuracy_panel(ax: Axes, validated: list[dict], records: list[dict]) -> None:
+    """Real-data top-1 at the validation epochs, each point labelled (left of a point on the axis' right edge), on
+    an axis fitted to the values."""
     epochs, top1 = [r["epoch"] for r in validated], [r["val_top1"] for r in validated]
     ax.plot(epochs, top1, "o-", markersize=4)
     for epoch, value in zip(epochs, top1):
-        ax.annotate(f"{value:.3f}", (epoch, value), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+        right = epoch == records[-1]["epoch"] and len(records) > 1
+        ax.annotate(
+            f"{value:.3f}",
+            (epoch, value),
+            textcoords="offset points",
+            xytext=(-4 if right else 0, 6),
+            ha="right" if right else "center",
+            fontsize=8,
+        )
     ax.set_ylim(*accuracy_limits(top1))
     ax.set(title="real-data top-1 (--val-data)", ylabel="top-1 (axis fitted to the values)")
 
 
 def accuracy_limits(values: list[float]) -> tuple[float, float]:
-    """Y limits around accuracies in [0, 1]: their range with room for the labels, at least 0.02 tall, inside
-    [0, 1] but for the room above a 1.0."""
+    """Y limits around accuracies in [0, 1]: their range and a margin, at least 0.02 tall, inside [0, 1], and above
+    that a tenth of the height for the values' labels."""
     low, high = min(values), max(values)
     pad = max(0.15 * (high - low), 0.01)
     low, high = max(0.0, low - pad), min(1.0, high + pad)
     if high - low < 0.02:
         low, high = (high - 0.02, high) if high >= 1.0 else (low, low + 0.02)
-    return low, high + 0.3 * pad
+    return low, high + 0.1 * (high - low)
 
 
 def write_curves(run_dir: str | Path, message: Optional[Callable[[str], None]] = None) -> Optional[Path]:
