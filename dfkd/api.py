@@ -269,9 +269,9 @@ def _in_python_terms(call, names: dict[str, str]):
 
 def python_terms(message: str, names: dict[str, str]) -> str:
     """`message` with dotted setting names from `names` and `--flags` written as Python parameters."""
-    for dotted in sorted(names, key=len, reverse=True):
-        message = re.sub(rf"(?<![\w.-]){re.escape(dotted)}(?![\w.])", names[dotted], message)
-    message = re.sub(r"\s*\(--[a-z0-9-]+\)", "", message)  # "schedule.lr (--lr)": the parameter alone
+    from dfkd.cli.options import rename_settings
+
+    message = rename_settings(message, names)
     return re.sub(r"(?<![\w-])--([a-z0-9][a-z0-9-]*)", lambda m: m.group(1).replace("-", "_"), message)
 
 

@@ -4,6 +4,7 @@ values, help and `[default: ...]` come from its one field declaration."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Callable, Iterator, Optional
@@ -11,9 +12,11 @@ from typing import Any, Callable, Iterator, Optional
 import click
 
 from dfkd.recipe_loader import apply_overrides, build, load_recipe
+from synth.common.errors import UserError
 
 PREFIX = "cfg__"  # click parameter names of generated options: cfg__losses__bn is the setting losses.bn
 PRINT_CONFIG = "dfkd.print_config"  # the click context's mark of --print-config (dfkd.cli.common)
+NAMES = "dfkd.setting_names"  # the click context's {setting: how errors name it} (recipe_settings, common_options)
 
 
 def config_options(
@@ -52,12 +55,51 @@ def config_overrides(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def recipe_settings(cls: type, section: str, config_path: Optional[str], options: dict[str, Any]) -> Any:
-    """The recipe's `section` (its base recipes included) with the options given, built as `cls` and checked (and
-    printed under --print-config: `show_if_asked`)."""
-    config = build(cls, apply_overrides(load_recipe(config_path, section), config_overrides(options)))
+def recipe_settings(
+    cls: type, section: str, config_path: Optional[str], options: dict[str, Any], extra: Optional[dict] = None
+) -> Any:
+    """The recipe's `section` (its base recipes included) with the options given (and `extra` overrides), built as
+    `cls` and checked (and printed under --print-config: `show_if_asked`). Errors name each setting as the user gave
+    it (`user_terms`), here and for the rest of the command (common_options reads the names from the context)."""
+    recipe, overrides = load_recipe(config_path, section), config_overrides(options)
+    names = user_terms(cls, overrides, _dotted_keys(recipe))
+    context = click.get_current_context(silent=True)
+    if context is not None:
+        context.meta[NAMES] = names
+    try:
+        config = build(cls, apply_overrides(recipe, {**overrides, **(extra or {})}))
+    except UserError as exc:
+        raise UserError(rename_settings(str(exc), names)) from None
     show_if_asked(section, config)
     return config
+
+
+def user_terms(cls: type, flags_given: dict[str, Any], recipe_keys: set[str]) -> dict[str, str]:
+    """{dotted setting: how an error names it}: the flag where the user typed it (or left it at its default), the
+    recipe key where the recipe set it (`per_class (recipe key)`)."""
+    return {
+        name: f"{name} (recipe key)" if name in recipe_keys and name not in flags_given else flag.split("/")[0]
+        for name, flag in flagged_settings(cls)
+    }
+
+
+def rename_settings(message: str, names: dict[str, str]) -> str:
+    """`message` with each setting name it mentions (`per_class`, `schedule.resolutions`) written as `names` says;
+    a flag already given beside a name ("schedule.lr (--lr)") is dropped."""
+    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    if not pattern:
+        return message
+    message = re.sub(rf"(?<![\w.-])({pattern})(?![\w.]) \(--[a-z0-9-]+\)", r"\1", message)
+    return re.sub(rf"(?<![\w.-])({pattern})(?![\w.])", lambda m: names[m.group(1)], message)
+
+
+def _dotted_keys(data: dict, prefix: str = "") -> set[str]:
+    """The dotted names of every leaf of a nested recipe mapping."""
+    keys: set[str] = set()
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        keys |= _dotted_keys(value, f"{name}.") if isinstance(value, dict) else {name}
+    return keys
 
 
 def show_if_asked(section: str, config: Any) -> None:
