@@ -164,13 +164,18 @@ def test_inspect_counts_and_grid_size(tmp_path: Path) -> None:
     assert report["per_class"] == {"0": 2, "1": 4, "2": 1} and report["images"] == 7
     assert report["verify"]["ok"] and report["format_version"] == 1 and report["resolution"] == 16
     assert report["teacher"] == {"spec": "hand-made"} and report["config"] == {"seed": 0}
-    png = np.asarray(Image.open(grid))
-    assert png.shape == (3 * (16 + 2) + 2, 128 + 4 * (16 + 2) + 2, 3)  # rows = classes, k columns, 128-px labels
-    assert (png[2:18, 130:146] == images[0]).all() and (png[20:36, 130:146] == images[2]).all()
-    assert (png[20:36, 128 + 2 + 3 * 18 :][:, :16] == images[6]).all()  # class 1: images 2, 4, 5, 6
-    assert png[:, :128].any()  # labels drawn
+    png = np.asarray(Image.open(grid))  # rows = classes, k columns of the 16-px images enlarged 4x, a label column
+    column = png.shape[1] - 4 * 66 - 2
+    assert png.shape[0] == 3 * 66 + 2 and 0 < column < 64
+
+    def cell(row: int, col: int) -> np.ndarray:
+        return png[2 + row * 66 : 2 + row * 66 + 64 : 4, column + 2 + col * 66 : column + 2 + col * 66 + 64 : 4]
+
+    assert (cell(0, 0) == images[0]).all() and (cell(1, 0) == images[2]).all()
+    assert (cell(1, 3) == images[6]).all()  # class 1: images 2, 4, 5, 6
+    assert (png[:, :column] == 255).all(-1).any()  # labels drawn
     _run(inspect_command, [str(shards), "--grid", str(grid), "--per-class-grid", "2", "--grid-classes", "0,3", "-q"])
-    assert Image.open(grid).size == (128 + 2 * 18 + 2, 2 * 18 + 2)
+    assert Image.open(grid).size[1] == 2 * 66 + 2
 
 
 def test_export_round_trip_preserves_pixels_and_labels(tmp_path: Path) -> None:
