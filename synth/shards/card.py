@@ -290,7 +290,7 @@ def _how_to_load() -> list[str]:
         "",
         "```python",
         "import datasets",
-        "dataset = datasets.load_from_disk('OUT')  # features: image, label, sample_id, logits",
+        "dataset = datasets.load_dataset('OUT', split='train')  # features: image, label, sample_id, logits",
         "```",
         "",
         "`dfkd export DIR --to webdataset OUT` and `--to imagefolder OUT` write tar shards and PNG class folders.",
