@@ -245,7 +245,7 @@ def test_adi_round_then_combined_sets_distill_and_resume(shards, student, monkey
         return real_epoch(*args, **kwargs)
 
     monkeypatch.setattr(distill_trainer, "train_one_epoch", ctrl_c_in_epoch_two)
-    dfkd("distill", *combined, "--out", shards / "stopped", "-q", code=1)
+    dfkd("distill", *combined, "--out", shards / "stopped", "-q", code=130)
     assert (shards / "stopped" / "checkpoint.pt").is_file() and not (shards / "stopped" / "student.pth").exists()
     monkeypatch.undo()
     resumed = dfkd_json("distill", *combined, "--out", shards / "stopped", "--resume")

@@ -6,7 +6,14 @@ import sys
 
 import click
 
-from dfkd.cli.common import EXIT_RUNTIME, EXIT_USAGE, install_warning_filters, quit_on_closed_pipe
+from dfkd.cli.common import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    install_warning_filters,
+    interrupted_message,
+    quit_on_closed_pipe,
+)
 from dfkd.cli.demo import demo_command
 from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
@@ -37,7 +44,10 @@ class OneLineErrors(click.Group):
         except click.ClickException as exc:
             click.echo(f"error: {exc.format_message()}", err=True)
             sys.exit(exc.exit_code)
-        except click.exceptions.Abort:
+        except click.exceptions.Abort as exc:  # click's own: Ctrl-C outside a command's body, or EOF at a prompt
+            if isinstance(exc.__context__, KeyboardInterrupt):
+                click.echo(f"error: {interrupted_message(None)}", err=True)
+                sys.exit(EXIT_INTERRUPTED)
             click.echo("error: aborted", err=True)
             sys.exit(EXIT_RUNTIME)
         except click.exceptions.Exit as exc:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 
 EXIT_USAGE = 2
 EXIT_RUNTIME = 1
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # 130: what a shell reports for a command stopped by Ctrl-C
 
 
 def install_warning_filters() -> None:
@@ -56,7 +57,7 @@ def common_options(
         except UserError as exc:
             fail(str(exc), EXIT_USAGE)
         except KeyboardInterrupt:
-            fail(interrupted_message(resume), EXIT_RUNTIME)
+            fail(interrupted_message(resume), EXIT_INTERRUPTED)
         except BrokenPipeError:
             quit_on_closed_pipe()
         except (click.exceptions.Exit, click.ClickException, SystemExit):
