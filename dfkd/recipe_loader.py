@@ -89,10 +89,23 @@ def _read_recipe(file: Path, name: str) -> dict:
     except (UnicodeDecodeError, OSError) as exc:
         raise UserError(f"recipe '{name}' is not a readable UTF-8 YAML file ({type(exc).__name__})") from None
     except yaml.YAMLError as exc:
-        raise UserError(f"recipe '{name}' is not valid YAML: {first_line(exc)}") from None
+        raise UserError(f"recipe '{name}' is not valid YAML: {_yaml_problem(file, name, exc)}") from None
     if not isinstance(data, dict):
         raise UserError(f"recipe '{name}' must be a mapping of settings")
     return data
+
+
+def _yaml_problem(file: Path, name: str, exc: yaml.YAMLError) -> str:
+    """Where a YAML syntax error is (the file unless `name` is its path; line and column, counted from 1) and what
+    it is, on one line."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        return first_line(exc)
+    problem = " ".join(str(getattr(exc, "problem", None) or first_line(exc)).split())
+    context, start = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    started = f" ({context} at line {start.line + 1}, column {start.column + 1})" if context and start else ""
+    where = "" if Path(name).resolve() == file.resolve() else f"{file}, "
+    return f"{where}line {mark.line + 1}, column {mark.column + 1}: {problem}{started}"
 
 
 def _base_file(recipe: Path, base: str, name: str) -> Path:

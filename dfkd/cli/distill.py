@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import click
 
@@ -56,37 +56,41 @@ effective batch = batch size x processes):
 @common_options(resume=("--resume",))
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
+    reporter = Reporter(json_mode, quiet)
+    recipe, overrides = load_recipe(config_path, "distill"), config_overrides(options)
+    scaled, note = rescale_epochs(recipe, overrides)
+    config = build(DistillConfig, apply_overrides(recipe, {**overrides, **scaled}))
+    show_if_asked("distill", config)  # `build` checked the settings that need no files: torch loads only now
+
     from dfkd.distill.inputs.loaders import shard_roots
     from dfkd.distill.trainer import train_student
     from synth.common import distributed
     from synth.shards.verify import check_integrity
 
-    reporter = Reporter(json_mode, quiet)
-    recipe, overrides = load_recipe(config_path, "distill"), config_overrides(options)
-    scaled, note = rescale_epochs(recipe, overrides)
-    config = build(DistillConfig, apply_overrides(recipe, {**overrides, **scaled}))
-    if note:
-        reporter.message(note)
-    show_if_asked("distill", config)
     for root in shard_roots(config.shards) if config.shards is not None else ():
         check_integrity(root, verify_shards, warn=lambda text: click.echo(text, err=True))
     ranks = distributed.init(config.device)
-    summary = train_student(config, out, _progress(reporter, ranks), ranks=ranks)
+    summary = train_student(config, out, _progress(reporter, ranks, note), ranks=ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.common.distributed.Ranks.close)
     if ranks.rank == 0:
         reporter.result(summary, _lines(summary))
 
 
-def _progress(reporter: Reporter, ranks: distributed.Ranks) -> Progress:
-    """Rank 0 shows the progress bar (images of all ranks) and the notes; other ranks print only their errors."""
+def _progress(reporter: Reporter, ranks: distributed.Ranks, note: Optional[str] = None) -> Progress:
+    """Rank 0 shows the progress bar (images of all ranks) and the notes; other ranks print only their errors.
+    `note` (what --epochs changed) is printed as training starts: after every input has been checked."""
     from synth.common.runtime import Progress
 
     if ranks.rank != 0:
         return Progress(message=lambda text: None)
     desc = "distill" if not ranks.distributed else f"distill ({ranks.world_size} processes)"
-    return reporter.progress(
+    progress = reporter.progress(
         desc, postfix=lambda info: {"epoch": info["epoch"], "stage": info["stage"], "loss": f"{info['loss']:.3f}"}
     )
+    if note:
+        start = progress.start
+        progress.start = lambda total: (reporter.message(note), start(total))[-1]
+    return progress
 
 
 def _lines(summary: dict) -> list[str]:

@@ -22,10 +22,15 @@ Examples:
 
 
 def settings(config_path: Optional[str], options: dict) -> EvaluateConfig:
-    """The recipe's `evaluate` section with the options given, validated; applies its thread count."""
+    """The recipe's `evaluate` section with the options given, validated (before torch loads); applies its thread
+    count."""
+    return _with_threads(recipe_settings(EvaluateConfig, "evaluate", config_path, options))
+
+
+def _with_threads(cfg: EvaluateConfig) -> EvaluateConfig:
+    """Apply the settings' thread count (this loads torch) and return them."""
     from synth.common.runtime import use_threads
 
-    cfg = recipe_settings(EvaluateConfig, "evaluate", config_path, options)
     use_threads(cfg.threads)
     return cfg
 
@@ -74,10 +79,10 @@ at most --pairs seeded random pairs; then the mean over classes. Images under 64
 @common_options
 def diversity_command(shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """LPIPS diversity of the images of each class (higher is more diverse)."""
-    from dfkd.evaluate.lpips_diversity import measure_lpips_diversity
-
     reporter = Reporter(json_mode, quiet)
     cfg = settings(config_path, options)
+    from dfkd.evaluate.lpips_diversity import measure_lpips_diversity
+
     result = measure_lpips_diversity(shards, cfg, reporter.progress("lpips"))
     lines = [
         f"{_class_label(result, c):>24}  {v:.4f}  ({result['pairs'][c]} pairs)" for c, v in result["per_class"].items()
@@ -113,14 +118,14 @@ def fidelity_command(
     shards: str, config_path: Optional[str], json_mode: bool, quiet: bool, verify_shards: bool, **options
 ) -> None:
     """Teacher top-1 agreement with the target labels of the synthesized images."""
+    reporter = Reporter(json_mode, quiet)
+    cfg = settings(config_path, options)
     from dfkd.evaluate.fidelity import measure_fidelity
     from synth.shards.format import ShardDataset
     from synth.shards.verify import check_integrity
     from synth.teachers.sources import load_teacher, teacher_options, with_recorded_preprocessing
     from synth.teachers.user_code import is_code_spec
 
-    reporter = Reporter(json_mode, quiet)
-    cfg = settings(config_path, options)
     check_integrity(shards, verify_shards, warn=lambda text: click.echo(text, err=True))
     record = ShardDataset(shards).teacher
     spec = cfg.teacher or record.get("spec")
@@ -168,13 +173,14 @@ the model's mean/std (the student's from student.json next to the checkpoint).
 @common_options
 def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, **options) -> None:
     """Top-1 / top-5 accuracy of the student (and/or the teacher) on real labelled images."""
+    reporter = Reporter(json_mode, quiet)
+    cfg = recipe_settings(EvaluateConfig, "evaluate", config_path, options)
+    if not cfg.data or not (cfg.student or cfg.teacher):
+        raise UserError("accuracy needs --data FOLDER and --student CKPT and/or --teacher TEACHER")
+    _with_threads(cfg)
     from dfkd.evaluate.accuracy import load_student, measure_accuracy, teacher_classifier
     from synth.teachers.sources import load_teacher, teacher_options
 
-    reporter = Reporter(json_mode, quiet)
-    cfg = settings(config_path, options)
-    if not cfg.data or not (cfg.student or cfg.teacher):
-        raise UserError("accuracy needs --data FOLDER and --student CKPT and/or --teacher TEACHER")
     models = {}
     if cfg.student:
         models["student"] = load_student(cfg.student)

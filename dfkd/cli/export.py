@@ -46,10 +46,10 @@ hf (pip install "dfkd[hf]"): the Hugging Face Hub's layout: OUT/data/train-NNNNN
 @common_options(config=False)  # export has no settings a recipe could hold: --config is refused as unknown
 def export_command(shards: str, fmt: str, out: str, json_mode: bool, quiet: bool, **options) -> None:
     """Export verified shards for projects that do not read HDF5 (PNG folders, WebDataset, Hugging Face)."""
-    from dfkd.export.exporter import export_shards
-
     reporter = Reporter(json_mode, quiet)
     config = build(ExportConfig, config_overrides(options))
+    from dfkd.export.exporter import export_shards  # torch loads once the settings are checked
+
     result = export_shards(shards, out, fmt, reporter.progress("export"), config)
     reporter.result(
         result, [f"exported {result['images']} images of {result['classes']} classes to {result['out']} ({fmt})"]

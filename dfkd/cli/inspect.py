@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Optional
 
 import click
@@ -13,6 +14,8 @@ from dfkd.cli.evaluate import settings, shards_argument
 from dfkd.cli.options import config_options
 from dfkd.evaluate.config import EvaluateConfig
 from synth.common.errors import UserError
+
+_LISTED = 5  # damaged or missing shards named on the verify line
 
 
 @click.command(
@@ -44,9 +47,11 @@ def inspect_command(
 ) -> None:
     """Describe a shard directory (counts per class, resolution, teacher, config, format, verify result) or a
     distillation run folder (redraws its curves.png from metrics.jsonl)."""
+    reporter = Reporter(json_mode, quiet)
+    if not Path(shards).is_dir():  # before torch loads (dfkd.evaluate.inspection reads shards with it)
+        raise UserError(f"shard directory '{shards}' does not exist")
     from dfkd.evaluate.inspection import inspect_shards, is_run_dir
 
-    reporter = Reporter(json_mode, quiet)
     if is_run_dir(shards):
         return _inspect_run(reporter, shards, grid)
     cfg = settings(config_path, options)
@@ -101,4 +106,5 @@ def _verify_line(check: dict) -> str:
         return "verify: ok"
     damaged = [f"{name} is damaged ({problem})" for name, problem in check["problems"].items()]
     missing = [f"{name} is missing" for name in check["missing"]]
-    return f"verify: FAILED: {'; '.join(damaged + missing)}"
+    shown, more = (damaged + missing)[:_LISTED], len(damaged + missing) - _LISTED
+    return f"verify: FAILED: {'; '.join(shown)}" + (f"; and {more} more (--json lists them all)" if more > 0 else "")

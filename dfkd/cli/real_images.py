@@ -46,10 +46,10 @@ Examples:
 def real_images_command(part: str, count: int, out: str, json_mode: bool, quiet: bool, **options) -> None:
     """Write a real dataset's test or training images as a class folder (the dataset's own test set for digits is
     the teacher's held-out split at the same --seed)."""
-    from dfkd.data.real import write_real_images
-
     reporter = Reporter(json_mode, quiet)
     config = build(TeacherTrainingConfig, config_overrides(options))
+    from dfkd.data.real import write_real_images  # numpy and scikit-learn load once the settings are checked
+
     config.fetch_data()
     result = write_real_images(config.dataset, part, out, count, config.seed, config.data_dir)
     reporter.result(

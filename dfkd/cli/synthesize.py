@@ -42,12 +42,12 @@ Scale out with torchrun (shards are split across processes; the result is the sa
 @common_options(resume=())
 def synthesize_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Synthesize labelled images from a CNN teacher (multi-resolution DeepInversion + DF-DearKD losses)."""
+    reporter = Reporter(json_mode, quiet)
+    config = recipe_settings(SynthesisConfig, "synthesize", config_path, options)  # checked: torch loads only now
     import dfkd.models  # noqa: F401  (registers the DearKD students with timm: a --student competitor)
     from synth.common import distributed
     from synth.run.engine import synthesize
 
-    reporter = Reporter(json_mode, quiet)
-    config = recipe_settings(SynthesisConfig, "synthesize", config_path, options)
     ranks = distributed.init(config.device)
     summary = synthesize(config, out, _progress(reporter, ranks), ranks)
     ranks.close()  # on failure it runs at exit, after the error line (synth.common.distributed.Ranks.close)

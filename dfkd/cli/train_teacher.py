@@ -27,11 +27,11 @@ Example:
 @common_options
 def train_teacher_command(out: str, config_path: str, json_mode: bool, quiet: bool, **options) -> None:
     """Train a small BN CNN teacher on real images (held-out accuracy is reported and stored in the file)."""
-    from dfkd.pipeline.teacher_training import train_teacher
-
     reporter = Reporter(json_mode, quiet)
     config = recipe_settings(TeacherTrainingConfig, "train_teacher", config_path, options)
     _check_writable(Path(out))
+    from dfkd.pipeline.teacher_training import train_teacher  # torch loads once the settings are checked
+
     config.fetch_data()  # before the progress bar starts
     reporter.bar(config.epochs, "epoch", "train-teacher")
     try:

@@ -28,10 +28,15 @@ def inspect_shards(
     `grid_classes` is a list of class ids or a spec like "0-9" (checked against the shards' class count)."""
     report = verify(shards)
     good = [p for p in list_shards(shards) if p.name not in report.problems]
-    if not good:
+    if not good and report.problems:
+        name, problem = next(iter(report.problems.items()))
+        more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
         raise UserError(
-            f"no readable shards (shard-XXXXXX.h5) in '{shards}'" + (f": {report.problems}" if report.problems else "")
+            f"no shard in '{shards}' verifies: {name} is damaged: {problem}{more}; rerun the same `dfkd synthesize` "
+            "command to regenerate the damaged shards"
         )
+    if not good:
+        raise UserError(f"no readable shards (shard-XXXXXX.h5) in '{shards}'")
     dataset = ShardDataset(good)
     classes, counts = np.unique(dataset.labels, return_counts=True)
     manifest = read_manifest(shards) or {}

@@ -49,17 +49,17 @@ class TeacherTrainingConfig:
     def validate(self) -> None:
         """Refuse an unknown dataset or architecture, a dataset whose files are missing, or a non-positive epoch
         count."""
-        import timm
+        check_choices(self)
+        if self.epochs < 1:
+            raise UserError(f"epochs must be >= 1, not {self.epochs}")
+        if not self.download:  # with --download, missing files are fetched when the command runs
+            real_dataset(self.dataset).check(self.data_dir)
+        import timm  # after the checks that need no torch
 
         import synth.teachers.small_cnn  # noqa: F401  (registers the small BN CNNs with timm)
 
-        check_choices(self)
-        if not self.download:  # with --download, missing files are fetched when the command runs
-            real_dataset(self.dataset).check(self.data_dir)
         if not timm.is_model(self.arch):
             raise UserError(f"unknown timm architecture '{self.arch}'")
-        if self.epochs < 1:
-            raise UserError(f"epochs must be >= 1, not {self.epochs}")
 
     def fetch_data(self) -> None:
         """With `--download`, fetch the dataset's missing files (a no-op where they are found, or without it)."""

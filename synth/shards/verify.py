@@ -154,6 +154,16 @@ def verify(root: str | Path) -> VerifyReport:
     return report
 
 
+# damage that leaves a shard readable (what `load_verified` says): --no-verify can still read such a set
+_READABLE = (
+    "made with another config",
+    "its sample_ids are not",
+    "its labels are not",
+    "content does not match",
+    "its digest differs",
+)
+
+
 def check_integrity(root: str | Path, verify_shards: bool = True, warn: Callable[[str], None] = print) -> None:
     """What consumers (distill, fidelity) call before reading a shard directory: refuse a damaged shard, a partial
     set or an unfinished synthesis with one line; with verify_shards=False only warn that nothing was checked."""
@@ -166,6 +176,9 @@ def check_integrity(root: str | Path, verify_shards: bool = True, warn: Callable
     if report.problems:
         name, problem = next(iter(report.problems.items()))
         more = f" (and {len(report.problems) - 1} more)" if len(report.problems) > 1 else ""
+        if not all(problem.startswith(_READABLE) for problem in report.problems.values()):
+            hint = "rerun the same `dfkd synthesize` command to regenerate it (--no-verify cannot read a shard that "
+            hint += "does not open)"
         raise UserError(f"shard '{root / name}' is damaged: {problem}{more}; {hint}")
     if report.missing:
         more = f" (and {len(report.missing) - 1} more)" if len(report.missing) > 1 else ""

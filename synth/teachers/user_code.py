@@ -11,11 +11,12 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import torch.nn as nn
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from synth.common.errors import UserError, first_line
+
+if TYPE_CHECKING:  # torch loads only to build a network: checking a spec or kwargs needs none
+    import torch.nn as nn
 
 _MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
@@ -63,6 +64,8 @@ def code_sha256(spec: CodeSpec) -> str:
 
 def build_from_code(spec: CodeSpec, kwargs: dict[str, Any], what: str = "teacher") -> nn.Module:
     """Import the factory and call it with `kwargs`; it must return an nn.Module."""
+    import torch.nn as nn
+
     factory = load_factory(spec)
     try:
         model = factory(**kwargs)
