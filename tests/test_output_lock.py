@@ -32,9 +32,13 @@ HOLD = """
 import os, sys, time
 from synth.common import output_lock
 lock = output_lock.acquire(sys.argv[1], beside=sys.argv[2] == "beside")
-if sys.argv[3] == "fork" and os.fork() == 0:  # a child (a DataLoader worker, say) that outlives its parent
-    time.sleep(60)
-    os._exit(0)
+if sys.argv[3] == "fork":  # a child (a DataLoader worker, say) that outlives its parent
+    up, ready = os.pipe()
+    if os.fork() == 0:
+        os.write(ready, b"x")  # past os.fork(): its at-fork handlers have run
+        time.sleep(60)
+        os._exit(0)
+    os.read(up, 1)
 print("ready", flush=True)
 time.sleep(60)
 """
