@@ -13,7 +13,13 @@ import yaml
 from synth.common.errors import UserError, first_line
 
 T = TypeVar("T")
-SECTIONS = {"synthesize", "distill", "evaluate", "train_teacher"}  # one per command that reads a recipe
+SECTIONS = {
+    "synthesize",
+    "distill",
+    "evaluate",
+    "train_teacher",
+    "import_teacher",
+}  # one per command that reads a recipe
 BASE = "base"  # the key of a recipe that names the recipe it states its differences from
 
 

@@ -321,7 +321,7 @@ def test_a_run_that_wrote_no_shard_does_not_block_a_corrected_rerun(random_teach
     [
         (["--classes", "0-1000000000"], "outside the teacher's range 0-3"),
         (["--per-class", "200000000"], "shards"),
-        (["--per-class", "200000000", "--units-per-shard", "100000000"], "units_per_shard 100000000"),
+        (["--per-class", "200000000", "--units-per-shard", "100000000"], "--units-per-shard 100000000"),
     ],
 )
 def test_absurd_synthesis_sizes_are_refused_quickly(random_teacher, tmp_path, extra, needle):

@@ -16,6 +16,7 @@ from dfkd.pipeline.teacher_training import TeacherTrainingConfig
 from dfkd.recipe_loader import SECTIONS, apply_overrides, build, load_recipe
 from synth.common.errors import UserError
 from synth.config import SynthesisConfig
+from synth.teachers.packing import ImportConfig
 
 RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
 CONFIGS = {
@@ -23,8 +24,13 @@ CONFIGS = {
     "distill": DistillConfig,
     "evaluate": EvaluateConfig,
     "train_teacher": TeacherTrainingConfig,
+    "import_teacher": ImportConfig,
 }
-NEEDED = {"synthesize": {"teacher": "t.pt"}, "distill": {"shards": "s/", "teacher": "t.pt"}}  # given on the CLI
+NEEDED = {
+    "synthesize": {"teacher": "t.pt"},
+    "distill": {"shards": "s/", "teacher": "t.pt"},
+    "import_teacher": {"teacher": "t.pt"},
+}  # given on the CLI
 
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)

@@ -18,6 +18,7 @@ from dfkd.cli.demo import demo_command
 from dfkd.cli.distill import distill_command
 from dfkd.cli.evaluate import evaluate_group
 from dfkd.cli.export import export_command
+from dfkd.cli.import_teacher import import_teacher_command
 from dfkd.cli.inspect import inspect_command
 from dfkd.cli.install_check import guard as check_install
 from dfkd.cli.real_images import real_images_command
@@ -70,6 +71,7 @@ def main() -> None:
     dfkd export       shards -> image folders, WebDataset tars or a Hugging Face dataset
                       (--to imagefolder | webdataset | hf)
     dfkd train-teacher  a small BN CNN teacher on real images (digits, fashion-mnist)
+    dfkd import-teacher your own CNN (a class, timm or torchvision + weights) checked, as one teacher file
     dfkd real-images  a real dataset's test or training images as a class folder (--val-data, --data, --images)
     dfkd demo         all of it end to end on real digits or Fashion-MNIST, with a results page (results.md)
     """
@@ -80,6 +82,7 @@ def main() -> None:
 for command in (
     synthesize_command,
     train_teacher_command,
+    import_teacher_command,
     distill_command,
     evaluate_group,
     inspect_command,

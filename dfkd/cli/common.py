@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 import click
 
-from dfkd.cli.options import PRINT_CONFIG
+from dfkd.cli.options import NAMES, PRINT_CONFIG, rename_settings
 from synth.common.errors import UserError
 
 if TYPE_CHECKING:
@@ -55,7 +55,9 @@ def common_options(
         try:
             return func(*args, **kwargs)
         except UserError as exc:
-            fail(str(exc), EXIT_USAGE)
+            context = click.get_current_context(silent=True)
+            names = context.meta.get(NAMES) if context is not None else None  # set by options.recipe_settings
+            fail(rename_settings(str(exc), names) if names else str(exc), EXIT_USAGE)
         except KeyboardInterrupt:
             fail(interrupted_message(resume), EXIT_INTERRUPTED)
         except BrokenPipeError:

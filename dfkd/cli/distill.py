@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING, Optional
 import click
 
 from dfkd.cli.common import Reporter, common_options
-from dfkd.cli.options import config_options, config_overrides, show_if_asked
+from dfkd.cli.options import config_options, config_overrides, recipe_settings
 from dfkd.distill.config import DistillConfig, rescale_epochs
-from dfkd.recipe_loader import apply_overrides, build, load_recipe
+from dfkd.recipe_loader import load_recipe
 
 if TYPE_CHECKING:
     from synth.common import distributed
@@ -57,10 +57,9 @@ effective batch = batch size x processes):
 def distill_command(out: str, config_path: str, json_mode: bool, quiet: bool, verify_shards: bool, **options) -> None:
     """Distill a CNN teacher into a DearKD student (stage 1 early KD, stage 2 without KD)."""
     reporter = Reporter(json_mode, quiet)
-    recipe, overrides = load_recipe(config_path, "distill"), config_overrides(options)
-    scaled, note = rescale_epochs(recipe, overrides)
-    config = build(DistillConfig, apply_overrides(recipe, {**overrides, **scaled}))
-    show_if_asked("distill", config)  # `build` checked the settings that need no files: torch loads only now
+    scaled, note = rescale_epochs(load_recipe(config_path, "distill"), config_overrides(options))
+    config = recipe_settings(DistillConfig, "distill", config_path, options, extra=scaled)
+    # recipe_settings checked the settings that need no files (and printed them under --print-config): torch loads now
 
     from dfkd.distill.inputs.loaders import shard_roots
     from dfkd.distill.trainer import train_student

@@ -12,7 +12,6 @@ from typing import Any, Callable, Iterator, Optional
 import click
 
 from dfkd.recipe_loader import apply_overrides, build, load_recipe
-from synth.common.errors import UserError
 
 PREFIX = "cfg__"  # click parameter names of generated options: cfg__losses__bn is the setting losses.bn
 PRINT_CONFIG = "dfkd.print_config"  # the click context's mark of --print-config (dfkd.cli.common)
@@ -66,10 +65,7 @@ def recipe_settings(
     context = click.get_current_context(silent=True)
     if context is not None:
         context.meta[NAMES] = names
-    try:
-        config = build(cls, apply_overrides(recipe, {**overrides, **(extra or {})}))
-    except UserError as exc:
-        raise UserError(rename_settings(str(exc), names)) from None
+    config = build(cls, apply_overrides(recipe, {**overrides, **(extra or {})}))  # common_options renames errors
     show_if_asked(section, config)
     return config
 
@@ -84,13 +80,15 @@ def user_terms(cls: type, flags_given: dict[str, Any], recipe_keys: set[str]) ->
 
 
 def rename_settings(message: str, names: dict[str, str]) -> str:
-    """`message` with each setting name it mentions (`per_class`, `schedule.resolutions`) written as `names` says;
-    a flag already given beside a name ("schedule.lr (--lr)") is dropped."""
-    pattern = "|".join(re.escape(n) for n in sorted(names, key=len, reverse=True))
+    """`message` with each setting name it mentions (`per_class`, `schedule.resolutions`: names with `_` or `.`; a
+    one-word name is also a word of prose) written as `names` says; a flag already given beside a name
+    ("schedule.lr (--lr)") is dropped."""
+    identifiers = [n for n in names if "_" in n or "." in n]  # one-word names (teacher, seed) are also prose
+    pattern = "|".join(re.escape(n) for n in sorted(identifiers, key=len, reverse=True))
     if not pattern:
         return message
     message = re.sub(rf"(?<![\w.-])({pattern})(?![\w.]) \(--[a-z0-9-]+\)", r"\1", message)
-    return re.sub(rf"(?<![\w.-])({pattern})(?![\w.])", lambda m: names[m.group(1)], message)
+    return re.sub(rf"(?<![\w.-])({pattern})(?![\w.]| \(recipe key\))", lambda m: names[m.group(1)], message)
 
 
 def _dotted_keys(data: dict, prefix: str = "") -> set[str]:

@@ -181,10 +181,6 @@ class DistillConfig:
         check_student_options(self)
         check_choices(self.loss, "loss")
         check_choices(self.augment, "augment")
-        if self.augment.rand_augment:
-            from dfkd.distill.inputs.rand_augment import parse  # imports kornia: only when checking
-
-            parse(self.augment.rand_augment)
         if self.loss.distillation == "stored" and self.shards is None:
             raise UserError("stored distillation reads teacher logits from shards; it needs --shards, not --images")
         if self.loss.distillation != "stored" and not self.teacher:
@@ -213,6 +209,10 @@ class DistillConfig:
                 raise UserError(message)
         check_device(self.device)
         self._check_numbers()
+        if self.augment.rand_augment:  # last: it imports kornia and torch, which the checks above need not wait for
+            from dfkd.distill.inputs.rand_augment import parse
+
+            parse(self.augment.rand_augment)
 
     def _check_numbers(self) -> None:
         """Refuse non-finite or out-of-range optimiser numbers as typed (before any batch scaling)."""

@@ -27,10 +27,11 @@ from dfkd.distill.output import Output
 from dfkd.distill.own_student import OwnStudent, exported
 from dfkd.distill.resume import check_resume, check_world, checkpoint, restore
 from dfkd.distill.rng import rank_seed, seed_all
+from synth.common import output_lock
 from synth.common.distributed import Ranks
 from synth.common.errors import UserError
 from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
-from synth.teachers.teacher import state_dict_sha256
+from synth.teachers.teacher import Teacher, state_dict_sha256
 
 
 def train_student(
@@ -39,16 +40,32 @@ def train_student(
     progress: Optional[Progress] = None,
     on_epoch: Optional[Callable[[dict], None]] = None,
     ranks: Optional[Ranks] = None,
+    teacher: Optional[Teacher] = None,
 ) -> dict[str, Any]:
-    """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`.
+    """Train the student (stage 1 with early KD, then stage 2 without) and write its files to `out`. `teacher`: one
+    already loaded (the Python API's in-memory network), else config.teacher is loaded.
 
     Under torchrun pass `ranks` (synth.common.distributed.init): DistributedDataParallel over ranks.world_size processes;
     every rank returns the summary, rank 0 alone writes files (and should alone report).
     """
     progress, ranks, started = progress or Progress(), ranks or Ranks(), time.time()
+    with output_lock.held(out, ranks, progress.message):  # one run per directory: rank 0 holds it for every rank
+        return _train(config, out, progress, on_epoch, ranks, started, teacher)
+
+
+def _train(
+    config: DistillConfig,
+    out: str | Path,
+    progress: Progress,
+    on_epoch: Optional[Callable[[dict], None]],
+    ranks: Ranks,
+    started: float,
+    teacher: Optional[Teacher] = None,
+) -> dict[str, Any]:
+    """`train_student` once the output directory is this run's alone."""
     with ranks.together():  # every rank checks the settings, reads the checkpoint and builds the run
         device, output, saved = _open(config, out, progress, ranks)
-        run, start, updates = _start(config, device, saved, progress, ranks)
+        run, start, updates = _start(config, device, saved, progress, ranks, teacher)
         val_loader = _val_loader(config, run, ranks)
     _check_same_start(ranks, start, out)
     record: dict[str, Any] = saved["record"] if saved is not None else {}
@@ -104,11 +121,16 @@ def _open(
 
 
 def _start(
-    config: DistillConfig, device: torch.device, saved: Optional[dict], progress: Progress, ranks: Ranks
+    config: DistillConfig,
+    device: torch.device,
+    saved: Optional[dict],
+    progress: Progress,
+    ranks: Ranks,
+    teacher: Optional[Teacher] = None,
 ) -> tuple[Run, int, int]:
     """The seeded run, restored from `saved` when resuming, with the epochs and optimiser updates already done."""
     seed_all(config.seed)
-    run = setup(config, device, progress, ranks.world_size)
+    run = setup(config, device, progress, ranks.world_size, teacher.to(device) if teacher is not None else None)
     if ranks.distributed:  # the same initial weights on every rank; then each its own augmentations, drop path
         seed_all(rank_seed(config.seed, ranks.rank))
     if saved is None:
