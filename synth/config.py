@@ -23,6 +23,8 @@ from synth.teachers.preprocessing import Preprocessing
 
 BN_NORMS = ("normalized", "paper")  # forms of the BN-statistics term (synth.inversion.terms.BNStatisticsLoss)
 COMPRESSIONS = ("none", "lzf", "gzip")  # HDF5 compression of the images (synth.shards.writer)
+ENGINES = ("pixels", "generator")  # how a unit's images are made (synth.run.image_engines)
+GENERATOR_AUGMENTS = ("jitter", "crop")  # the generator engine's view of its images (synth.generator.adapt)
 MAX_SHARD_IMAGES = 100_000  # a shard is assembled in memory before it is written
 
 
@@ -124,6 +126,63 @@ class Schedule:
 
 
 @dataclass
+class GeneratorSettings:
+    """The generator engine (`--engine generator`, docs/method.md "The generator engine"): a class-conditional
+    generator, adapted to each work unit in a few steps from a meta-learned initialisation (Fast-DFKD's Reptile)."""
+
+    steps: int = setting(5, flag="--generator-steps", help="Adam steps of the generator per work unit.")
+    lr: float = setting(1e-2, flag="--generator-lr", help="Adam learning rate of the generator's steps.")
+    betas: tuple[float, ...] = setting((0.5, 0.999), help="Adam betas of the generator's steps.")
+    meta: bool = setting(
+        True,
+        flag="--meta/--no-meta",
+        help="Start each unit from the meta-learned initialisation (Reptile); --no-meta: every unit from the same "
+        "seeded initialisation (the ablation).",
+    )
+    meta_lr: float = setting(
+        0.5, flag="--meta-lr", help="Reptile step: the meta weights move this share of the way to each unit's."
+    )
+    warmup_units: int = setting(
+        1, flag=True, help="The first units of each meta chain take --warmup-steps steps (with --meta)."
+    )
+    warmup_steps: int = setting(100, flag=True, help="Steps of each warm-up unit.")
+    chains: int = setting(
+        1,
+        flag="--generator-chains",
+        help="Independent meta chains (shard k belongs to chain k mod chains, one process each): the processes "
+        "of a torchrun share the chains, so give at least as many as processes.",
+    )
+    noise_dim: int = setting(128, help="Noise (and label embedding) size of the generator.")
+    width: int = setting(
+        64, flag="--generator-width", help="Channels of the generator's last block (twice that before)."
+    )
+    augment: str = setting(
+        "jitter",
+        flag="--generator-augment",
+        choices=GENERATOR_AUGMENTS,
+        help="The teacher's view: jitter (the pixel engine's circular shift and flip) or crop (kornia's random "
+        "crop of the zero-padded image and flip; the padding is the jitter).",
+    )
+
+    def validate(self) -> None:
+        """Refuse counts below 1, rates outside their ranges and unknown choices."""
+        check_choices(self, "generator")
+        for name in ("steps", "warmup_steps", "chains", "noise_dim", "width"):
+            if getattr(self, name) < 1:
+                raise UserError(f"generator.{name} must be >= 1, not {getattr(self, name)}")
+        if self.warmup_units < 0:
+            raise UserError(f"generator.warmup_units must be >= 0, not {self.warmup_units}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(f"generator.lr must be a finite number > 0, not {self.lr}")
+        if not (0 < self.meta_lr <= 1):
+            raise UserError(
+                f"generator.meta_lr must be in (0, 1] (1: the adapted weights themselves), not {self.meta_lr}"
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise UserError(f"generator.betas must be two numbers in [0, 1), not {list(self.betas)}")
+
+
+@dataclass
 class SynthesisConfig:
     """Everything `dfkd synthesize` needs; `identity()` is the part that changes the images."""
 
@@ -141,6 +200,15 @@ class SynthesisConfig:
     units_per_shard: int = setting(16, help="Batches (work units) per shard file.", flag=True)
     schedule: Schedule = setting(factory=Schedule, help="Resolutions, iterations, optimiser and view augmentation.")
     losses: LossWeights = setting(factory=LossWeights, help="Weights of the synthesis objective.")
+    engine: str = setting(
+        "pixels",
+        flag=True,
+        choices=ENGINES,
+        added=True,
+        help="pixels: optimise every image (DeepInversion, the schedule's iterations); generator: adapt a "
+        "meta-learned generator to each batch in --generator-steps steps (Fast-DFKD; far fewer teacher passes).",
+    )
+    generator: GeneratorSettings = setting(factory=GeneratorSettings, help="The generator engine's settings.")
     student: Optional[str] = setting(
         None,
         flag=True,
@@ -186,6 +254,7 @@ class SynthesisConfig:
             raise UserError(f"seed must be >= 0, not {self.seed}")
         self.losses.validate()
         self.schedule.validate()
+        self.generator.validate()
         for name, value in [
             *(("losses." + k, v) for k, v in asdict(self.losses).items()),
             *(("schedule." + k, v) for k, v in asdict(self.schedule).items()),

@@ -61,7 +61,7 @@ def invert_batch(
     as given. With a `competitor` (a frozen student) and `weights.adi` > 0 the objective adds Adaptive
     DeepInversion's competition term on the same jittered view."""
     device = labels.device
-    space = _PixelSpace.of(teacher, device)
+    space = PixelSpace.of(teacher, device)
     iteration = IterationStep(
         model=teacher.model if model is None else model,  # not `or`: a compiled module has no truth value
         labels=labels,
@@ -71,7 +71,7 @@ def invert_batch(
         autocast_dtype=autocast_dtype,
         step=compiled_inversion_step(compile),
         compile=compile,
-        student=_competing_student(teacher, competitor, weights, device),
+        student=competing_student(teacher, competitor, weights, device),
         input_sizes=dict(teacher.stage_inputs),
     )
     final = schedule.resolutions[-1]
@@ -92,11 +92,11 @@ def invert_batch(
     finally:
         iteration.bn_loss.remove()
         iteration.tap.remove()
-    return _result(teacher, _view(x.detach(), final, schedule.lowres), space, stage.terms, stage_totals)
+    return unit_result(teacher, view_at(x.detach(), final, schedule.lowres), space, stage.terms, stage_totals)
 
 
 @dataclass
-class _PixelSpace:
+class PixelSpace:
     """Where the optimised pixels live: per-channel bounds of valid pixels and, for a grayscale teacher (one
     channel optimised, R = G = B), the affine map into the teacher's 3-channel normalised space."""
 
@@ -107,7 +107,7 @@ class _PixelSpace:
     gray_shift: Optional[torch.Tensor] = None
 
     @classmethod
-    def of(cls, teacher: Teacher, device: torch.device) -> "_PixelSpace":
+    def of(cls, teacher: Teacher, device: torch.device) -> "PixelSpace":
         """The pixel space of `teacher` on `device`."""
         low, high = teacher.pixel_bounds(device)
         if not teacher.grayscale:
@@ -128,7 +128,7 @@ class _Stage:
     first_total: Optional[torch.Tensor]
 
 
-def _competing_student(
+def competing_student(
     teacher: Teacher, competitor: Optional[Competitor], weights: LossWeights, device: torch.device
 ) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
     """The frozen student's logits on a teacher-normalised view, when the competition term is on; else None."""
@@ -145,7 +145,7 @@ def _optimise_stage(
     schedule: Schedule,
     generator: torch.Generator,
     iteration: IterationStep,
-    space: _PixelSpace,
+    space: PixelSpace,
     channels_last: bool,
     stage: _Stage,
 ) -> _Stage:
@@ -158,7 +158,7 @@ def _optimise_stage(
     for it in range(iterations):
         optimizer.param_groups[0]["lr"] = learning_rate(schedule.lr, it, iterations)
         x.grad = None
-        view = _view(x, resolution, schedule.lowres)
+        view = view_at(x, resolution, schedule.lowres)
         augmented = torch.roll(space.to_teacher(view), shifts=tuple(offsets[it]), dims=(2, 3))
         if schedule.flip and flips[it]:
             augmented = augmented.flip(3)
@@ -174,7 +174,7 @@ def _optimise_stage(
     return _Stage(terms, first_total)
 
 
-def _view(x: torch.Tensor, resolution: int, lowres: int) -> torch.Tensor:
+def view_at(x: torch.Tensor, resolution: int, lowres: int) -> torch.Tensor:
     """The optimised pixels at `resolution`: as they are, area-pooled (multires pool) or, with lowres > 1, upsampled
     bilinearly (the band-limited parameterisation)."""
     if x.shape[-1] == resolution:
@@ -184,10 +184,10 @@ def _view(x: torch.Tensor, resolution: int, lowres: int) -> torch.Tensor:
     return F.interpolate(x, size=(resolution, resolution), mode="area")
 
 
-def _result(
+def unit_result(
     teacher: Teacher,
     x: torch.Tensor,
-    space: _PixelSpace,
+    space: PixelSpace,
     terms: dict[str, torch.Tensor],
     stage_totals: list[tuple[torch.Tensor, torch.Tensor]],
 ) -> InversionResult:

@@ -1,9 +1,10 @@
 """Run a synthesis: work units (`synth.run.units`) -> inversion -> shards, resumable, on one or many processes.
 
-Ranks (torchrun, see `synth.common.distributed`): rank r writes shards k with k % world_size == r and nothing else;
-rank 0 alone checks the config against the output directory, deletes stale `.tmp` files and writes the
-manifest (`synth.run.output_dir`). Each unit's result depends only on (config, unit id), so the shards are the same
-for any number of processes.
+Ranks (torchrun, see `synth.common.distributed`): rank r writes shards k with k % world_size == r (the generator
+engine's meta chains: those of its chains, synth.generator.chains) and nothing else; rank 0 alone checks the config
+against the output directory, deletes stale `.tmp` files and writes the manifest (`synth.run.output_dir`). Each
+unit's result depends only on (config, unit id) (and its chain's earlier units), so the shards are the same for any
+number of processes.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from synth.common.errors import UserError
 from synth.common.runtime import Progress, available_cores, resolve_device, use_threads
 from synth.config import SynthesisConfig
 from synth.inversion.competitor import Competitor, load_competitor
-from synth.inversion.invert import InversionResult, invert_batch
+from synth.inversion.invert import InversionResult
 from synth.run.identity import identity as shard_identity
+from synth.run.image_engines import make_engine
 from synth.run.output_dir import (
     absolute_teacher_spec,
     append_log,
@@ -35,7 +37,7 @@ from synth.run.output_dir import (
     prepare_output,
 )
 from synth.run.summary import RankResult, all_shards, low_fidelity_warning, summarize
-from synth.run.units import Unit, UnitPlan, parse_classes, plan_units, unit_generator
+from synth.run.units import Unit, UnitPlan, parse_classes, plan_units
 from synth.shards import format as shard_io
 from synth.shards.verify import load_verified
 from synth.shards.writer import write_shard
@@ -104,6 +106,7 @@ class _Run:
     units: UnitPlan
     identity: dict  # the config as the shards record it (SynthesisConfig.identity)
     competitor: Optional[Competitor]
+    engine: Any  # makes each unit's images (synth.run.image_engines: pixels or generator)
 
     @property
     def num_shards(self) -> int:
@@ -139,7 +142,8 @@ def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
             f"by class, so --student must be a student of this teacher ({teacher.num_classes} classes)"
         )
     identity = shard_identity(config, teacher, classes, competitor)
-    return _Run(config, out, device, teacher, units, identity, competitor)
+    engine = make_engine(config, teacher, device, units, competitor)
+    return _Run(config, out, device, teacher, units, identity, competitor, engine)
 
 
 def _recorded_threads(out: Path) -> int:
@@ -191,7 +195,7 @@ def _scan_finished_shards(run: _Run, ranks: Ranks, progress: Progress) -> tuple[
         )
     mine = RankResult()
     todo = []
-    for k in range(ranks.rank, run.num_shards, ranks.world_size):
+    for k in run.engine.rank_shards(run.num_shards, ranks.rank, ranks.world_size):
         path = run.out / shard_io.shard_name(k)
         if path.exists():
             shard, problem = load_verified(path, run.identity)
@@ -210,9 +214,11 @@ def _synthesize_shards(run: _Run, todo: list[int], mine: RankResult, ranks: Rank
     if run.device.type == "cuda":
         run.teacher.model.to(memory_format=torch.channels_last)
     progress.start(sum(len(run.shard_units(k)) for k in todo) * run.config.batch_size)
+    run.engine.prepare(run.out, run.identity, todo, progress.message)
     try:
         for k in todo:
             _synthesize_shard(run, k, mine, ranks, progress)
+            run.engine.shard_done(k)  # the generator engine saves its meta weights here
     finally:
         progress.close()
 
@@ -246,20 +252,10 @@ def _synthesize_unit(
     run: _Run, unit: Unit, shard: int, mine: RankResult, ranks: Ranks, progress: Progress
 ) -> InversionResult:
     """Invert one unit from its own generator; refuse a non-finite result, log the unit, warn on low fidelity."""
-    config, cuda = run.config, run.device.type == "cuda"
+    config = run.config
     unit_start = time.time()
     labels = torch.tensor(unit.labels, device=run.device)
-    result = invert_batch(
-        run.teacher,
-        labels,
-        config.losses,
-        config.schedule,
-        unit_generator(config.seed, unit.id),
-        channels_last=cuda,
-        autocast_dtype=torch.bfloat16 if cuda else None,
-        compile=config.compile,
-        competitor=run.competitor,
-    )
+    result = run.engine.unit(unit, labels)
     bad = {name: value for name, value in result.losses.items() if not math.isfinite(value)}
     if bad or not bool(torch.isfinite(result.logits).all()):  # read once per unit, at its end
         raise UserError(

@@ -42,6 +42,29 @@ def identity(
                 "losses": identity_fields(config.losses),
                 "schedule": identity_fields(config.schedule),
                 "unit_order": UNIT_ORDER,
+                **engine_identity(config),  # replaces the schedule for the generator engine
             }
         )
     )
+
+
+GENERATOR_SCHEDULE = ("jitter", "flip", "lowres")  # what the generator engine takes from the schedule, besides the
+# final resolution; the meta settings only where the units start from meta weights
+
+
+def engine_identity(config: SynthesisConfig) -> dict[str, Any]:
+    """The engine's keys, only for an engine other than the pixel engine (pixel sets keep their identity): the
+    engine, its settings that change the images and the part of the schedule it uses (which replaces the pixel
+    engine's)."""
+    if config.engine == "pixels":
+        return {}
+    settings = identity_fields(config.generator)
+    if not config.generator.meta:
+        for name in ("meta_lr", "warmup_units", "warmup_steps", "chains"):
+            settings.pop(name)
+    schedule = identity_fields(config.schedule)
+    schedule = {
+        "resolutions": [config.schedule.resolutions[-1]],
+        **{k: schedule[k] for k in GENERATOR_SCHEDULE if k in schedule},
+    }
+    return {"engine": config.engine, "generator": settings, "schedule": schedule}

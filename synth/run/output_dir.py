@@ -13,6 +13,7 @@ from typing import Any, Callable, Optional
 
 from synth.common import output_lock
 from synth.common.errors import UserError
+from synth.generator import chain_file
 from synth.shards import card, pictures
 from synth.shards import format as shard_io
 from synth.shards.manifest import read_manifest, write_manifest
@@ -37,7 +38,7 @@ def prepare_output(
     manifest = _manifest_to_resume(out, identity, teacher, manifest, shards, message)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.iterdir():
-        if shard_io.TMP_PATTERN.match(stale.name) and stale.is_file():
+        if (shard_io.TMP_PATTERN.match(stale.name) or chain_file.TMP_PATTERN.match(stale.name)) and stale.is_file():
             stale.unlink()
     old = manifest or {}
     new = dict(old)
@@ -178,6 +179,8 @@ def _only_dfkd_files(out: Path) -> bool:
                 return False
         elif entry.name == output_lock.LOCK_NAME and entry.is_file():
             continue  # this run's lock (synth.common.output_lock), or one a killed run left
+        elif chain_file.CHAIN_PATTERN.match(entry.name) or chain_file.TMP_PATTERN.match(entry.name):
+            continue  # the generator engine's meta weights between runs (synth.generator.chain_file)
         elif not shard_io.TMP_PATTERN.match(entry.name):
             return False
     return True

@@ -153,6 +153,7 @@ def describe_method(config: dict) -> str:
     ]
     method = ("multi-resolution " if len(stages) > 1 else "") + "DeepInversion"
     method += f" ({', then '.join(stages)})" if stages else ""
+    method = describe_generator(config) if config.get("engine") == "generator" else method
     lowres = schedule.get("lowres", 1)
     method += (
         f", each image optimised at 1/{lowres} of the resolution and shown to the teacher upsampled,"
@@ -172,6 +173,25 @@ def describe_method(config: dict) -> str:
     if "adi" in on and isinstance(student, dict):
         terms.append(f"Adaptive DeepInversion's competition with the student `{student.get('file', 'unknown')}`")
     return f"{method} minimising {_and(terms)}" if terms else method.rstrip(",")
+
+
+def describe_generator(config: dict) -> str:
+    """The generator engine in a few words: steps per batch, meta-learned or fixed start, resolution."""
+    generator, resolution = (
+        config.get("generator") or {},
+        ((config.get("schedule") or {}).get("resolutions") or [0])[-1],
+    )
+    start = (
+        f"a meta-learned initialisation (Reptile, meta step {generator.get('meta_lr')}, the first "
+        f"{generator.get('warmup_units')} unit(s) of each of {generator.get('chains')} chain(s) taking "
+        f"{generator.get('warmup_steps')} steps)"
+        if generator.get("meta")
+        else "one seeded initialisation"
+    )
+    return (
+        f"a class-conditional generator (Fast-DFKD) adapted to each batch in {generator.get('steps')} Adam steps "
+        f"from {start}, images at {resolution} px,"
+    )
 
 
 def _and(items: list[str]) -> str:
