@@ -186,6 +186,17 @@ def test_a_timm_teacher_at_its_own_resolution_and_normalisation(tmp_path):
     assert stated.code == 0, stated.err
     assert "ASSUMED" not in stated.err and "mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25], 64 px" in stated.err
     assert ShardDataset(tmp_path / "s").teacher["mean"] == [0.5, 0.5, 0.5]
+    timm_teacher = ["--teacher", "timm:resnet18", "--teacher-weights", weights]
+    fidelity = run("evaluate", "fidelity", tmp_path / "s", *timm_teacher, "--mean", "0.5", "--std", "0.25", "--json")
+    assert fidelity.code == 0 and "ASSUMED" not in fidelity.err, fidelity.err
+    distilled = run(
+        "distill", "--shards", tmp_path / "s", *timm_teacher, "--student", "dearkd_pico_patch4_32", "--epochs", "1",
+        "--batch-size", "4", "--threads", "1", "--device", "cpu", "--out", tmp_path / "run", "--json",
+    )  # fmt: skip
+    assert distilled.code == 0 and "mean [0.5, 0.5, 0.5], std [0.25, 0.25, 0.25], 64 px" in distilled.err
+    assert "from the shards' record" in distilled.err and "ASSUMED" not in distilled.err
+    exported = run("export", tmp_path / "s", "--to", "imagefolder", tmp_path / "png", "--json")
+    assert exported.code == 0 and len(list((tmp_path / "png").rglob("*.png"))) == 4, exported.err
     assumed = load_teacher("timm:resnet18", str(weights))
     assert len(assumed.notes) == 1 and "ASSUMED" in assumed.notes[0] and "--mean/--std/--input-size" in assumed.notes[0]
 
@@ -333,5 +344,5 @@ def test_user_code_specs_fail_in_one_line(tmp_path):
     wrong_kwargs = run("synthesize", *cifar_spec()[:2], "--teacher-kwargs", '{"depth": 3}', *stated, "--out", tmp_path)
     assert wrong_kwargs.code == 2 and "failed: " in wrong_kwargs.err and "(num_classes" in wrong_kwargs.err
     not_json = run("synthesize", *cifar_spec()[:2], "--teacher-kwargs", "{num_classes: 4}", *stated, "--out", tmp_path)
-    assert not_json.code == 2 and "teacher_kwargs" in not_json.err and "JSON object" in not_json.err
+    assert not_json.code == 2 and "--teacher-kwargs" in not_json.err and "JSON object" in not_json.err
     assert not any(tmp_path.glob("o/shard-*"))

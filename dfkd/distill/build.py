@@ -125,8 +125,8 @@ def steps_per_epoch(config: DistillConfig, images: int, world_size: int) -> int:
 
 
 def load_distillation_teacher(config: DistillConfig, device: torch.device) -> Teacher:
-    """The teacher of a distillation; a network dfkd cannot read preprocessing from (user code, a pickle) takes the
-    mean, std and input size its shards recorded."""
+    """The teacher of a distillation, as its shards were made: where no mean/std is stated, those the shards
+    recorded (synth.teachers.sources.with_recorded_preprocessing)."""
     options = teacher_options(config)
     if config.shards is not None:
         options = with_recorded_preprocessing(config.teacher, options, shards_teacher_record(config.shards))

@@ -6,7 +6,7 @@ teacher's `notes` say so in one line."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -36,6 +36,7 @@ class TeacherOptions:
     kwargs: dict[str, Any] = field(default_factory=dict)
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
     trust_pickle: bool = False
+    origin: str = "as given"  # where the preprocessing came from, for the note ("from the shards' record")
 
 
 def teacher_options(config: Any) -> TeacherOptions:
@@ -49,18 +50,15 @@ def teacher_options(config: Any) -> TeacherOptions:
 
 
 def with_recorded_preprocessing(spec: Union[str, nn.Module], options: TeacherOptions, record: dict) -> TeacherOptions:
-    """For a network dfkd cannot read preprocessing from (user code, a pickle, an in-memory module): the mean, std,
-    input size and builder kwargs recorded with the shards it made (`record`: their teacher description), where not
-    given."""
-    own = (
-        isinstance(spec, nn.Module)
-        or is_code_spec(spec)
-        or (Path(spec).is_file() and teacher_file_kind(spec) == "pickle")
-    )
+    """The teacher as its shards were made: where the user states no mean/std, the mean, std and input size recorded
+    with the shards (`record`: their teacher description), and for user code its recorded builder kwargs. A teacher
+    file carries its own."""
+    own = isinstance(spec, nn.Module) or is_code_spec(spec)
+    kwargs = (options.kwargs or dict(record.get("kwargs") or {})) if own else options.kwargs
     given = options.preprocessing
-    kwargs = options.kwargs or dict(record.get("kwargs") or {}) if own else options.kwargs
-    if not own or not record or given.mean is not None or given.std is not None:
-        return TeacherOptions(options.weights, kwargs, given, options.trust_pickle)
+    teacher_file = isinstance(spec, str) and Path(spec).is_file() and teacher_file_kind(spec) == "teacher"
+    if teacher_file or not record or "mean" not in record or given.mean is not None or given.std is not None:
+        return TeacherOptions(options.weights, kwargs, given, options.trust_pickle, options.origin)
     channels = int(record.get("input_channels", 3))
     recorded = Preprocessing(
         mean=list(record["mean"][:channels]),
@@ -68,7 +66,7 @@ def with_recorded_preprocessing(spec: Union[str, nn.Module], options: TeacherOpt
         input_size=given.input_size or record.get("input_size"),
         class_names=given.class_names,
     )
-    return TeacherOptions(options.weights, kwargs, recorded, options.trust_pickle)
+    return TeacherOptions(options.weights, kwargs, recorded, options.trust_pickle, "from the shards' record")
 
 
 def load_teacher(
@@ -79,7 +77,7 @@ def load_teacher(
 ) -> Teacher:
     """Load a teacher (see the module docstring), in eval mode, on `device`; `weights` overrides options.weights."""
     options = options or TeacherOptions()
-    options = TeacherOptions(weights or options.weights, options.kwargs, options.preprocessing, options.trust_pickle)
+    options = replace(options, weights=weights or options.weights)
     if isinstance(spec, nn.Module):
         teacher = _own_network(spec, f"python:{type(spec).__qualname__}", options, {"kind": "in-memory"})
     elif spec.startswith("timm:"):
@@ -101,7 +99,7 @@ def _load_file(path: str, options: TeacherOptions) -> Teacher:
     kind = teacher_file_kind(path)
     if kind == "teacher":
         teacher = load_teacher_file(path, options.weights)
-        return _restated(teacher, options.preprocessing)
+        return _restated(teacher, options.preprocessing, options.origin)
     if kind == "pickle":
         if not options.trust_pickle:
             raise UserError(
@@ -144,11 +142,11 @@ def _own_network(model: nn.Module, spec: str, options: TeacherOptions, source: d
         )
     teacher = wrap_model(model, spec, given.mean_values(), given.std_values(), given.input_size, None, None)
     teacher.source = source
-    teacher.notes.append(_note(teacher, "as given"))
+    teacher.notes.append(_note(teacher, options.origin))
     return _restated(teacher, Preprocessing(class_names=given.class_names))
 
 
-def _restated(teacher: Teacher, given: Preprocessing) -> Teacher:
+def _restated(teacher: Teacher, given: Preprocessing, origin: str = "as given") -> Teacher:
     """`teacher` with the preprocessing the user stated laid over what its source says (one note per change)."""
     if not given.given:
         return teacher
@@ -175,7 +173,7 @@ def _restated(teacher: Teacher, given: Preprocessing) -> Teacher:
         teacher.class_names = names
         changes.append("class names")
     if changes and teacher.source.get("kind") not in ("code", "pickle", "in-memory"):
-        teacher.notes = [_note(teacher, f"{', '.join(changes)} as given, the rest from {teacher.spec}")]
+        teacher.notes = [_note(teacher, f"{', '.join(changes)} {origin}, the rest from {teacher.spec}")]
     return teacher
 
 
@@ -237,7 +235,7 @@ def _load_timm(spec: str, options: TeacherOptions) -> Teacher:
         _assumed(teacher, f"timm's pretrained_cfg of {name}, made for its hub weights, not for {options.weights}")
     else:
         teacher.notes = [_note(teacher, f"timm's pretrained_cfg of {name}")]
-    return _restated(teacher, options.preprocessing)
+    return _restated(teacher, options.preprocessing, options.origin)
 
 
 def _imagenet_names(model: nn.Module) -> Optional[list[str]]:
@@ -327,7 +325,7 @@ def _load_torchvision(spec: str, options: TeacherOptions) -> Teacher:
         _assumed(teacher, f"ImageNet mean/std and the crop size of {name}'s default weights, not known for {weights}")
     else:
         teacher.notes = [_note(teacher, f"torchvision's ImageNet preprocessing for {name}")]
-    return _restated(teacher, options.preprocessing)
+    return _restated(teacher, options.preprocessing, options.origin)
 
 
 def _torchvision_default_weights(name: str):
