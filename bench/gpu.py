@@ -27,6 +27,11 @@ relative error 5e-2; image-gradient cosine 0.99 / 0.98; final total loss 5% / 10
 costs the most, hence the looser second row. The verdict line says PASS or FAIL (exit status 3 on FAIL, after
 all tables; informational in --smoke, whose tiny random teachers fail the second row).
 
+Generator engine (`--engine generator`): per teacher, one generator step (generator forward, teacher forward and
+backward through both, Adam on the generator's weights; bf16 autocast) timed as (T(1 + K) - T(1)) / K of
+`adapt_unit` runs at the final resolution, the rest of T(1) as the per-unit cost (noise, final images and logits);
+images per GPU-hour at 5 and 50 steps per unit (the warm-up units left out: amortised over a long run).
+
 Student: DearKD-Ti (`dearkd_tiny_patch16_224`) training images/s at 224 with regnety_160 as teacher (forward
 under no_grad), a plain fused AdamW step, cross-entropy on both heads (class head to the labels, distillation
 head to the teacher's argmax), bf16 autocast; random tensors on the GPU as data (the data path is measured by
@@ -55,6 +60,7 @@ from gpu_report import print_numerics, print_student, print_synthesis
 
 from synth.teachers.teacher import Teacher
 
+GENERATOR_STEPS = (5, 50)  # the generator engine's steps per unit: the digits/fashion default, the ImageNet recipe
 SCHEDULES = {  # name: ((resolution, iterations), ...) at full scale; --smoke keeps the counts, halves/quarters sizes
     "DeepInversion 2k@112+1k@224": ((0, 2000), (1, 1000)),
     "DF-DearKD 2k@112+2k@224": ((0, 2000), (1, 2000)),
@@ -203,16 +209,58 @@ def synthesis_rows(
     return rows
 
 
+def generator_rows(setup: Setup, name: str, teacher: Teacher, batch: int) -> list[str]:
+    """One teacher's generator-engine rows: ms per generator step and per-unit cost at the final resolution, images
+    per GPU-hour at each of GENERATOR_STEPS."""
+    from synth.config import Schedule, SynthesisConfig
+    from synth.generator.adapt import adapt_unit
+    from synth.generator.network import build_generator
+
+    resolution = setup.resolutions[-1]
+    config = SynthesisConfig(teacher=name, engine="generator", schedule=Schedule(resolutions=setup.resolutions))
+    network = build_generator(config.generator, teacher.num_classes, resolution, 3, 0).to(setup.device)
+    labels = torch.arange(batch, device=setup.device) % teacher.num_classes
+
+    def seconds(steps: int) -> float:
+        start = setup.clock()
+        adapt_unit(network, teacher, labels, config, steps, torch.Generator().manual_seed(0))
+        return setup.clock() - start
+
+    seconds(setup.warmup + 1)
+    one, many = seconds(1), seconds(1 + setup.iterations)
+    step = max(many - one, 1e-9) / setup.iterations
+    unit = max(one - step, 0.0)
+    rows = [
+        f"| {name} | {batch} | {steps} @ {resolution}px | {step * 1e3:.1f} | {unit * 1e3:.1f} | "
+        f"{batch * 3600 / (steps * step + unit):,.0f} |"
+        for steps in GENERATOR_STEPS
+    ]
+    print(*rows, sep="\n", file=sys.stderr, flush=True)
+    return rows
+
+
+def print_generator(rows: list[str]) -> None:
+    """The generator engine's table."""
+    print("\n## Generator engine (--engine generator; eager, bf16 autocast on CUDA)")
+    print("| teacher | batch | steps per unit | ms/step | ms per unit besides the steps | images/GPU-hour |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        print(row)
+
+
 def bench_teachers(
     setup: Setup, args: argparse.Namespace, rate: float, started: float
 ) -> tuple[list[str], list[str], bool, int]:
-    """Every teacher's synthesis rows, then the numerics check on the first: (rows, lines, verdict, its batch)."""
+    """Every teacher's synthesis rows (its generator-engine rows in setup.generator_rows), then the numerics check
+    on the first: (rows, lines, verdict, its batch)."""
     rows, check_lines, ok, check_batch = [], [], True, 0
+    setup.generator_rows = []
     for name in setup.models:
         teacher = make_teacher(name, setup.device)
         model = teacher.model.to(memory_format=torch.channels_last) if setup.channels_last else teacher.model
         batch = args.batch or setup.batches.get(name, 8)
         rows += synthesis_rows(setup, args, name, teacher, model, batch, rate)
+        setup.generator_rows += generator_rows(setup, name, teacher, batch)
         if not args.no_check and name == setup.models[0]:
             modes = [m for m in setup.modes if m == "eager" or setup.fits(f"numerics check {m}", 60.0)]
             check_lines, ok = numerics_check(setup, teacher, model, batch, modes)
@@ -233,6 +281,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     rate = print_header(setup, args)
     rows, check_lines, ok, check_batch = bench_teachers(setup, args, rate, started)
     print_synthesis(setup, rows)
+    print_generator(setup.generator_rows)
     if not args.no_student:
         print_student(setup, rate)
     if check_lines:

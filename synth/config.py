@@ -140,12 +140,15 @@ class GeneratorSettings:
         "seeded initialisation (the ablation).",
     )
     meta_lr: float = setting(
-        0.5, flag="--meta-lr", help="Reptile step: the meta weights move this share of the way to each unit's."
+        1.0,
+        flag="--meta-lr",
+        help="Reptile step: the meta weights move this share of the way to each unit's adapted weights (1: they "
+        "become them).",
     )
     warmup_units: int = setting(
         1, flag=True, help="The first units of each meta chain take --warmup-steps steps (with --meta)."
     )
-    warmup_steps: int = setting(100, flag=True, help="Steps of each warm-up unit.")
+    warmup_steps: int = setting(50, flag=True, help="Steps of each warm-up unit.")
     chains: int = setting(
         1,
         flag="--generator-chains",
@@ -154,7 +157,7 @@ class GeneratorSettings:
     )
     noise_dim: int = setting(128, help="Noise (and label embedding) size of the generator.")
     width: int = setting(
-        64, flag="--generator-width", help="Channels of the generator's last block (twice that before)."
+        32, flag="--generator-width", help="Channels of the generator's last block (twice that before)."
     )
     augment: str = setting(
         "jitter",
