@@ -231,7 +231,7 @@ def generator_rows(setup: Setup, name: str, teacher: Teacher, batch: int) -> lis
     step = max(many - one, 1e-9) / setup.iterations
     unit = max(one - step, 0.0)
     rows = [
-        f"| {name} | {batch} | {steps} @ {resolution}px | {step * 1e3:.1f} | {unit * 1e3:.1f} | "
+        f"| generator | {name} | {batch} | {steps} @ {resolution}px | {step * 1e3:.1f} | {unit * 1e3:.1f} | "
         f"{batch * 3600 / (steps * step + unit):,.0f} |"
         for steps in GENERATOR_STEPS
     ]
@@ -242,8 +242,8 @@ def generator_rows(setup: Setup, name: str, teacher: Teacher, batch: int) -> lis
 def print_generator(rows: list[str]) -> None:
     """The generator engine's table."""
     print("\n## Generator engine (--engine generator; eager, bf16 autocast on CUDA)")
-    print("| teacher | batch | steps per unit | ms/step | ms per unit besides the steps | images/GPU-hour |")
-    print("|---|---|---|---|---|---|")
+    print("| engine | teacher | batch | steps per unit | ms/step | ms per unit besides the steps | images/GPU-hour |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(row)
 
