@@ -220,7 +220,7 @@ def test_config_refused_by_rank_0_stops_every_rank(resumed, random_teacher):
     before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
     result = _torchrun(random_teacher, out, "--a-bn", "0.5", "--json")  # would hang at a barrier without the check
     assert result.returncode != 0 and result.stdout == ""
-    refusal = "holds a different synthesis (losses.bn: 10.0 there, 0.5 now)"
+    refusal = "holds a different synthesis (--a-bn: 10.0 there, 0.5 now)"
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and all(refusal in line for line in errors), result.stderr[-3000:]
     assert any(line.startswith("error: rank 0 stopped the run: ") for line in errors)

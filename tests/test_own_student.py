@@ -190,7 +190,7 @@ def test_pairs_and_timm_only_settings_are_refused_in_one_line(shards, random_tea
     line = _error_line(
         _distill(shards, random_teacher, "dearkd_pico_patch4_32", tmp_path / "b", "--student-kwargs", '{"a": 1}')
     )
-    assert "student_kwargs is for your own student" in line
+    assert "--student-kwargs is for your own student" in line
 
 
 @pytest.mark.parametrize(

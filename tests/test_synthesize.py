@@ -180,7 +180,7 @@ def test_different_config_refused_and_nothing_touched(random_teacher, tmp_path):
         main, ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path), *SMALL, "--a-bn", "0.5"]
     )
     assert result.exit_code == 2
-    assert "holds a different synthesis (losses.bn: 10.0 there, 0.5 now)" in result.stderr
+    assert "holds a different synthesis (--a-bn: 10.0 there, 0.5 now)" in result.stderr
     assert before == {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
 
 
@@ -188,8 +188,8 @@ def test_different_config_refused_and_nothing_touched(random_teacher, tmp_path):
     "extra, message",
     [
         (["--classes", "0-9"], "class id 4 is outside the teacher's range 0-3"),
-        (["--classes-per-batch", "1"], "classes_per_batch must be >= 2"),
-        (["--per-class", "3"], "per_class 3 must be a positive multiple of images_per_class 2"),
+        (["--classes-per-batch", "1"], "--classes-per-batch must be >= 2"),
+        (["--per-class", "3"], "--per-class 3 must be a positive multiple of --images-per-class 2"),
         (["--resolutions", "32,16"], "must increase from low to high"),
         (["--iterations", "5"], "must list the same number of stages"),
         (["--iterations", "5,x"], "must be a number"),
