@@ -10,7 +10,8 @@ import torchvision
 from synth.common.errors import UserError
 from synth.config import LossWeights, Schedule
 from synth.inversion.invert import invert_batch
-from synth.teachers.sources import IMAGENET_MEAN, IMAGENET_STD, build_torchvision, load_teacher, torchvision_head_name
+from synth.teachers.architectures import build_torchvision, torchvision_head_name
+from synth.teachers.sources import IMAGENET_MEAN, IMAGENET_STD, load_teacher
 from synth.teachers.teacher import EmbeddingTap, find_bn_layers, teacher_from_model
 from synth.teachers.teacher import find_classifier_name as _classifier_name
 

@@ -42,14 +42,19 @@ from synth.shards import format as shard_io
 from synth.shards.verify import load_verified
 from synth.shards.writer import write_shard
 from synth.teachers.input_size import fit_resolutions, input_note
-from synth.teachers.sources import load_teacher
+from synth.teachers.sources import load_teacher, teacher_options
 from synth.teachers.teacher import Teacher
 
 
 def synthesize(
-    config: SynthesisConfig, out: str | Path, progress: Optional[Progress] = None, ranks: Optional[Ranks] = None
+    config: SynthesisConfig,
+    out: str | Path,
+    progress: Optional[Progress] = None,
+    ranks: Optional[Ranks] = None,
+    teacher: Optional[Teacher] = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a synthesis into `out`; returns a summary covering every rank's shards.
+    """Run (or resume) a synthesis into `out`; returns a summary covering every rank's shards. `teacher`: one already
+    loaded (the Python API's in-memory network), else config.teacher is loaded.
 
     With `ranks` (from `synth.common.distributed.init()` under torchrun) rank r does shards k with k % world_size == r;
     rank 0 alone checks the config against `out`, deletes stale `.tmp` files and writes the manifest.
@@ -62,17 +67,22 @@ def synthesize(
     with ranks.together():
         config.validate()
     with output_lock.held(out, ranks, progress.message):  # one run per directory: rank 0 holds it for every rank
-        return _synthesize(config, out, progress, ranks, started)
+        return _synthesize(config, out, progress, ranks, started, teacher)
 
 
-def _synthesize(config: SynthesisConfig, out: Path, progress: Progress, ranks: Ranks, started: float) -> dict[str, Any]:
+def _synthesize(
+    config: SynthesisConfig, out: Path, progress: Progress, ranks: Ranks, started: float, teacher: Optional[Teacher]
+) -> dict[str, Any]:
     """`synthesize` once the config is valid and the output directory is this run's alone."""
     with ranks.together():
         recorded = _recorded_threads(out)
     # on every rank, whatever OMP_NUM_THREADS says; the ranks agree on one count, recorded in the config
     config = replace(config, threads=use_threads(config.threads, ranks.local_world_size, recorded, agree=ranks))
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
-        run = _prepare_run(config, out, ranks)
+        run = _prepare_run(config, out, ranks, teacher)
+    if ranks.rank == 0:
+        for note in run.teacher.notes:  # where the teacher's preprocessing came from (synth.teachers.sources)
+            progress.message(note)
     note = input_note(run.teacher, config.schedule.resolutions)
     if note and ranks.rank == 0:
         progress.message(note)
@@ -119,11 +129,15 @@ class _Run:
         return self.units[index * per_shard : (index + 1) * per_shard]
 
 
-def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks) -> _Run:
+def _prepare_run(config: SynthesisConfig, out: Path, ranks: Ranks, preloaded: Optional[Teacher] = None) -> _Run:
     """This rank's device, the teacher (and a competing student), the units and the identity of a validated
     config whose threads are set."""
     device = ranks.local_device(resolve_device(config.device))
-    teacher = load_teacher(config.teacher, config.teacher_weights, device)
+    teacher = (
+        preloaded.to(device)
+        if preloaded is not None
+        else load_teacher(config.teacher, device=device, options=teacher_options(config))
+    )
     fit_resolutions(teacher, config.schedule.resolutions, config.teacher)
     classes = parse_classes(config.classes, teacher.num_classes)
     units = plan_units(classes, config.per_class, config.classes_per_batch, config.images_per_class)

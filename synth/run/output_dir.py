@@ -83,9 +83,13 @@ def append_log(path: Path, record: dict) -> None:
 
 
 def absolute_teacher_spec(spec: str) -> str:
-    """A teacher file as an absolute path (so shards name it from any working directory); other specs unchanged."""
+    """A teacher file (or the file of a file.py:factory spec) as an absolute path, so shards name it from any working
+    directory; other specs unchanged."""
     if spec and _is_teacher_file(spec) and Path(spec).is_file():
         return str(Path(spec).resolve())
+    location, _, factory = (spec or "").rpartition(":")
+    if location.endswith(".py") and Path(location).is_file():
+        return f"{Path(location).resolve()}:{factory}"
     return spec
 
 

@@ -15,6 +15,7 @@ import torch.nn as nn
 
 from synth.common.errors import UserError, first_line
 from synth.teachers import small_cnn  # noqa: F401  (registers the small BN CNN teachers with timm)
+from synth.teachers.architectures import build_architecture
 from synth.teachers.teacher import Teacher, find_classifier_name, require_bn_layers
 from synth.teachers.weights import load_weights_strict, read_state_dict
 
@@ -117,7 +118,7 @@ def load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
 
     payload = read_teacher_payload(path)
     _check_teacher_payload(path, payload, weights is not None)
-    model, head_name, notes = _build_architecture(path, payload)
+    model, head_name, notes = build_architecture(path, payload)
     require_bn_layers(model, path)
     state_dict = read_state_dict(weights) if weights else payload["state_dict"]
     load_weights_strict(model, state_dict, weights or path, path)
@@ -146,41 +147,6 @@ def load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
         f"teacher preprocessing: mean {mean}, std {std}, {payload['input_size']} px (from the teacher file)",
     ]
     return teacher
-
-
-def _build_architecture(path: str, payload: dict) -> tuple[nn.Module, Optional[str], list[str]]:
-    """(the file's architecture with random weights, the name of its head when not its classifier, notes): a timm
-    or torchvision model, or the user code it names (whose sha256 is compared with the recorded one: a difference
-    is noted, the weights must still fit)."""
-    import timm
-
-    from synth.teachers.user_code import build_from_code, code_sha256, is_code_spec, parse_code_spec
-
-    arch, kwargs = payload["arch"], payload["arch_kwargs"]
-    if is_code_spec(arch):
-        code = parse_code_spec(arch)
-        notes = []
-        now = code_sha256(code)
-        if payload.get("code_sha256") and now != payload["code_sha256"]:
-            notes.append(
-                f"note: the code of {arch} changed since '{path}' was written (sha256 {now[:12]}, recorded "
-                f"{payload['code_sha256'][:12]}); its weights still have to fit"
-            )
-        return build_from_code(code, kwargs), None, notes
-    if arch.startswith("torchvision:"):
-        from synth.teachers.sources import build_torchvision, torchvision_head_name
-
-        model = build_torchvision(arch.removeprefix("torchvision:"), kwargs.get("num_classes"))
-        return model, torchvision_head_name(model, find_classifier_name(model)), []
-    arch = arch.removeprefix("timm:")
-    if not timm.is_model(arch):
-        raise UserError(f"teacher file '{path}' names unknown timm architecture '{arch}'")
-    try:
-        return timm.create_model(arch, pretrained=False, **kwargs), None, []
-    except Exception as exc:  # noqa: BLE001 - arch_kwargs the architecture does not take
-        raise UserError(
-            f"teacher file '{path}': cannot build {arch} with arch_kwargs {kwargs} ({type(exc).__name__})"
-        ) from None
 
 
 def _check_teacher_payload(path: str, payload: dict, own_weights: bool) -> None:

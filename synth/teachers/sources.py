@@ -14,6 +14,12 @@ import torch
 import torch.nn as nn
 
 from synth.common.errors import UserError
+from synth.teachers.architectures import (
+    TORCHVISION_AUX_PREFIXES,
+    TORCHVISION_KWARGS,
+    build_torchvision,
+    torchvision_head_name,
+)
 from synth.teachers.channels import wrap_model
 from synth.teachers.checkpoint import load_teacher_file, read_pickled_model, teacher_file_kind
 from synth.teachers.downloads import hub_cached_download, timm_weights_file
@@ -249,32 +255,6 @@ def _imagenet_names(model: nn.Module) -> Optional[list[str]]:
         return None
 
 
-# Torchvision builds these with auxiliary heads (training only) and transform_input=False unless pretrained weights
-# are asked for; its pretrained builders use transform_input=True and drop the auxiliary heads after loading. dfkd
-# builds them the same way, without the auxiliary heads (their BN layers never run in eval mode).
-_TORCHVISION_KWARGS = {
-    "googlenet": {"aux_logits": False, "transform_input": True, "init_weights": False},
-    "inception_v3": {"aux_logits": False, "transform_input": True, "init_weights": False},
-}
-_TORCHVISION_AUX_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
-
-
-def build_torchvision(name: str, num_classes: Optional[int] = None) -> nn.Module:
-    """A torchvision classifier with random weights, built as torchvision builds it for its pretrained weights."""
-    import torchvision
-
-    kwargs = dict(_TORCHVISION_KWARGS.get(name, {}))
-    if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    return torchvision.models.get_model(name, weights=None, **kwargs)
-
-
-def torchvision_head_name(model: nn.Module, classifier_name: str) -> str:
-    """The top-level module holding the classifier (`fc`, or a `classifier` Sequential such as MobileNetV3's
-    Linear-Hardswish-Dropout-Linear): its input is the pooled penultimate embedding."""
-    return classifier_name.split(".")[0]
-
-
 def _torchvision_input_size(name: str) -> int:
     """The crop size of the model's default pretrained weights (224 when it has none)."""
     import torchvision
@@ -306,8 +286,8 @@ def _load_torchvision(spec: str, options: TeacherOptions) -> Teacher:
     else:
         state_dict = read_state_dict(hub_cached_download(enum.url))
         source = enum.url
-    if name in _TORCHVISION_KWARGS:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(_TORCHVISION_AUX_PREFIXES)}
+    if name in TORCHVISION_KWARGS:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TORCHVISION_AUX_PREFIXES)}
     num_classes = num_classes_in(state_dict, classifier_name, source)
     model = build_torchvision(name, num_classes)
     load_weights_strict(model, state_dict, source, spec)
