@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 
 from dfkd.cli import main
-from synth.run import engine
+from synth.run import image_engines
 from synth.shards.format import list_shards
 from synth.shards.verify import verify
 
@@ -275,18 +275,18 @@ def test_degenerate_teachers_are_refused(random_teacher, tmp_path, changes):
 
 
 def test_a_unit_whose_loss_turns_non_finite_is_not_written(random_teacher, tmp_path, monkeypatch):
-    real = engine.invert_batch
+    real = image_engines.invert_batch
 
     def poisoned(*args, **kwargs):
         result = real(*args, **kwargs)
         result.losses["total"] = float("nan")
         return result
 
-    monkeypatch.setattr(engine, "invert_batch", poisoned)
+    monkeypatch.setattr(image_engines, "invert_batch", poisoned)
     out = tmp_path / "o"
     one_line_error(cli(*synth_args(random_teacher, out)), "non-finite")
     assert not list_shards(out)
-    monkeypatch.setattr(engine, "invert_batch", real)
+    monkeypatch.setattr(image_engines, "invert_batch", real)
     result = cli(*synth_args(random_teacher, out, "--units-per-shard", "4"))  # a failed start blocks nothing
     assert result.exit_code == 0, result.output
 
@@ -305,7 +305,7 @@ def test_a_run_that_wrote_no_shard_does_not_block_a_corrected_rerun(random_teach
     def crash(*args, **kwargs):
         raise RuntimeError("out of memory")
 
-    monkeypatch.setattr(engine, "invert_batch", crash)
+    monkeypatch.setattr(image_engines, "invert_batch", crash)
     out = tmp_path / "o"
     assert cli(*synth_args(random_teacher, out, "--lr", "1e6")).exit_code == 1
     monkeypatch.undo()
