@@ -9,9 +9,11 @@ shifts), `dfkd import-teacher` it, `dfkd synthesize --config fashion` from it, `
 alone, `dfkd evaluate accuracy` on the official 10,000 test images. Every step resumes (its output is kept); each
 row's result is written to OUT/rows/<row>.json with the CPU seconds of its steps. Rows:
 
-  half2k, half5k, half10k   LeNet-5-Half on 2,000 / 5,000 / 10,000 DeepInversion images (the `fashion` recipe's
-                            synthesis and distillation, student replaced)
-  half5k-seed1              half5k's distillation with seed 1
+  half2k, half5k, half10k, half20k
+                            LeNet-5-Half on 2,000 / 5,000 / 10,000 / 20,000 DeepInversion images (the `fashion`
+                            recipe's synthesis and distillation, student replaced)
+  half5k-seed1, half20k-seed1  their distillation with seed 1
+  half20k-e240              half20k for 240 epochs instead of the recipe's 120
   nano2k                    the recipe's DearKD nano student on the same teacher's 2,000 images
 
 Published (ZSKD, Table: Fashion-MNIST): LeNet-5 teacher 0.9084, LeNet-5-Half by ZSKD 0.7962 (0.876 x) from 48,000
@@ -39,13 +41,16 @@ from zskd_models import LeNet5  # noqa: E402  (the user's own network, beside th
 MODELS = Path(__file__).resolve().parent / "zskd_models.py"
 TEACHER_SPEC = f"{MODELS}:LeNet5"
 HALF_SPEC = f"{MODELS}:lenet5_half"
-SETS = {"di2k": 200, "di5k": 500, "di10k": 1000}  # images per class
-ROWS = {
-    "half2k": ("di2k", HALF_SPEC, 0),
-    "half5k": ("di5k", HALF_SPEC, 0),
-    "half5k-seed1": ("di5k", HALF_SPEC, 1),
-    "half10k": ("di10k", HALF_SPEC, 0),
-    "nano2k": ("di2k", None, 0),
+SETS = {"di2k": 200, "di5k": 500, "di10k": 1000, "di20k": 2000}  # images per class
+ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), distillation seed, epochs (None: the recipe's))
+    "half2k": ("di2k", HALF_SPEC, 0, None),
+    "half5k": ("di5k", HALF_SPEC, 0, None),
+    "half5k-seed1": ("di5k", HALF_SPEC, 1, None),
+    "half10k": ("di10k", HALF_SPEC, 0, None),
+    "half20k": ("di20k", HALF_SPEC, 0, None),
+    "half20k-seed1": ("di20k", HALF_SPEC, 1, None),
+    "half20k-e240": ("di20k", HALF_SPEC, 0, 240),
+    "nano2k": ("di2k", None, 0, None),
 }
 PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)
 from 48,000 data impressions; KegNet (Yoo et al., NeurIPS 2019): ResNet-14 teacher 0.9250 -> 0.8523 (0.921 x)."""
@@ -161,7 +166,7 @@ def main() -> None:
         result_file = out / "rows" / f"{row}.json"
         if result_file.is_file():
             continue
-        set_name, student, seed = ROWS[row]
+        set_name, student, seed, row_epochs = ROWS[row]
         shards = out / "sets" / set_name
         before = cpu_seconds()
         dfkd(
@@ -181,7 +186,8 @@ def main() -> None:
         run = out / "runs" / row
         before, wall = cpu_seconds(), time.time()
         extra = ["--student", student] if student else []
-        extra += ["--epochs", str(args.epochs)] if args.epochs else []
+        epochs = row_epochs or args.epochs
+        extra += ["--epochs", str(epochs)] if epochs else []
         summary = dfkd(
             "distill",
             "--config",
