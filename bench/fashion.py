@@ -21,6 +21,10 @@ states its own (di2k-e120 is the `fashion` recipe's student: 120 epochs). Rows:
   di2k-it100/it50/it25-e120, di2k-32only-e120, di2k-it50-lr05-e120
                        the pixel engine's frontier at the recipe's 120 epochs: 100 / 50 / 25 iterations per stage
                        instead of 200, one 32-px stage of 200 instead of 16 -> 32, and 50 + 50 at Adam lr 0.5
+  gen2k-e120[-seed1]   the generator engine (--engine generator, its defaults) on the recipe's 2,000 images
+  gen2k-nometa-e120    the same without the meta-learned initialisation (every batch from the seeded start)
+  gen2k-ep-e120        the generator engine with intra-divergence and triplet (a_ep 50, margins 0.3)
+  gen10k-e120          the generator engine on 10,000 images (what the pixel recipe's synthesis budget buys)
   real2k, real10k      the same student and recipe on 2,000 / 10,000 real training images
   real2k-e120          2,000 real images for 120 epochs: the reference at the recipe's settings
   real60k              on all 60,000 real training images
@@ -51,6 +55,11 @@ SETS = {
     "di2k-it25": {**DI, "per_class": 200, "schedule.iterations": [25, 25]},
     "di2k-32only": {**DI, "per_class": 200, "schedule.resolutions": [32], "schedule.iterations": [200]},
     "di2k-it50-lr05": {**DI, "per_class": 200, "schedule.iterations": [50, 50], "schedule.lr": 0.5},
+    # the generator engine (synth/generator): the same objective, 5 steps per batch from meta-learned weights
+    "gen2k": {**DI, "per_class": 200, "engine": "generator"},
+    "gen2k-nometa": {**DI, "per_class": 200, "engine": "generator", "generator.meta": False},
+    "gen2k-ep": {**DF, "per_class": 200, "engine": "generator", "losses.ep_margin": 0.3, "losses.triplet_margin": 0.3},
+    "gen10k": {**DI, "per_class": 1000, "engine": "generator"},
 }
 ROW_EPOCHS = 40  # the rows were measured at 40 epochs; those with other lengths say so in their overrides
 HEADLINE = ("di2k-e120", "di2k-e120-seed1")  # the recipe's rows: their mean and spread are printed under the table
@@ -79,6 +88,11 @@ ROWS = {
     "di2k-it25-e120": (["di2k-it25"], {"epochs": 120}, "DeepInversion 2k, 25 + 25 iterations, 120 epochs"),
     "di2k-32only-e120": (["di2k-32only"], {"epochs": 120}, "DeepInversion 2k, one 32-px stage of 200, 120 epochs"),
     "di2k-it50-lr05-e120": (["di2k-it50-lr05"], {"epochs": 120}, "DeepInversion 2k, 50 + 50 at Adam lr 0.5"),
+    "gen2k-e120": (["gen2k"], {"epochs": 120}, "generator engine 2k (5 steps per batch, meta-learned), 120 epochs"),
+    "gen2k-e120-seed1": (["gen2k"], {"epochs": 120, "seed": 1}, "the same, distillation seed 1"),
+    "gen2k-nometa-e120": (["gen2k-nometa"], {"epochs": 120}, "generator engine 2k without the meta-learned start"),
+    "gen2k-ep-e120": (["gen2k-ep"], {"epochs": 120}, "generator engine 2k with intra-divergence (margins 0.3)"),
+    "gen10k-e120": (["gen10k"], {"epochs": 120}, "generator engine 10k, 120 epochs"),
     "real2k": ("real:2000", {}, "2,000 real training images (reference)"),
     "real2k-e120": ("real:2000", {"epochs": 120}, "2,000 real training images, 120 epochs"),
     "real10k": ("real:10000", {}, "10,000 real training images"),
