@@ -137,9 +137,9 @@ def fidelity_command(
             f"the teacher file recorded in the shards, '{location}', cannot be found; pass the teacher with --teacher"
         )
     teacher = load_teacher(spec, options=with_recorded_preprocessing(spec, teacher_options(cfg), record))
-    for note in teacher.notes:
-        reporter.message(note)
     result = measure_fidelity(shards, teacher, cfg, reporter.progress("fidelity"))
+    for note in teacher.notes:  # after the measurement: an input error stays the one line printed
+        reporter.message(note)
     lines = [f"{c:>6}  {v:.4f}  ({result['counts'][c]} images)" for c, v in result["per_class"].items()]
     reporter.result(result, lines + [f"teacher fidelity: {result['fidelity']:.4f} over {result['images']} images"])
 
@@ -181,17 +181,18 @@ def accuracy_command(config_path: Optional[str], json_mode: bool, quiet: bool, *
     from dfkd.evaluate.accuracy import load_student, measure_accuracy, teacher_classifier
     from synth.teachers.sources import load_teacher, teacher_options
 
-    models = {}
+    models, notes = {}, []
     if cfg.student:
         models["student"] = load_student(cfg.student)
     if cfg.teacher:
         teacher = load_teacher(cfg.teacher, options=teacher_options(cfg))
-        for note in teacher.notes:
-            reporter.message(note)
+        notes = teacher.notes
         models["teacher"] = teacher_classifier(teacher)
     result = {"data": cfg.data}
     for role, classifier in models.items():
         result[role] = measure_accuracy(classifier, cfg.data, cfg, reporter.progress(role))
+    for note in notes:  # after the measurement: an input error stays the one line printed
+        reporter.message(note)
     reporter.result(
         result,
         [

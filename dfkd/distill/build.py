@@ -64,9 +64,6 @@ def setup(
     progress = progress or Progress()
     stored = config.loss.distillation == "stored"
     teacher = None if stored else preloaded or load_distillation_teacher(config, device)
-    if teacher is not None:
-        for note in teacher.notes:
-            progress.message(note)
     dataset, num_classes, resolution = open_data(config, teacher, progress)
     student, size, mean, std = make_student(config, num_classes, resolution, teacher, progress)
     student = student.to(device)
@@ -80,6 +77,8 @@ def setup(
     set_transform(dataset, folder_transform(size, config.augment.interpolation) if config.images else None)
     effective_batch, steps = config.batch_size * world_size, steps_per_epoch(config, len(dataset), world_size)
     pairs, taps, block_taps, aligners = hidden_kd(config, teacher, student, size, progress)
+    for note in teacher.notes if teacher is not None else ():  # once the inputs are checked
+        progress.message(note)
     criterion = DistillationLoss(
         config.loss.distillation,
         taps,

@@ -80,9 +80,6 @@ def _synthesize(
     config = replace(config, threads=use_threads(config.threads, ranks.local_world_size, recorded, agree=ranks))
     with ranks.together():  # every rank loads the teacher and works out the config; all must succeed and agree
         run = _prepare_run(config, out, ranks, teacher)
-    if ranks.rank == 0:
-        for note in run.teacher.notes:  # where the teacher's preprocessing came from (synth.teachers.sources)
-            progress.message(note)
     note = input_note(run.teacher, config.schedule.resolutions)
     if note and ranks.rank == 0:
         progress.message(note)
@@ -93,6 +90,9 @@ def _synthesize(
     with ranks.together():
         if ranks.rank == 0:
             _prepare_output_directory(run, ranks, progress)
+    if ranks.rank == 0:  # once every input is checked: where the teacher's preprocessing came from
+        for note in run.teacher.notes:
+            progress.message(note)
     if ranks.distributed:  # rank 0 may have adopted the recorded teacher path (same weights under another name)
         run.identity = ranks.all_gather(run.identity)[0]
         run.teacher.spec = run.identity["teacher"]
