@@ -30,7 +30,6 @@ from synth.teachers.weights import load_weights_strict, num_classes_in, read_sta
 
 IMAGENET_MEAN, IMAGENET_STD = PRESETS["imagenet"]
 SPECS_TEXT = "timm:<name>[.<tag>], torchvision:<name>, module:factory, file.py:factory, or a teacher file"
-STATE_OPTIONS = "pass --mean, --std and --input-size"
 
 
 @dataclass
