@@ -197,12 +197,14 @@ def parameters(cls: type) -> dict[str, str]:
     return {flag.lstrip("-").split("/")[0].replace("-", "_"): name for name, flag in flagged_settings(cls)}
 
 
+# the settings that build an in-memory teacher, by Python parameter -> load_teacher's keyword
 _TEACHER_PARAMETERS = {
-    "weights": "teacher_weights",
-    "teacher_weights": "teacher_weights",
+    "weights": "weights",
+    "teacher_weights": "weights",
     "teacher_kwargs": "teacher_kwargs",
     "mean": "mean",
     "std": "std",
+    "input_size": "input_size",  # distill's input_size is the student's: its teacher's size comes from the shards
     "class_names": "class_names",
     "trust_pickle": "trust_pickle",
 }
@@ -213,6 +215,7 @@ def _configure(cls, section, recipe, teacher, settings, rescale=None):
     teacher (nn.Module or Teacher) is loaded here with its mean/std/input_size settings."""
     import torch.nn as nn
 
+    from dfkd.distill.config import DistillConfig
     from dfkd.recipe_loader import apply_overrides, build, load_recipe
     from synth.teachers.teacher import Teacher
 
@@ -220,14 +223,8 @@ def _configure(cls, section, recipe, teacher, settings, rescale=None):
     in_memory = isinstance(teacher, (nn.Module, Teacher))
     loaded = None
     if in_memory:
-        own = {
-            k: settings.pop(k)
-            for k in list(settings)
-            if k in _TEACHER_PARAMETERS or (k == "input_size" and cls.__name__ != "DistillConfig")
-        }
-        loaded = load_teacher(
-            teacher, **{_TEACHER_PARAMETERS.get(k, k).replace("teacher_weights", "weights"): v for k, v in own.items()}
-        )
+        taken = [k for k in _TEACHER_PARAMETERS if k in settings and not (k == "input_size" and cls is DistillConfig)]
+        loaded = load_teacher(teacher, **{_TEACHER_PARAMETERS[k]: settings.pop(k) for k in taken})
     unknown = sorted(set(settings) - set(names))
     if unknown:
         raise UserError(f"unknown setting {unknown[0]}=; accepted: {', '.join(sorted(names))}")
