@@ -14,6 +14,7 @@ row's result is written to OUT/rows/<row>.json with the CPU seconds of its steps
                             recipe's synthesis and distillation, student replaced)
   half5k-seed1, half20k-seed1  their distillation with seed 1
   half20k-e240              half20k for 240 epochs instead of the recipe's 120
+  gen20k-lr4                20,000 images from the generator engine (--engine generator), distilled at 4x the lr
   half5k-nomix[-noaug], half5k-lr4
                             half5k's distillation without Mixup/CutMix (and RandAugment), or at 4x the lr: a
                             0.03 M-parameter CNN is not a ViT, and the recipe's regularisation was tuned for one
@@ -44,7 +45,13 @@ from zskd_models import LeNet5  # noqa: E402  (the user's own network, beside th
 MODELS = Path(__file__).resolve().parent / "zskd_models.py"
 TEACHER_SPEC = f"{MODELS}:LeNet5"
 HALF_SPEC = f"{MODELS}:lenet5_half"
-SETS = {"di2k": 200, "di5k": 500, "di10k": 1000, "di20k": 2000}  # images per class
+SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
+    "di2k": (200, []),
+    "di5k": (500, []),
+    "di10k": (1000, []),
+    "di20k": (2000, []),
+    "gen20k": (2000, ["--engine", "generator"]),  # the generator engine: 5 steps per batch from meta-learned weights
+}
 NO_MIX = ["--mixup", "0", "--cutmix", "0"]
 ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epochs (None: the recipe's), other flags)
     "half2k": ("di2k", HALF_SPEC, 0, None, []),
@@ -57,6 +64,7 @@ ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epoc
     "half20k": ("di20k", HALF_SPEC, 0, None, []),
     "half20k-seed1": ("di20k", HALF_SPEC, 1, None, []),
     "half20k-e240": ("di20k", HALF_SPEC, 0, 240, []),
+    "gen20k-lr4": ("gen20k", HALF_SPEC, 0, None, ["--lr", "0.128"]),
     "nano2k": ("di2k", None, 0, None, []),
 }
 PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)
