@@ -193,9 +193,10 @@ def main() -> None:
             "--out",
             str(shards),
             "--per-class",
-            str(SETS[set_name]),
+            str(SETS[set_name][0]),
             "--threads",
             threads,
+            *SETS[set_name][1],
         )
         synthesis = cpu_seconds() - before
         run = out / "runs" / row
