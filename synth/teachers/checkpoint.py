@@ -64,21 +64,22 @@ def save_teacher_file(
     os.replace(tmp, path)
 
 
-def teacher_file_kind(path: str) -> str:
-    """What a file given as a teacher holds: "teacher" (a dfkd teacher file), "pickle" (a whole pickled model,
-    which weights_only loading refuses) or "weights" (tensors: a state_dict, or a dict holding one)."""
+def read_teacher_source(path: str) -> tuple[str, Optional[dict]]:
+    """(what a file given as a teacher holds, its content when read): "teacher" (a dfkd teacher file, its checked
+    payload), "pickle" (a whole pickled model, which weights_only loading refuses; None) or "weights" (tensors: a
+    state_dict, or a dict holding one; None). The file is read once."""
     if Path(path).suffix == ".safetensors":
-        return "weights"
+        return "weights", None
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001
         if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            return "pickle"
+            return "pickle", None
         raise UserError(f"cannot read teacher file '{path}': {first_line(exc)}") from None
     if isinstance(payload, dict) and payload.get("format") == TEACHER_FILE_FORMAT:
-        return "teacher"
+        return "teacher", _checked_version(path, payload)
     if isinstance(payload, dict) and payload.get("format") is None:
-        return "weights"
+        return "weights", None
     raise UserError(f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher` or `dfkd import-teacher`)")
 
 
@@ -103,6 +104,11 @@ def read_teacher_payload(path: str) -> dict:
         raise UserError(
             f"'{path}' is not a dfkd teacher file (written by `dfkd train-teacher` or `dfkd import-teacher`)"
         )
+    return _checked_version(path, payload)
+
+
+def _checked_version(path: str, payload: dict) -> dict:
+    """`payload`, refused in one line when a newer dfkd wrote it."""
     version = payload.get("format_version", 0)
     if not isinstance(version, int) or version > TEACHER_FILE_VERSION:
         raise UserError(
@@ -112,11 +118,12 @@ def read_teacher_payload(path: str) -> dict:
     return payload
 
 
-def load_teacher_file(path: str, weights: Optional[str]) -> Teacher:
-    """The teacher a teacher file describes (its weights, or those of the `weights` file when given)."""
+def load_teacher_file(path: str, weights: Optional[str], payload: Optional[dict] = None) -> Teacher:
+    """The teacher a teacher file describes (its weights, or those of the `weights` file when given); `payload`: its
+    content when the caller has read it already (read_teacher_source)."""
     from synth.teachers.channels import wrap_model
 
-    payload = read_teacher_payload(path)
+    payload = payload if payload is not None else read_teacher_payload(path)
     _check_teacher_payload(path, payload, weights is not None)
     model, head_name, notes = build_architecture(path, payload)
     require_bn_layers(model, path)

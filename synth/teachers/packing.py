@@ -44,13 +44,13 @@ def import_teacher(config: ImportConfig, out: str | Path) -> dict[str, Any]:
     """Load the teacher as synthesis would, check it (BatchNorm layers, a classifier, a dry forward of two blank
     images at its input size giving one logit per class, class names one per class), write the teacher file
     atomically and describe it."""
-    from synth.teachers.checkpoint import save_teacher_file, teacher_file_kind
+    from synth.teachers.checkpoint import read_teacher_source, save_teacher_file
     from synth.teachers.sources import load_teacher, teacher_options
     from synth.teachers.user_code import is_code_spec
 
     config.validate()
     spec = config.teacher
-    if Path(spec).is_file() and not is_code_spec(spec) and teacher_file_kind(spec) == "pickle":
+    if Path(spec).is_file() and not is_code_spec(spec) and read_teacher_source(spec)[0] == "pickle":
         raise UserError(
             f"'{spec}' is a pickled model: a teacher file holds data, not pickled code; pass its class as --teacher "
             "module:factory (or file.py:factory) and its state_dict as --teacher-weights"

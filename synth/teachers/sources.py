@@ -21,7 +21,7 @@ from synth.teachers.architectures import (
     torchvision_head_name,
 )
 from synth.teachers.channels import wrap_model
-from synth.teachers.checkpoint import load_teacher_file, read_pickled_model, teacher_file_kind
+from synth.teachers.checkpoint import load_teacher_file, read_pickled_model, read_teacher_source
 from synth.teachers.downloads import hub_cached_download, timm_weights_file
 from synth.teachers.preprocessing import PRESETS, Preprocessing, per_channel
 from synth.teachers.teacher import Teacher, find_classifier_name, require_bn_layers
@@ -61,7 +61,10 @@ def with_recorded_preprocessing(spec: Union[str, nn.Module], options: TeacherOpt
     own = isinstance(spec, nn.Module) or is_code_spec(spec)
     kwargs = (options.kwargs or dict(record.get("kwargs") or {})) if own else options.kwargs
     given = options.preprocessing
-    teacher_file = isinstance(spec, str) and Path(spec).is_file() and teacher_file_kind(spec) == "teacher"
+    # a file spec is a teacher file, unless it is a pickle (which loads only with trust_pickle): no need to read it
+    teacher_file = (
+        isinstance(spec, str) and Path(spec).is_file() and not is_code_spec(spec) and not options.trust_pickle
+    )
     if teacher_file or not record or "mean" not in record or given.mean is not None or given.std is not None:
         return TeacherOptions(options.weights, kwargs, given, options.trust_pickle, options.origin)
     channels = int(record.get("input_channels", 3))
@@ -101,9 +104,9 @@ def load_teacher(
 
 def _load_file(path: str, options: TeacherOptions) -> Teacher:
     """A dfkd teacher file; a whole pickled model (only with trust_pickle); a bare state_dict is refused."""
-    kind = teacher_file_kind(path)
+    kind, payload = read_teacher_source(path)
     if kind == "teacher":
-        teacher = load_teacher_file(path, options.weights)
+        teacher = load_teacher_file(path, options.weights, payload)
         return _restated(teacher, options.preprocessing, options.origin)
     if kind == "pickle":
         if not options.trust_pickle:
