@@ -45,12 +45,21 @@ from zskd_models import LeNet5  # noqa: E402  (the user's own network, beside th
 MODELS = Path(__file__).resolve().parent / "zskd_models.py"
 TEACHER_SPEC = f"{MODELS}:LeNet5"
 HALF_SPEC = f"{MODELS}:lenet5_half"
+EP = ["--a-ep", "50", "--ep-margin", "0.3", "--a-triplet", "0.5", "--triplet-margin", "0.3"]  # intra-divergence
 SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "di2k": (200, []),
     "di5k": (500, []),
     "di10k": (1000, []),
     "di20k": (2000, []),
     "gen20k": (2000, ["--engine", "generator"]),  # the generator engine: 5 steps per batch from meta-learned weights
+    # screening the generator engine at 2,000 images (LeNet-5-Half rows: about 2 CPU minutes each)
+    "gen2k": (200, ["--engine", "generator"]),
+    "gen2k-steps10": (200, ["--engine", "generator", "--generator-steps", "10"]),
+    "gen2k-nometa": (200, ["--engine", "generator", "--no-meta"]),
+    "gen2k-ep": (200, ["--engine", "generator", *EP]),
+    "gen2k-crop": (200, ["--engine", "generator", "--generator-augment", "crop"]),
+    "gen2k-mlr05": (200, ["--engine", "generator", "--meta-lr", "0.5"]),
+    "gen2k-warm200": (200, ["--engine", "generator", "--warmup-steps", "200"]),
 }
 NO_MIX = ["--mixup", "0", "--cutmix", "0"]
 ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epochs (None: the recipe's), other flags)
@@ -66,6 +75,10 @@ ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epoc
     "half20k-e240": ("di20k", HALF_SPEC, 0, 240, []),
     "gen20k-lr4": ("gen20k", HALF_SPEC, 0, None, ["--lr", "0.128"]),
     "nano2k": ("di2k", None, 0, None, []),
+    **{
+        f"half-{name}": (name, HALF_SPEC, 0, None, [])
+        for name in ("gen2k", "gen2k-steps10", "gen2k-nometa", "gen2k-ep", "gen2k-crop", "gen2k-mlr05", "gen2k-warm200")
+    },
 }
 PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)
 from 48,000 data impressions; KegNet (Yoo et al., NeurIPS 2019): ResNet-14 teacher 0.9250 -> 0.8523 (0.921 x)."""
