@@ -60,6 +60,9 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "gen2k-crop": (200, ["--engine", "generator", "--generator-augment", "crop"]),
     "gen2k-mlr05": (200, ["--engine", "generator", "--meta-lr", "0.5"]),
     "gen2k-warm200": (200, ["--engine", "generator", "--warmup-steps", "200"]),
+    "gen2k-noise": (200, ["--engine", "generator", "--noise-lr", "0.01"]),
+    "gen2k-bn30": (200, ["--engine", "generator", "--a-bn", "30"]),
+    "gen2k-w64": (200, ["--engine", "generator", "--generator-width", "64"]),
 }
 NO_MIX = ["--mixup", "0", "--cutmix", "0"]
 ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epochs (None: the recipe's), other flags)
@@ -77,7 +80,18 @@ ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epoc
     "nano2k": ("di2k", None, 0, None, []),
     **{
         f"half-{name}": (name, HALF_SPEC, 0, None, [])
-        for name in ("gen2k", "gen2k-steps10", "gen2k-nometa", "gen2k-ep", "gen2k-crop", "gen2k-mlr05", "gen2k-warm200")
+        for name in (
+            "gen2k",
+            "gen2k-steps10",
+            "gen2k-nometa",
+            "gen2k-ep",
+            "gen2k-crop",
+            "gen2k-mlr05",
+            "gen2k-warm200",
+            "gen2k-noise",
+            "gen2k-bn30",
+            "gen2k-w64",
+        )
     },
 }
 PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)

@@ -156,6 +156,12 @@ class GeneratorSettings:
         "of a torchrun share the chains, so give at least as many as processes.",
     )
     noise_dim: int = setting(128, help="Noise (and label embedding) size of the generator.")
+    noise_lr: float = setting(
+        0.0,
+        flag="--noise-lr",
+        help="Adam learning rate of each unit's noise, optimised beside the generator's weights (Fast-DFKD's "
+        "learned z); 0: the drawn noise stays fixed.",
+    )
     width: int = setting(
         32, flag="--generator-width", help="Channels of the generator's last block (twice that before)."
     )
@@ -177,6 +183,8 @@ class GeneratorSettings:
             raise UserError(f"generator.warmup_units must be >= 0, not {self.warmup_units}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"generator.lr must be a finite number > 0, not {self.lr}")
+        if not (math.isfinite(self.noise_lr) and self.noise_lr >= 0):
+            raise UserError(f"generator.noise_lr must be a finite number >= 0 (0: fixed noise), not {self.noise_lr}")
         if not (0 < self.meta_lr <= 1):
             raise UserError(
                 f"generator.meta_lr must be in (0, 1] (1: the adapted weights themselves), not {self.meta_lr}"

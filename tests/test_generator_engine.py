@@ -158,6 +158,7 @@ def test_chains_split_the_work_and_the_set_is_the_same_under_torchrun(random_tea
         (["--generator-lr", "0"], "error: --generator-lr must be a finite number > 0, not 0.0"),
         (["--generator-chains", "0"], "error: --generator-chains must be >= 1, not 0"),
         (["--generator-augment", "zoom"], "zoom"),
+        (["--noise-lr", "-1"], "error: --noise-lr must be a finite number >= 0 (0: fixed noise), not -1.0"),
     ],
 )
 def test_bad_settings_are_refused_before_anything_is_written(random_teacher, tmp_path, extra, message):
@@ -228,3 +229,15 @@ def test_teacher_passes_per_image_are_the_steps(random_teacher, tmp_path, monkey
     )
     assert result.exit_code == 0, result.output
     assert batches.count(4) == UNITS * (20 + 1)
+
+
+def test_learned_noise_changes_the_images_is_seeded_and_is_recorded(random_teacher, reference, tmp_path):
+    _synthesize(random_teacher, tmp_path / "a", "--quiet", "--noise-lr", "0.05")
+    _synthesize(random_teacher, tmp_path / "b", "--quiet", "--noise-lr", "0.05")
+    learned = _contents(tmp_path / "a")
+    _assert_same(learned, _contents(tmp_path / "b"))
+    assert not np.array_equal(learned["shard-000000.h5"][1], _contents(reference)["shard-000000.h5"][1])
+    config = json.loads((tmp_path / "a" / "manifest.json").read_text())["config"]
+    assert config["generator"]["noise_lr"] == 0.05
+    assert "noise_lr" not in json.loads((reference / "manifest.json").read_text())["config"]["generator"]
+    assert "its noise learned too, Adam lr 0.05" in (tmp_path / "a" / "README.md").read_text()

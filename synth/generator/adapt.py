@@ -35,7 +35,11 @@ def adapt_unit(
     iteration = _iteration(teacher, labels, config, competitor, cuda)
     noise = torch.randn((len(labels), settings.noise_dim), generator=rng).to(device)
     views = _Views(config, space, steps, rng)
-    optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr, betas=tuple(settings.betas))
+    groups: list[dict] = [{"params": list(network.parameters())}]
+    if settings.noise_lr:
+        noise.requires_grad_(True)
+        groups.append({"params": [noise], "lr": settings.noise_lr})
+    optimizer = torch.optim.Adam(groups, lr=settings.lr, betas=tuple(settings.betas))
     network.train()
     terms: dict[str, torch.Tensor] = {}
     first = None

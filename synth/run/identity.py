@@ -59,6 +59,8 @@ def engine_identity(config: SynthesisConfig) -> dict[str, Any]:
     if config.engine == "pixels":
         return {}
     settings = identity_fields(config.generator)
+    if not config.generator.noise_lr:
+        settings.pop("noise_lr")  # sets made before the setting existed keep their identity
     if not config.generator.meta:
         for name in ("meta_lr", "warmup_units", "warmup_steps", "chains"):
             settings.pop(name)

@@ -188,8 +188,9 @@ def describe_generator(config: dict) -> str:
         if generator.get("meta")
         else "one seeded initialisation"
     )
+    noise = f" (its noise learned too, Adam lr {generator['noise_lr']})" if generator.get("noise_lr") else ""
     return (
-        f"a class-conditional generator (Fast-DFKD) adapted to each batch in {generator.get('steps')} Adam steps "
+        f"a class-conditional generator (Fast-DFKD) adapted to each batch in {generator.get('steps')} Adam steps{noise} "
         f"from {start}, images at {resolution} px,"
     )
 
