@@ -60,6 +60,7 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "gen2k-crop": (200, ["--engine", "generator", "--generator-augment", "crop"]),
     "gen2k-mlr05": (200, ["--engine", "generator", "--meta-lr", "0.5"]),
     "gen2k-warm200": (200, ["--engine", "generator", "--warmup-steps", "200"]),
+    "gen2k-ep5": (200, ["--engine", "generator", *EP[2:], "--a-ep", "5", "--ep-margin", "0.3"]),
     "gen2k-noise": (200, ["--engine", "generator", "--noise-lr", "0.01"]),
     "gen2k-bn30": (200, ["--engine", "generator", "--a-bn", "30"]),
     "gen2k-w64": (200, ["--engine", "generator", "--generator-width", "64"]),
@@ -226,6 +227,7 @@ def main() -> None:
             *SETS[set_name][1],
         )
         synthesis = cpu_seconds() - before
+        fidelity = dfkd("evaluate", "fidelity", str(shards), "--threads", threads)["fidelity"]
         run = out / "runs" / row
         before, wall = cpu_seconds(), time.time()
         extra = ["--student", student] if student else []
@@ -268,6 +270,7 @@ def main() -> None:
             "top1": accuracy["student"]["top1"],
             "teacher_top1": teacher_top1,
             "ratio": accuracy["student"]["top1"] / teacher_top1,
+            "fidelity": fidelity,
             "synthesis_cpu_s": round(synthesis),
             "distill_cpu_s": round(distillation),
             "distill_wall_s": round(time.time() - wall),
