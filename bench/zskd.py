@@ -19,6 +19,9 @@ row's result is written to OUT/rows/<row>.json with the CPU seconds of its steps
                             half5k's distillation without Mixup/CutMix (and RandAugment), or at 4x the lr: a
                             0.03 M-parameter CNN is not a ViT, and the recipe's regularisation was tuned for one
   nano2k                    the recipe's DearKD nano student on the same teacher's 2,000 images
+  half-di2k, half-gen2k[-seed1], half-gen2k-*
+                            screening the generator engine's settings at 2,000 images by the 2-CPU-minute LeNet-5-Half
+                            student (`--teacher-file`: the sets of another teacher, e.g. bench/fashion.py's)
 
 Published (ZSKD, Table: Fashion-MNIST): LeNet-5 teacher 0.9084, LeNet-5-Half by ZSKD 0.7962 (0.876 x) from 48,000
 data impressions; KegNet (Yoo et al., NeurIPS 2019): 0.8523 from a ResNet-14 teacher at 0.9250 (0.921 x).
@@ -61,6 +64,9 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "gen2k-mlr05": (200, ["--engine", "generator", "--meta-lr", "0.5"]),
     "gen2k-warm200": (200, ["--engine", "generator", "--warmup-steps", "200"]),
     "gen2k-ep5": (200, ["--engine", "generator", *EP[2:], "--a-ep", "5", "--ep-margin", "0.3"]),
+    "gen2k-epnoise": (200, ["--engine", "generator", *EP, "--noise-lr", "0.01"]),
+    "gen2k-epnoisebn": (200, ["--engine", "generator", *EP, "--noise-lr", "0.01", "--a-bn", "30"]),
+    "gen2k-ep5noise": (200, ["--engine", "generator", *EP, "--a-ep", "5", "--noise-lr", "0.01"]),
     "gen2k-noise": (200, ["--engine", "generator", "--noise-lr", "0.01"]),
     "gen2k-bn30": (200, ["--engine", "generator", "--a-bn", "30"]),
     "gen2k-w64": (200, ["--engine", "generator", "--generator-width", "64"]),
@@ -79,6 +85,8 @@ ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epoc
     "half20k-e240": ("di20k", HALF_SPEC, 0, 240, []),
     "gen20k-lr4": ("gen20k", HALF_SPEC, 0, None, ["--lr", "0.128"]),
     "nano2k": ("di2k", None, 0, None, []),
+    "half-di2k": ("di2k", HALF_SPEC, 0, None, []),  # = half2k, under the screening rows' name
+    "half-gen2k-seed1": ("gen2k", HALF_SPEC, 1, None, []),
     **{
         f"half-{name}": (name, HALF_SPEC, 0, None, [])
         for name in (
@@ -172,18 +180,10 @@ def _top1(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="bench-zskd")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--rows", default=",".join(ROWS))
-    parser.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the recipe's)")
-    args = parser.parse_args()
-    out = Path(args.out)
-    (out / "rows").mkdir(parents=True, exist_ok=True)
-    threads = str(args.threads)
+def lenet5_teacher(out: Path, threads: int) -> tuple[Path, float]:
+    """The LeNet-5 trained with the user's own code and imported as a teacher file, and its test top-1."""
     started = cpu_seconds()
-    teacher_top1 = train_teacher(out, args.threads)
+    teacher_top1 = train_teacher(out, threads)
     teacher_file = out / "lenet5-teacher.pt"
     if not teacher_file.is_file():
         dfkd(
@@ -202,9 +202,30 @@ def main() -> None:
             str(teacher_file),
         )
     print(f"teacher: LeNet-5 test top-1 {teacher_top1:.4f} ({cpu_seconds() - started:.0f} CPU s)", file=sys.stderr)
+    return teacher_file, teacher_top1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-zskd")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rows", default=",".join(ROWS))
+    parser.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the recipe's)")
+    parser.add_argument("--teacher-file", default=None, help="screen the rows' sets for this teacher file instead")
+    args = parser.parse_args()
+    out = Path(args.out)
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    threads = str(args.threads)
     real_test = out / "real-test"
     if not real_test.is_dir():
         dfkd("real-images", "--dataset", "fashion-mnist", "--out", str(real_test))
+    if args.teacher_file:  # another teacher of the same images (its rows screen sets for it)
+        teacher_file = Path(args.teacher_file).resolve()
+        teacher_top1 = dfkd(
+            "evaluate", "accuracy", "--teacher", str(teacher_file), "--data", str(real_test), "--threads", threads
+        )["teacher"]["top1"]
+    else:
+        teacher_file, teacher_top1 = lenet5_teacher(out, args.threads)
     for row in args.rows.split(","):
         result_file = out / "rows" / f"{row}.json"
         if result_file.is_file():
