@@ -16,6 +16,7 @@ runs for --ablation-epochs (default: half the recipe's) and changes one thing ag
   adi                      400 DF-DearKD images + 400 more synthesized against the n400 student (Adaptive
                            DeepInversion, a_adi 1), trained on both sets (compare with short: 800 images in one round)
   real                     the same student and recipe on 800 real training digits (the reference)
+  gen, gen-seed1           800 images from the generator engine (--engine generator), the recipe's student and epochs
 
 Rows run in the order given and may be split across processes (`--rows`); each row's result is kept in
 OUT/rows/<row>.json and reused, shards and students resume, and a lock makes concurrent processes synthesize a
@@ -56,6 +57,7 @@ SETS = {
     "df400": {"per_class": 40},
     "df1600": {"per_class": 160},
     "adi400": {"per_class": 40, "seed": 1, "losses.adi": 1.0, "student_row": "n400"},  # ADI against that row's student
+    "gen800": {"engine": "generator"},  # the generator engine (synth/generator), its defaults
 }
 RECIPE_ROWS = ("fm", "fm-seed1", "fm-seed2")
 # rows: name -> (shard sets or "real", distillation overrides, description)
@@ -75,6 +77,8 @@ ROWS = {
     "n1600": (["df1600"], {}, "1600 DF-DearKD images"),
     "adi": (["df400", "adi400"], {}, "400 + 400 Adaptive DeepInversion images (2 rounds)"),
     "real": ("real:800", {}, "800 real training digits (reference)"),
+    "gen": (["gen800"], {"epochs": 80}, "generator engine 800 (its defaults), the recipe's student and 80 epochs"),
+    "gen-seed1": (["gen800"], {"epochs": 80, "seed": 1}, "the same, distillation seed 1"),
 }
 
 
