@@ -54,6 +54,7 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "di5k": (500, []),
     "di10k": (1000, []),
     "di20k": (2000, []),
+    "di2k-it50": (200, ["--iterations", "50,50"]),  # the pixel engine at 50 + 50 iterations
     "gen20k": (2000, ["--engine", "generator"]),  # the generator engine: 5 steps per batch from meta-learned weights
     # screening the generator engine at 2,000 images (LeNet-5-Half rows: about 2 CPU minutes each)
     "gen2k": (200, ["--engine", "generator"]),
@@ -87,21 +88,8 @@ ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epoc
     "nano2k": ("di2k", None, 0, None, []),
     "half-di2k": ("di2k", HALF_SPEC, 0, None, []),  # = half2k, under the screening rows' name
     "half-gen2k-seed1": ("gen2k", HALF_SPEC, 1, None, []),
-    **{
-        f"half-{name}": (name, HALF_SPEC, 0, None, [])
-        for name in (
-            "gen2k",
-            "gen2k-steps10",
-            "gen2k-nometa",
-            "gen2k-ep",
-            "gen2k-crop",
-            "gen2k-mlr05",
-            "gen2k-warm200",
-            "gen2k-noise",
-            "gen2k-bn30",
-            "gen2k-w64",
-        )
-    },
+    "half-di2k-it50": ("di2k-it50", HALF_SPEC, 0, None, []),
+    **{f"half-{name}": (name, HALF_SPEC, 0, None, []) for name in SETS if name.startswith("gen2k")},
 }
 PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)
 from 48,000 data impressions; KegNet (Yoo et al., NeurIPS 2019): ResNet-14 teacher 0.9250 -> 0.8523 (0.921 x)."""
@@ -226,6 +214,9 @@ def main() -> None:
         )["teacher"]["top1"]
     else:
         teacher_file, teacher_top1 = lenet5_teacher(out, args.threads)
+    unknown = [row for row in args.rows.split(",") if row not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
     for row in args.rows.split(","):
         result_file = out / "rows" / f"{row}.json"
         if result_file.is_file():
