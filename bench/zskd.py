@@ -45,6 +45,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from zskd_models import LeNet5  # noqa: E402  (the user's own network, beside this script)
 
+from dfkd.api import load_teacher  # noqa: E402
+from dfkd.evaluate.embedding_diversity import measure_embedding_diversity  # noqa: E402
+
 MODELS = Path(__file__).resolve().parent / "zskd_models.py"
 TEACHER_SPEC = f"{MODELS}:LeNet5"
 HALF_SPEC = f"{MODELS}:lenet5_half"
@@ -240,6 +243,7 @@ def main() -> None:
         )
         synthesis = cpu_seconds() - before
         fidelity = dfkd("evaluate", "fidelity", str(shards), "--threads", threads)["fidelity"]
+        diversity = measure_embedding_diversity(shards, load_teacher(str(teacher_file)))
         run = out / "runs" / row
         before, wall = cpu_seconds(), time.time()
         extra = ["--student", student] if student else []
@@ -283,6 +287,8 @@ def main() -> None:
             "teacher_top1": teacher_top1,
             "ratio": accuracy["student"]["top1"] / teacher_top1,
             "fidelity": fidelity,
+            "embedding_diversity": diversity["mean"],
+            "near_duplicates": diversity["near_duplicates"],
             "synthesis_cpu_s": round(synthesis),
             "distill_cpu_s": round(distillation),
             "distill_wall_s": round(time.time() - wall),

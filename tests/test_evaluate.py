@@ -261,3 +261,18 @@ def test_accuracy_on_an_image_folder(tmp_path: Path) -> None:
     Image.fromarray(images[0]).save(tmp_path / "ids" / "cat" / "x.png")
     with pytest.raises(UserError, match="folder 'cat'"):  # never numbered by sorted position
         LabelledFolder(str(tmp_path / "ids"))
+
+
+def test_near_duplicates_count_images_with_a_twin_of_their_class(tmp_path: Path) -> None:
+    from dfkd.evaluate.embedding_diversity import measure_embedding_diversity
+
+    images = _random_images(8, size=64)
+    images[1] = np.clip(images[0].astype(int) + 3, 0, 255)  # a near twin of image 0 (RMS 3/255), same class
+    images[5] = images[4]  # an exact twin, but of another class: not a duplicate
+    root = _write(tmp_path / "shards", images, [0, 0, 0, 0, 1, 2, 2, 3])
+    torch.manual_seed(0)
+    model = timm.create_model("dfkd_cnn_tiny", num_classes=4)
+    save_teacher_file(tmp_path / "teacher.pt", "dfkd_cnn_tiny", {"num_classes": 4}, model, MEAN, STD, 16)
+    result = measure_embedding_diversity(root, load_teacher(str(tmp_path / "teacher.pt")))
+    assert result["near_duplicates"] == 2 / 8
+    assert set(result["per_class"]) == {0, 2} and result["per_class"][0] > 0

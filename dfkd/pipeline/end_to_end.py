@@ -122,6 +122,7 @@ def run_demo(
         "student_synthetic_accuracy": evaluation["student_synthetic"]["top1"],
         "fidelity": synthesis["fidelity"],
         "embedding_diversity": evaluation["diversity"]["mean"],
+        "near_duplicates": evaluation["diversity"]["near_duplicates"],
         "lpips_diversity": evaluation["lpips"],
         "synthesized_images": synthesis["images"],
         "test_images": evaluation["teacher"]["images"],
@@ -209,6 +210,7 @@ def results_table(result: dict[str, Any]) -> list[str]:
         ),
         ("teacher fidelity on synthesized images", f"{result['fidelity']:.4f}", result["seconds"]["synthesize"]),
         ("intra-class distance, teacher embedding", f"{result['embedding_diversity']:.3f}", ""),
+        ("near-duplicate images (a same-class image within pixel RMS 0.05)", f"{result['near_duplicates']:.3f}", ""),
         ("LPIPS diversity", f"{lpips:.3f}" if lpips is not None else "n/a (no --lpips-backbone)", ""),
         (
             f"student accuracy ({result['student']}, trained on shards only)",
