@@ -71,6 +71,9 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "gen2k-epnoise": (200, ["--engine", "generator", *EP, "--noise-lr", "0.01"]),
     "gen2k-epnoisebn": (200, ["--engine", "generator", *EP, "--noise-lr", "0.01", "--a-bn", "30"]),
     "gen2k-ep5noise": (200, ["--engine", "generator", *EP, "--a-ep", "5", "--noise-lr", "0.01"]),
+    "gen2k-ipc2": (200, ["--engine", "generator", "--images-per-class", "2"]),  # units of 20 images, 100 units
+    "gen2k-ipc5": (200, ["--engine", "generator", "--images-per-class", "5"]),
+    "gen2k-ipc2-ep5": (200, ["--engine", "generator", "--images-per-class", "2", *EP, "--a-ep", "5"]),
     "gen2k-noise": (200, ["--engine", "generator", "--noise-lr", "0.01"]),
     "gen2k-bn30": (200, ["--engine", "generator", "--a-bn", "30"]),
     "gen2k-w64": (200, ["--engine", "generator", "--generator-width", "64"]),
