@@ -74,6 +74,8 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "gen2k-ipc2": (200, ["--engine", "generator", "--images-per-class", "2"]),  # units of 20 images, 100 units
     "gen2k-ipc5": (200, ["--engine", "generator", "--images-per-class", "5"]),
     "gen2k-ipc2-ep5": (200, ["--engine", "generator", "--images-per-class", "2", *EP, "--a-ep", "5"]),
+    "gen10k": (1000, ["--engine", "generator"]),
+    "gen10k-ep5": (1000, ["--engine", "generator", *EP, "--a-ep", "5"]),
     "gen2k-noise": (200, ["--engine", "generator", "--noise-lr", "0.01"]),
     "gen2k-bn30": (200, ["--engine", "generator", "--a-bn", "30"]),
     "gen2k-w64": (200, ["--engine", "generator", "--generator-width", "64"]),
@@ -95,6 +97,9 @@ ROWS = {  # row: (set, student spec (None: the recipe's DearKD nano), seed, epoc
     "half-di2k": ("di2k", HALF_SPEC, 0, None, []),  # = half2k, under the screening rows' name
     "half-gen2k-seed1": ("gen2k", HALF_SPEC, 1, None, []),
     "half-di2k-it50": ("di2k-it50", HALF_SPEC, 0, None, []),
+    # 10,000 generator images for 24 epochs: as many distillation steps as 2,000 for 120 (the budget comparison)
+    "half-gen10k-e24": ("gen10k", HALF_SPEC, 0, 24, []),
+    "half-gen10k-ep5-e24": ("gen10k-ep5", HALF_SPEC, 0, 24, []),
     **{f"half-{name}": (name, HALF_SPEC, 0, None, []) for name in SETS if name.startswith("gen2k")},
 }
 PUBLISHED = """Published: ZSKD (Nayak et al., ICML 2019), Fashion-MNIST, LeNet-5 teacher 0.9084 -> LeNet-5-Half 0.7962 (0.876 x)
