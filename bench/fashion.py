@@ -25,6 +25,9 @@ states its own (di2k-e120 is the `fashion` recipe's student: 120 epochs). Rows:
   gen2k-nometa-e120    the same without the meta-learned initialisation (every batch from the seeded start)
   gen2k-ep-e120        the generator engine with intra-divergence and triplet (a_ep 50, margins 0.3)
   gen10k-e120          the generator engine on 10,000 images (what the pixel recipe's synthesis budget buys)
+  gen2k-ep5-e120[-seed1]  the generator engine with intra-divergence at a tenth of the paper's weight (a_ep 5)
+  gen10k[-ep5]-e36     10,000 generator images [with a_ep 5] for 36 epochs: synthesis + distillation within the
+                       recipe's total CPU budget (937.6 + 1,989.0 CPU s)
   real2k, real10k      the same student and recipe on 2,000 / 10,000 real training images
   real2k-e120          2,000 real images for 120 epochs: the reference at the recipe's settings
   real60k              on all 60,000 real training images
@@ -39,6 +42,7 @@ from quality import build_parser, prepare, print_table
 
 DI = {"losses.ep": 0.0, "losses.triplet": 0.0}
 DF = {"losses.ep": 50.0, "losses.ep_margin": 0.5, "losses.triplet": 0.5}
+EP5 = {**DF, "losses.ep": 5.0, "losses.ep_margin": 0.3, "losses.triplet_margin": 0.3}  # a tenth of the paper's a_ep
 SETS = {
     "di1k": {**DI, "per_class": 100},
     "di2k": {**DI, "per_class": 200},
@@ -60,6 +64,8 @@ SETS = {
     "gen2k-nometa": {**DI, "per_class": 200, "engine": "generator", "generator.meta": False},
     "gen2k-ep": {**DF, "per_class": 200, "engine": "generator", "losses.ep_margin": 0.3, "losses.triplet_margin": 0.3},
     "gen10k": {**DI, "per_class": 1000, "engine": "generator"},
+    "gen2k-ep5": {**EP5, "per_class": 200, "engine": "generator"},
+    "gen10k-ep5": {**EP5, "per_class": 1000, "engine": "generator"},
 }
 ROW_EPOCHS = 40  # the rows were measured at 40 epochs; those with other lengths say so in their overrides
 HEADLINE = ("di2k-e120", "di2k-e120-seed1")  # the recipe's rows: their mean and spread are printed under the table
@@ -93,6 +99,10 @@ ROWS = {
     "gen2k-nometa-e120": (["gen2k-nometa"], {"epochs": 120}, "generator engine 2k without the meta-learned start"),
     "gen2k-ep-e120": (["gen2k-ep"], {"epochs": 120}, "generator engine 2k with intra-divergence (margins 0.3)"),
     "gen10k-e120": (["gen10k"], {"epochs": 120}, "generator engine 10k, 120 epochs"),
+    "gen2k-ep5-e120": (["gen2k-ep5"], {"epochs": 120}, "generator engine 2k, intra-divergence a_ep 5 (margins 0.3)"),
+    "gen2k-ep5-e120-seed1": (["gen2k-ep5"], {"epochs": 120, "seed": 1}, "the same, distillation seed 1"),
+    "gen10k-e36": (["gen10k"], {"epochs": 36}, "generator engine 10k, 36 epochs: the recipe's total CPU budget"),
+    "gen10k-ep5-e36": (["gen10k-ep5"], {"epochs": 36}, "generator engine 10k with a_ep 5, 36 epochs (the budget)"),
     "real2k": ("real:2000", {}, "2,000 real training images (reference)"),
     "real2k-e120": ("real:2000", {"epochs": 120}, "2,000 real training images, 120 epochs"),
     "real10k": ("real:10000", {}, "10,000 real training images"),
