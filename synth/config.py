@@ -156,15 +156,6 @@ class GeneratorSettings:
         "of a torchrun share the chains, so give at least as many as processes.",
     )
     noise_dim: int = setting(128, help="Noise (and label embedding) size of the generator.")
-    refine_iterations: int = setting(
-        0,
-        flag="--refine-iterations",
-        help="Pixel-engine iterations on each unit's generated images, from them as the start (at the final "
-        "resolution, the pixel engine's objective and views); 0: the generator's images as they are.",
-    )
-    refine_lr: float = setting(
-        0.05, flag="--refine-lr", help="Adam learning rate of those iterations (cosine-decayed, as the pixel engine's)."
-    )
     noise_lr: float = setting(
         0.0,
         flag="--noise-lr",
@@ -192,12 +183,6 @@ class GeneratorSettings:
             raise UserError(f"generator.warmup_units must be >= 0, not {self.warmup_units}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"generator.lr must be a finite number > 0, not {self.lr}")
-        if self.refine_iterations < 0:
-            raise UserError(
-                f"generator.refine_iterations must be >= 0 (0: no refinement), not {self.refine_iterations}"
-            )
-        if not (math.isfinite(self.refine_lr) and self.refine_lr > 0):
-            raise UserError(f"generator.refine_lr must be a finite number > 0, not {self.refine_lr}")
         if not (math.isfinite(self.noise_lr) and self.noise_lr >= 0):
             raise UserError(f"generator.noise_lr must be a finite number >= 0 (0: fixed noise), not {self.noise_lr}")
         if not (0 < self.meta_lr <= 1):

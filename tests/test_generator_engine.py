@@ -158,8 +158,6 @@ def test_chains_split_the_work_and_the_set_is_the_same_under_torchrun(random_tea
         (["--generator-lr", "0"], "error: --generator-lr must be a finite number > 0, not 0.0"),
         (["--generator-chains", "0"], "error: --generator-chains must be >= 1, not 0"),
         (["--generator-augment", "zoom"], "zoom"),
-        (["--refine-iterations", "-1"], "error: --refine-iterations must be >= 0 (0: no refinement), not -1"),
-        (["--refine-lr", "nan"], "error: --refine-lr must be a finite number > 0, not nan"),
         (["--noise-lr", "-1"], "error: --noise-lr must be a finite number >= 0 (0: fixed noise), not -1.0"),
     ],
 )
@@ -243,26 +241,3 @@ def test_learned_noise_changes_the_images_is_seeded_and_is_recorded(random_teach
     assert config["generator"]["noise_lr"] == 0.05
     assert "noise_lr" not in json.loads((reference / "manifest.json").read_text())["config"]["generator"]
     assert "its noise learned too, Adam lr 0.05" in (tmp_path / "a" / "README.md").read_text()
-
-
-def test_refined_images_start_from_the_generated_ones_and_resume_byte_identically(
-    random_teacher, reference, tmp_path, monkeypatch
-):
-    refine = ["--refine-iterations", "3", "--refine-lr", "0.01"]
-    _synthesize(random_teacher, tmp_path / "whole", "--quiet", *refine)
-    whole, generated = _contents(tmp_path / "whole"), _contents(reference)
-    first = whole["shard-000000.h5"][1].astype(int) - generated["shard-000000.h5"][1].astype(int)
-    assert 0 < np.abs(first).mean() < 8, "3 small steps from the generated images move them a little"
-    _interrupt_after(monkeypatch, 2)
-    with pytest.raises(Interrupted):
-        CliRunner().invoke(
-            main,
-            ["synthesize", "--teacher", random_teacher, "--out", str(tmp_path / "cut"), *SETTINGS, *refine],
-            catch_exceptions=False,
-        )
-    monkeypatch.undo()
-    _synthesize(random_teacher, tmp_path / "cut", "--quiet", *refine)
-    _assert_same(whole, _contents(tmp_path / "cut"))
-    config = json.loads((tmp_path / "whole" / "manifest.json").read_text())["config"]["generator"]
-    assert config["refine_iterations"] == 3 and config["refine_lr"] == 0.01
-    assert "refined by 3 pixel iterations (Adam lr 0.01)" in (tmp_path / "whole" / "README.md").read_text()

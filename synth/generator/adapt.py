@@ -4,7 +4,6 @@ engine's terms, teacher and view augmentation), then the adapted generator's ima
 from __future__ import annotations
 
 import contextlib
-from dataclasses import replace
 from typing import Optional
 
 import torch
@@ -13,15 +12,7 @@ import torch.nn.functional as F
 from synth.config import SynthesisConfig
 from synth.generator.network import ConditionalGenerator
 from synth.inversion.competitor import Competitor
-from synth.inversion.invert import (
-    InversionResult,
-    PixelSpace,
-    competing_student,
-    invert_batch,
-    jitter_pixels,
-    unit_result,
-    view_at,
-)
+from synth.inversion.invert import InversionResult, PixelSpace, competing_student, jitter_pixels, unit_result, view_at
 from synth.inversion.step import IterationStep, compiled_inversion_step
 from synth.inversion.terms import BNStatisticsLoss
 from synth.teachers.teacher import EmbeddingTap, Teacher, normalization
@@ -66,45 +57,9 @@ def adapt_unit(
         iteration.bn_loss.remove()
         iteration.tap.remove()
     with torch.no_grad(), _autocast(device, cuda):
-        images = network(noise.detach(), labels).float()
-    generated = _space_coordinates(images, teacher, space)
-    if settings.refine_iterations:
-        return _refine(generated, teacher, labels, config, rng, competitor, (first, terms["total"].detach()))
-    final = view_at(generated, config.schedule.resolutions[-1], config.schedule.lowres)
+        images = network(noise, labels).float()
+    final = view_at(_space_coordinates(images, teacher, space), config.schedule.resolutions[-1], config.schedule.lowres)
     return unit_result(teacher, final, space, terms, [(first, terms["total"].detach())])
-
-
-def _refine(
-    generated: torch.Tensor,
-    teacher: Teacher,
-    labels: torch.Tensor,
-    config: SynthesisConfig,
-    rng: torch.Generator,
-    competitor: Optional[Competitor],
-    adaptation: tuple[torch.Tensor, torch.Tensor],
-) -> InversionResult:
-    """The pixel engine's iterations at the final resolution, from the generated images (`--refine-iterations`)."""
-    settings, cuda = config.generator, labels.device.type == "cuda"
-    schedule = replace(
-        config.schedule,
-        resolutions=[config.schedule.resolutions[-1]],
-        iterations=[settings.refine_iterations],
-        lr=settings.refine_lr,
-    )
-    refined = invert_batch(
-        teacher,
-        labels,
-        config.losses,
-        schedule,
-        rng,
-        channels_last=cuda,
-        autocast_dtype=torch.bfloat16 if cuda else None,
-        compile=config.compile,
-        competitor=competitor,
-        start=generated,
-    )
-    first, last = (float(value) for value in adaptation)
-    return replace(refined, stage_totals=[(first, last), *refined.stage_totals])
 
 
 def _iteration(

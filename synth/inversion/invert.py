@@ -51,10 +51,8 @@ def invert_batch(
     model: Optional[torch.nn.Module] = None,
     compile: bool | str = False,
     competitor: Optional[Competitor] = None,
-    start: Optional[torch.Tensor] = None,
 ) -> InversionResult:
-    """Optimise noise (or the images `start`, in the optimised space at the first stage's size) into images the teacher
-    classifies as `labels`; random draws come from `generator` (CPU).
+    """Optimise noise into images the teacher classifies as `labels`; random draws come from `generator` (CPU).
 
     `compile`: False (eager), True (torch.compile the per-iteration step: teacher forward, BN hooks and all
     losses, forward and backward), or a torch.compile mode ("reduce-overhead" adds CUDA graphs,
@@ -77,9 +75,8 @@ def invert_batch(
         input_sizes=dict(teacher.stage_inputs),
     )
     final = schedule.resolutions[-1]
-    size_at_start = (final if schedule.multires == "pool" else schedule.resolutions[0]) // schedule.lowres
-    shape = (len(labels), 1 if space.gray else 3, size_at_start, size_at_start)
-    x = torch.randn(shape, generator=generator).to(device) if start is None else start.to(device)
+    start = (final if schedule.multires == "pool" else schedule.resolutions[0]) // schedule.lowres
+    x = torch.randn((len(labels), 1 if space.gray else 3, start, start), generator=generator).to(device)
     stage = _Stage(terms={}, first_total=None)
     stage_totals: list[tuple[torch.Tensor, torch.Tensor]] = []
     try:

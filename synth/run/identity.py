@@ -60,10 +60,7 @@ def engine_identity(config: SynthesisConfig) -> dict[str, Any]:
         return {}
     settings = identity_fields(config.generator)
     if not config.generator.noise_lr:
-        settings.pop("noise_lr")  # sets made before these settings existed keep their identity
-    if not config.generator.refine_iterations:
-        settings.pop("refine_iterations")
-        settings.pop("refine_lr")
+        settings.pop("noise_lr")  # sets made before the setting existed keep their identity
     if not config.generator.meta:
         for name in ("meta_lr", "warmup_units", "warmup_steps", "chains"):
             settings.pop(name)

@@ -189,14 +189,9 @@ def describe_generator(config: dict) -> str:
         else "one seeded initialisation"
     )
     noise = f" (its noise learned too, Adam lr {generator['noise_lr']})" if generator.get("noise_lr") else ""
-    refine = (
-        f" and refined by {generator['refine_iterations']} pixel iterations (Adam lr {generator.get('refine_lr')})"
-        if generator.get("refine_iterations")
-        else ""
-    )
     return (
         f"a class-conditional generator (Fast-DFKD) adapted to each batch in {generator.get('steps')} Adam steps{noise} "
-        f"from {start}, images at {resolution} px{refine},"
+        f"from {start}, images at {resolution} px,"
     )
 
 
