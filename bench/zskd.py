@@ -76,6 +76,8 @@ SETS = {  # set: (images per class, synthesis flags beside the `fashion` recipe)
     "gen2k-ipc2-ep5": (200, ["--engine", "generator", "--images-per-class", "2", *EP, "--a-ep", "5"]),
     "gen10k": (1000, ["--engine", "generator"]),
     "gen10k-ep5": (1000, ["--engine", "generator", *EP, "--a-ep", "5"]),
+    "gen2k-warm500": (200, ["--engine", "generator", "--warmup-steps", "500"]),
+    "gen2k-ep5-warm200": (200, ["--engine", "generator", *EP, "--a-ep", "5", "--warmup-steps", "200"]),
     "gen2k-noise": (200, ["--engine", "generator", "--noise-lr", "0.01"]),
     "gen2k-bn30": (200, ["--engine", "generator", "--a-bn", "30"]),
     "gen2k-w64": (200, ["--engine", "generator", "--generator-width", "64"]),
