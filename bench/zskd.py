@@ -214,6 +214,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="distillation epochs (default: the recipe's)")
     parser.add_argument("--teacher-file", default=None, help="screen the rows' sets for this teacher file instead")
     args = parser.parse_args()
+    unknown = [row for row in args.rows.split(",") if row not in ROWS]
+    if unknown:
+        parser.error(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
     out = Path(args.out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     threads = str(args.threads)
@@ -227,9 +230,6 @@ def main() -> None:
         )["teacher"]["top1"]
     else:
         teacher_file, teacher_top1 = lenet5_teacher(out, args.threads)
-    unknown = [row for row in args.rows.split(",") if row not in ROWS]
-    if unknown:
-        parser.error(f"unknown rows {unknown}; rows: {', '.join(ROWS)}")
     for row in args.rows.split(","):
         result_file = out / "rows" / f"{row}.json"
         if result_file.is_file():
