@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import timm
@@ -59,11 +60,12 @@ def pixel_flops(teacher: Teacher, config: SynthesisConfig, labels: torch.Tensor)
     for resolution in config.schedule.resolutions:
 
         def unit(iterations: int, resolution: int = resolution) -> float:
-            schedule = config.schedule.__class__(resolutions=[resolution], iterations=[iterations])
+            schedule = replace(config.schedule, resolutions=[resolution], iterations=[iterations])
             return counted(lambda: invert_batch(teacher, labels, config.losses, schedule, torch.Generator()))
 
         per_iteration[resolution] = (unit(2) - unit(1)) / len(labels)
-    final = counted(lambda: teacher.model(torch.zeros(len(labels), 3, 224, 224))) / len(labels)
+    size = config.schedule.resolutions[-1]
+    final = counted(lambda: teacher.model(torch.zeros(len(labels), 3, size, size))) / len(labels)
     total = sum(per_iteration[r] * n for r, n in zip(config.schedule.resolutions, config.schedule.iterations))
     return total + final, per_iteration
 
@@ -108,7 +110,7 @@ def main() -> None:
     print(f"| pixels (`df_dearkd_imagenet`) | {iterations} | {steps} | {pixel_total / 1e12:.2f} |")
     g = generator.generator
     print(
-        f"| generator (`df_dearkd_imagenet_generator`) | {g.steps} steps @ 224 px, warm-up {g.warmup_units} x "
+        f"| generator (`df_dearkd_imagenet_generator`) | {g.steps} steps @ {generator.schedule.resolutions[-1]} px, warm-up {g.warmup_units} x "
         f"{g.warmup_steps} per chain | {step / 1e9:.1f} | {generator_total / 1e12:.3f} |"
     )
     print(f"\nThe generator engine needs {pixel_total / generator_total:.0f}x fewer FLOPs per image.")

@@ -122,10 +122,13 @@ class QualityRun:
             with locked(self.out / "locks" / name):
                 started = time.process_time()
                 summary = synthesize(config, path)
+            cpu_s = round(time.process_time() - started, 1)
+            diversity = measure_embedding_diversity(path, self.digits.teacher)
             self.sets[name] = {
                 "fidelity": summary["fidelity"],
-                "cpu_s": round(time.process_time() - started, 1),
-                **_diversity(measure_embedding_diversity(path, self.digits.teacher)),
+                "cpu_s": cpu_s,
+                "embedding_diversity": diversity["mean"],
+                "near_duplicates": diversity["near_duplicates"],
             }
             print(f"set {name}: {json.dumps(self.sets[name])}", flush=True)
         return path
@@ -178,11 +181,6 @@ class QualityRun:
         result_file.write_text(json.dumps(row, indent=2))
         print(f"row {name}: {row['accuracy']:.4f} ({row['cpu_s']} s CPU)", flush=True)
         return row
-
-
-def _diversity(measured: dict) -> dict:
-    """A set's teacher-embedding diversity and near-duplicate share, as a row records them."""
-    return {"embedding_diversity": measured["mean"], "near_duplicates": measured["near_duplicates"]}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -230,6 +230,7 @@ def main() -> None:
         )["teacher"]["top1"]
     else:
         teacher_file, teacher_top1 = lenet5_teacher(out, args.threads)
+    teacher = load_teacher(str(teacher_file))  # in this process: the sets' diversity
     for row in args.rows.split(","):
         result_file = out / "rows" / f"{row}.json"
         if result_file.is_file():
@@ -253,7 +254,7 @@ def main() -> None:
         )
         synthesis = cpu_seconds() - before
         fidelity = dfkd("evaluate", "fidelity", str(shards), "--threads", threads)["fidelity"]
-        diversity = measure_embedding_diversity(shards, load_teacher(str(teacher_file)))
+        diversity = measure_embedding_diversity(shards, teacher)
         run = out / "runs" / row
         before, wall = cpu_seconds(), time.time()
         extra = ["--student", student] if student else []
